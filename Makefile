@@ -1,0 +1,71 @@
+# lmpress — one Makefile. `make` builds build/lmpress and build/liblmpress.a;
+# `make test` builds and runs the test runner (ends with "N passed, N failed").
+CC      ?= cc
+ARCH    ?= -march=native
+OPT     ?= -O2
+WARN     = -Wall -Wextra -Werror -Wshadow -Wpointer-arith -Wvla -Wno-unused-parameter
+CFLAGS  += -std=gnu11 $(OPT) -g $(ARCH) $(WARN) $(SAN) -fopenmp -I. -I/usr/include/x86_64-linux-gnu/openblas-pthread
+LDLIBS  += -lopenblas -llapacke -lz -lcjson -lpcre2-8 -lm -fopenmp $(SAN)
+BUILD   ?= build
+PREFIX  ?= /usr/local
+
+LIB_SRC  = $(sort $(wildcard formats/*.c runtime/*.c quantize/*.c prune/*.c distill/*.c eval/*.c))
+CLI_SRC  = $(sort $(wildcard cli/*.c))
+TEST_SRC = $(sort $(wildcard tests/*.c))
+LIB_OBJ  = $(LIB_SRC:%.c=$(BUILD)/%.o)
+CLI_OBJ  = $(CLI_SRC:%.c=$(BUILD)/%.o)
+TEST_OBJ = $(TEST_SRC:%.c=$(BUILD)/%.o)
+DEPS     = $(LIB_OBJ:.o=.d) $(CLI_OBJ:.o=.d) $(TEST_OBJ:.o=.d)
+
+.PHONY: all test asan demo bench install clean deps fuzz cuda
+all: $(BUILD)/lmpress $(BUILD)/liblmpress.a
+
+$(BUILD)/%.o: %.c
+	@mkdir -p $(dir $@)
+	@echo "  CC $<"; $(CC) $(CFLAGS) -MMD -MP -c $< -o $@
+
+$(BUILD)/liblmpress.a: $(LIB_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(BUILD)/lmpress: $(CLI_OBJ) $(BUILD)/liblmpress.a
+	$(CC) $(CFLAGS) -o $@ $(CLI_OBJ) $(BUILD)/liblmpress.a $(LDLIBS)
+
+$(BUILD)/lmpress-tests: $(TEST_OBJ) $(BUILD)/liblmpress.a
+	$(CC) $(CFLAGS) -o $@ $(TEST_OBJ) $(BUILD)/liblmpress.a $(LDLIBS)
+
+# The runner forks one process per test; LMP_BIN tells CLI tests which binary to run.
+test: $(BUILD)/lmpress $(BUILD)/lmpress-tests
+	LMP_BIN=$(BUILD)/lmpress $(BUILD)/lmpress-tests $(T)
+
+asan:
+	$(MAKE) BUILD=build-asan OPT=-O1 \
+	  SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" test
+
+# Installs missing Debian packages when run as root, else prints the apt line.
+deps:
+	@sh scripts/deps.sh
+
+demo: deps all
+	@sh scripts/demo.sh $(BUILD)/lmpress
+
+bench: all
+	@sh bench/run.sh $(BUILD)/lmpress
+
+install: all
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib
+	install -m 755 $(BUILD)/lmpress $(DESTDIR)$(PREFIX)/bin/
+	install -m 644 $(BUILD)/liblmpress.a $(DESTDIR)$(PREFIX)/lib/
+
+# libFuzzer targets, one per loader (Debian clang). Run: make fuzz; see README.
+FUZZ_TARGETS = $(patsubst tests/fuzz/%.c,build-fuzz/%,$(wildcard tests/fuzz/fuzz_*.c))
+fuzz: $(FUZZ_TARGETS)
+build-fuzz/%: tests/fuzz/%.c $(LIB_SRC)
+	@mkdir -p build-fuzz
+	clang -std=gnu11 -g -O1 -fopenmp -fsanitize=fuzzer,address,undefined -I. \
+	  -I/usr/include/x86_64-linux-gnu/openblas-pthread -o $@ $< $(LIB_SRC) $(LDLIBS)
+
+clean:
+	rm -rf build build-asan build-fuzz
+
+-include $(DEPS)

@@ -1,0 +1,15 @@
+/* lmpress bench — placeholder until its issue lands; says so and exits 1. */
+#include "cli.h"
+
+#include <stdio.h>
+#include <string.h>
+
+int cmd_bench(int argc, char **argv)
+{
+    if (argc > 1 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) {
+        printf("usage: lmpress bench ... (not implemented yet)\n");
+        return 0;
+    }
+    fprintf(stderr, "lmpress bench: not implemented yet\n");
+    return 1;
+}
