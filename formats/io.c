@@ -27,7 +27,7 @@ enum lmp_status lmp_buf_read_file(const char *path, struct lmp_buf *b, struct lm
         b->data = b->heap;
         return b->heap ? LMP_OK : lmp_err_set(err, LMP_ERR_NOMEM, "out of memory");
     }
-    void *p = mmap(NULL, b->len, PROT_READ, MAP_PRIVATE, fd, 0);
+    void *p = mmap(NULL, b->len, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0) /* copy-on-write: tools may edit tensors in place */;
     close(fd);
     if (p == MAP_FAILED) return lmp_err_set(err, LMP_ERR_IO, "%s: cannot map: %s", path, strerror(errno));
     b->map = p;

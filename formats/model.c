@@ -297,8 +297,33 @@ static enum lmp_status bind_one(struct lmp_model *m, const char *what, const cha
     return check_shape(t, what, n_dims, rows, cols, err);
 }
 
+/* Canonical order: token_embd, then each block's tensors in forward order, then the head. */
+static long canon_key(const char *name)
+{
+    static const char *const per_layer[] = {LMP_N_ATTN_NORM, LMP_N_WQ, LMP_N_BQ, LMP_N_WK,
+                                            LMP_N_BK, LMP_N_WV, LMP_N_BV, LMP_N_WO,
+                                            LMP_N_FFN_NORM, LMP_N_GATE, LMP_N_UP, LMP_N_DOWN};
+    if (!strcmp(name, LMP_N_TOKEMBD)) return 0;
+    if (!strcmp(name, LMP_N_OUTNORM)) return 1L << 40;
+    if (!strcmp(name, LMP_N_OUTPUT)) return (1L << 40) + 1;
+    int l, n = 0;
+    if (sscanf(name, "blk.%d.%n", &l, &n) == 1 && n > 0 && l >= 0)
+        for (size_t k = 0; k < sizeof per_layer / sizeof per_layer[0]; k++)
+            if (!strcmp(name + n, per_layer[k])) return 1 + (long)l * 32 + (long)k;
+    return (1L << 41);
+}
+
+static int canon_cmp(const void *a, const void *b)
+{
+    const struct lmp_tensor *x = a, *y = b;
+    long kx = canon_key(x->name), ky = canon_key(y->name);
+    if (kx != ky) return kx < ky ? -1 : 1;
+    return strcmp(x->name, y->name);
+}
+
 enum lmp_status lmp_model_bind(struct lmp_model *m, const char *what, struct lmp_err *err)
 {
+    if (m->n_tensors > 1) qsort(m->tensors, (size_t)m->n_tensors, sizeof *m->tensors, canon_cmp);
     struct lmp_config *c = &m->cfg;
     if (c->dim <= 0 || c->dim > LMP_MAX_DIM)
         return lmp_err_set(err, LMP_ERR_FORMAT, "%s: dim %d out of range", what, c->dim);
