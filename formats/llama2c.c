@@ -40,6 +40,13 @@ enum lmp_status lmp_ckpt_load_llama2c_tokenizer(const char *path, int vocab_size
     }
     for (n = 0; n < vocab_size; n++) {
         int32_t len;
+        if (c.pos == c.len) {
+            st = lmp_err_set(err, LMP_ERR_FORMAT,
+                             "%s: tokenizer has %d tokens, the model's vocabulary has %d (wrong "
+                             "tokenizer?)",
+                             path, n, vocab_size);
+            goto done;
+        }
         if ((st = lmp_cur_f32(&c, &scores[n], "token score", err))) goto done;
         if ((st = lmp_cur_i32(&c, &len, "token length", err))) goto done;
         if (len < 0 || len > max_len) {
@@ -58,8 +65,8 @@ enum lmp_status lmp_ckpt_load_llama2c_tokenizer(const char *path, int vocab_size
     if (c.pos != c.len) {
         st = lmp_err_set(err, LMP_ERR_FORMAT,
                          "%s: %zu trailing bytes after %d tokens (tokenizer does not match the "
-                         "model's vocabulary size?)",
-                         path, c.len - c.pos, vocab_size);
+                         "model's vocabulary size of %d?)",
+                         path, c.len - c.pos, vocab_size, vocab_size);
         goto done;
     }
     /* llama2.c convention: 0 <unk>, 1 BOS, 2 EOS */
