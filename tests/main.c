@@ -10,6 +10,13 @@
 #include <time.h>
 #include <unistd.h>
 
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/lsan_interface.h>
+#define LMP_LEAK_CHECK() __lsan_do_recoverable_leak_check()
+#else
+#define LMP_LEAK_CHECK() 0
+#endif
+
 #define MAX_TESTS 1024
 static struct {
     const char *name, *file;
@@ -180,6 +187,7 @@ int main(int argc, char **argv)
         pid_t pid = fork();
         if (pid == 0) {
             tests[i].fn();
+            if (LMP_LEAK_CHECK()) lmp_test_fail(tests[i].file, 0, "memory leaked (LeakSanitizer report above)");
             fflush(stdout);
             fflush(stderr);
             _exit(lmp_test_failures ? 1 : 0);
