@@ -69,3 +69,10 @@ clean:
 	rm -rf build build-asan build-fuzz
 
 -include $(DEPS)
+
+# GPTQ timing on one Llama-7B-shaped layer (bench/gptq_layer.c; options: see the file).
+.PHONY: bench-gptq
+bench-gptq: $(BUILD)/gptq_layer
+	$(BUILD)/gptq_layer
+$(BUILD)/gptq_layer: bench/gptq_layer.c $(BUILD)/liblmpress.a
+	$(CC) $(CFLAGS) -o $@ $< $(BUILD)/liblmpress.a $(LDLIBS)

@@ -25,3 +25,20 @@ int cmd_run(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
 
 #endif
+
+/* Progress for long jobs: a bar with ETA when stderr is a TTY, else a plain line every
+ * 10 % (and at the end). */
+struct cli_progress {
+    const char *label; /* "quantize" */
+    const char *unit;  /* "layers" */
+    int tty;
+    double t0;
+    int last_pct;
+};
+void cli_progress_init(struct cli_progress *p, const char *label, const char *unit);
+void cli_progress_update(struct cli_progress *p, int done, int total, const char *note);
+double cli_now(void);
+/* Reads a text file and tokenizes it with the model's tokenizer (no BOS). Errors name the
+ * file: missing, empty, not tokenizable. */
+enum lmp_status cli_tokenize_file(const struct lmp_model *m, const char *path, int32_t **ids,
+                                  int64_t *n, struct lmp_err *err);
