@@ -76,3 +76,52 @@ bench-gptq: $(BUILD)/gptq_layer
 	$(BUILD)/gptq_layer
 $(BUILD)/gptq_layer: bench/gptq_layer.c $(BUILD)/liblmpress.a
 	$(CC) $(CFLAGS) -o $@ $< $(BUILD)/liblmpress.a $(LDLIBS)
+
+# ---- CUDA (`make cuda`, needs nvcc; CPU builds never use it) ---------------------------------
+# runtime/cuda/*.cu -> $(BUILD)/cuda/liblmpress_cuda.a; the device tests
+# $(BUILD)/cuda/lmpress-cuda-tests (tests/cuda/*.c, skip without a GPU); the benchmarks
+# $(BUILD)/cuda/cuda_decode and cuda_gptq; $(BUILD)/cuda/lmpress, the CLI with --device cuda.
+NVCC       ?= nvcc
+CUDA_HOME  ?= $(patsubst %/bin/nvcc,%,$(shell command -v $(NVCC) 2>/dev/null))
+CUDA_ARCH  ?= -gencode arch=compute_90,code=sm_90 -gencode arch=compute_90,code=compute_90
+NVFLAGS    ?= -O3 -std=c++17 $(CUDA_ARCH) -I. -Werror all-warnings \
+              -Xcompiler -Wall,-Wextra,-Wno-unused-parameter
+CUDA_B      = $(BUILD)/cuda
+CUDA_SRC    = $(sort $(wildcard runtime/cuda/*.cu))
+CUDA_OBJ    = $(CUDA_SRC:%.cu=$(CUDA_B)/%.o)
+CUDA_TSRC   = $(sort $(wildcard tests/cuda/*.c))
+CUDA_TOBJ   = $(CUDA_TSRC:%.c=$(CUDA_B)/%.o)
+CUDA_CLIOBJ = $(CLI_SRC:%.c=$(CUDA_B)/%.o)
+CUDA_LIBS   = -L$(CUDA_HOME)/lib64 -lcublas -lcusolver -lcudart_static -ldl -lpthread -lrt -lstdc++
+CUDA_CFLAGS = $(CFLAGS) -I$(CUDA_HOME)/include -DLMP_WITH_CUDA
+
+cuda: $(CUDA_B)/liblmpress_cuda.a $(CUDA_B)/lmpress-cuda-tests $(CUDA_B)/cuda_decode \
+      $(CUDA_B)/cuda_gptq $(CUDA_B)/lmpress
+
+$(CUDA_B)/%.o: %.cu runtime/cuda/internal.h runtime/cuda/rt_cuda.h
+	@mkdir -p $(dir $@)
+	@echo "  NVCC $<"; $(NVCC) $(NVFLAGS) -c $< -o $@
+
+$(CUDA_B)/%.o: %.c
+	@mkdir -p $(dir $@)
+	@echo "  CC $< (cuda)"; $(CC) $(CUDA_CFLAGS) -MMD -MP -c $< -o $@
+
+$(CUDA_B)/liblmpress_cuda.a: $(CUDA_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+
+CUDA_LINK = $(CUDA_B)/liblmpress_cuda.a $(BUILD)/liblmpress.a $(LDLIBS) $(CUDA_LIBS)
+
+$(CUDA_B)/lmpress-cuda-tests: $(CUDA_TOBJ) $(BUILD)/tests/main.o $(CUDA_B)/liblmpress_cuda.a $(BUILD)/liblmpress.a
+	$(CC) $(CFLAGS) -o $@ $(CUDA_TOBJ) $(BUILD)/tests/main.o $(CUDA_LINK)
+
+$(CUDA_B)/cuda_decode: $(CUDA_B)/bench/cuda_decode.o $(CUDA_B)/liblmpress_cuda.a $(BUILD)/liblmpress.a
+	$(CC) $(CFLAGS) -o $@ $< $(CUDA_LINK)
+
+$(CUDA_B)/cuda_gptq: $(CUDA_B)/bench/cuda_gptq.o $(CUDA_B)/liblmpress_cuda.a $(BUILD)/liblmpress.a
+	$(CC) $(CFLAGS) -o $@ $< $(CUDA_LINK)
+
+$(CUDA_B)/lmpress: $(CUDA_CLIOBJ) $(CUDA_B)/liblmpress_cuda.a $(BUILD)/liblmpress.a
+	$(CC) $(CFLAGS) -o $@ $(CUDA_CLIOBJ) $(CUDA_LINK)
+
+-include $(CUDA_TOBJ:.o=.d) $(CUDA_CLIOBJ:.o=.d)

@@ -3,6 +3,9 @@
  * base model's saved ones. Text in, numbers out; the work is eval/'s lmp_eval_ppl. */
 #include "cli.h"
 #include "eval/eval.h"
+#ifdef LMP_WITH_CUDA
+#include "runtime/cuda/rt_cuda.h"
+#endif
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -34,6 +37,7 @@ static void help(void)
         "                      (same text, protocol and ctx)\n"
         "  --tokenizer FILE    llama2.c tokenizer.bin (default: found beside the model)\n"
         "  --json              print one JSON object\n"
+        "  --device cpu|cuda   where to run (cuda: the binary of `make cuda`, build/cuda/lmpress)\n"
         "\n"
         "Prints PPL +/- its standard error (llama.cpp's formula), tokens scored and tokens\n"
         "per second (all tokens of the evaluated chunks over the evaluation time).\n");
@@ -201,7 +205,7 @@ int cmd_ppl(int argc, char **argv)
     const char *model = NULL, *text = NULL, *tokens = NULL;
     struct lmp_eval_opts o = {.protocol = LMP_EVAL_LLAMACPP};
     struct lmp_load_opts lo = {0};
-    int json = 0, ctx = 0;
+    int json = 0, ctx = 0, use_cuda = 0;
     long v;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -251,12 +255,21 @@ int cmd_ppl(int argc, char **argv)
             o.kl_base = val;
         } else if (!strcmp(a, "--tokenizer")) {
             lo.tokenizer = val;
+        } else if (!strcmp(a, "--device")) {
+            if (strcmp(val, "cpu") && strcmp(val, "cuda"))
+                return cli_usage_error(CMD, "--device: '%s' is not cpu or cuda", val);
+            use_cuda = !strcmp(val, "cuda");
         } else {
             return cli_usage_error(CMD, "unknown option %s", a);
         }
     }
     if (!model) return cli_usage_error(CMD, "needs a MODEL");
     if (!text == !tokens) return cli_usage_error(CMD, "needs exactly one of --text and --tokens");
+#ifndef LMP_WITH_CUDA
+    if (use_cuda)
+        return cli_usage_error(CMD, "--device cuda: this lmpress was built without CUDA (`make "
+                                    "cuda` builds build/cuda/lmpress)");
+#endif
 
     struct lmp_err err = {{0}};
     struct lmp_model *m = NULL;
@@ -289,6 +302,11 @@ int cmd_ppl(int argc, char **argv)
         int64_t ns;
         /* options are checked before any progress line is printed */
         st = lmp_eval_plan(m, n_ids, &o, &nc, &ns, &err);
+#ifdef LMP_WITH_CUDA
+        if (!st && use_cuda)
+            st = lmp_cuda_eval_ppl(m, ids, n_ids, &o, &r, 0, &err);
+        else
+#endif
         if (!st) st = lmp_eval_ppl(m, ids, n_ids, &o, &r, &err);
         if (!st) {
             if (json)

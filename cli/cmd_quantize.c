@@ -1,6 +1,9 @@
 /* lmpress quantize IN OUT.lmp: GPTQ or RTN to packed 2/3/4/8-bit weights. */
 #include "cli.h"
 #include "quantize/quant_model.h"
+#ifdef LMP_WITH_CUDA
+#include "runtime/cuda/rt_cuda.h"
+#endif
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -19,13 +22,22 @@ static void help(void)
         "  --method gptq|rtn  GPTQ (default; needs --calib) or round-to-nearest\n"
         "  --bits N           2, 3, 4 (default) or 8\n"
         "  --group N          columns per group of scale/zero (default 128; -1 = per output\n"
-        "                     channel). Must divide each matrix's input width, else an error.\n"
+        "                     channel). When it does not divide a matrix's input width the\n"
+        "                     last group is shorter (e.g. 172 columns, group 32: 5 x 32 + 12)\n"
         "  --sym              symmetric grid (default asymmetric min-max)\n"
         "  --act-order        quantize columns by decreasing Hessian diagonal (permutation kept)\n"
-        "  --static-groups    with --act-order: fix group grids before reordering (no permutation\n"
-        "                     needed at inference)\n"
+        "  --static-groups    group grids fixed from the original weights, natural column groups\n"
+        "                     (with --act-order: no permutation needed at inference)\n"
         "  --mse              MSE-optimal clipping search per group (scale shrink, norm 2.4)\n"
         "  --refine           refit each group's scale to the Hessian-weighted error after GPTQ\n"
+        "  --ref-quirks       reproduce the reference code's quirks bit for bit (group params from\n"
+        "                     the block-start weights, sym grids of one-signed groups, per-channel\n"
+        "                     params before dead columns are zeroed); for comparisons only\n"
+        "  --fp-target        quantize each matrix toward the unquantized model's outputs on its\n"
+        "                     own activations (corrects the error of earlier layers; one more\n"
+        "                     pass per layer); --fp-alpha F scales the correction (default 1)\n"
+        "  --no-shortcut      run the separate output pass of each layer instead of updating\n"
+        "                     the down stage's outputs by linearity (same result, slower)\n"
         "  --damp F           dampening, fraction of the mean Hessian diagonal (default 0.01)\n"
         "  --block N          GPTQ lazy-batch block size in columns (default 128)\n"
         "  --calib FILE       calibration text (tokenized with the model's tokenizer)\n"
@@ -38,6 +50,7 @@ static void help(void)
         "                     as the reference GPTQ scripts do (for like-for-like comparisons)\n"
         "  --threads N        threads (default: all cores)\n"
         "  --tokenizer FILE   llama2.c tokenizer.bin (default: found beside IN)\n"
+        "  --device cpu|cuda  where GPTQ runs (cuda: the binary of `make cuda`)\n"
         "\n"
         "Writes OUT.lmp through a temporary file: no partial output on failure.\n");
 }
@@ -58,6 +71,7 @@ int cmd_quantize(int argc, char **argv)
     struct lmp_load_opts lo = {0};
     long v;
     double d;
+    int use_cuda = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         const char *nx = i + 1 < argc ? argv[i + 1] : NULL;
@@ -94,6 +108,22 @@ int cmd_quantize(int argc, char **argv)
             o.q.mse = 1;
         } else if (!strcmp(a, "--refine")) {
             o.q.refine = 1;
+        } else if (!strcmp(a, "--ref-quirks")) {
+            o.q.ref_quirks = 1;
+        } else if (!strcmp(a, "--fp-target")) {
+            o.fp_alpha = 1.0f;
+        } else if (!strcmp(a, "--fp-alpha")) {
+            NEED();
+            if (!cli_parse_double(nx, 0, 2, &d))
+                return cli_usage_error(CMD, "--fp-alpha %s: expected a number in [0, 2]", nx);
+            o.fp_alpha = (float)d;
+        } else if (!strcmp(a, "--fp-residual")) {
+            NEED();
+            if (!cli_parse_double(nx, 0, 2, &d))
+                return cli_usage_error(CMD, "--fp-residual %s: expected a number in [0, 2]", nx);
+            o.fp_residual = (float)d;
+        } else if (!strcmp(a, "--no-shortcut")) {
+            o.no_shortcut = 1;
         } else if (!strcmp(a, "--damp")) {
             NEED();
             if (!cli_parse_double(nx, 0, 10, &d) || d <= 0)
@@ -132,6 +162,11 @@ int cmd_quantize(int argc, char **argv)
         } else if (!strcmp(a, "--tokenizer")) {
             NEED();
             lo.tokenizer = nx;
+        } else if (!strcmp(a, "--device")) {
+            NEED();
+            if (strcmp(nx, "cpu") && strcmp(nx, "cuda"))
+                return cli_usage_error(CMD, "--device: '%s' is not cpu or cuda", nx);
+            use_cuda = !strcmp(nx, "cuda");
         } else if (a[0] == '-' && a[1]) {
             return cli_usage_error(CMD, "unknown option %s", a);
         } else if (!in) {
@@ -144,13 +179,16 @@ int cmd_quantize(int argc, char **argv)
 #undef NEED
     }
     if (!in || !outp) return cli_usage_error(CMD, "needs IN and OUT.lmp");
+#ifndef LMP_WITH_CUDA
+    if (use_cuda)
+        return cli_usage_error(CMD, "--device cuda: this lmpress was built without CUDA (`make "
+                                    "cuda` builds build/cuda/lmpress)");
+#endif
     size_t ol = strlen(outp);
     if (ol < 4 || strcmp(outp + ol - 4, ".lmp"))
         return cli_usage_error(CMD, "%s: output must end in .lmp", outp);
     if (o.method == LMP_QUANT_GPTQ && !calib)
         return cli_usage_error(CMD, "--method gptq needs --calib FILE (calibration text)");
-    if (o.q.static_groups && !o.q.act_order)
-        return cli_usage_error(CMD, "--static-groups only makes sense with --act-order");
 
     struct lmp_err err = {{0}};
     struct lmp_model *m = NULL;
@@ -170,6 +208,11 @@ int cmd_quantize(int argc, char **argv)
     cli_progress_init(&pr, "quantize", "layers");
     o.progress = on_progress;
     o.progress_user = &pr;
+#ifdef LMP_WITH_CUDA
+    if (!st && use_cuda)
+        st = lmp_cuda_quant_model(m, ids, n_ids, &o, rep, 0, &err);
+    else
+#endif
     if (!st) st = lmp_quant_model(m, ids, n_ids, &o, rep, &err);
     if (!st) st = lmp_ckpt_save_lmp(m, outp, &err);
     if (st) {

@@ -3,6 +3,9 @@
 #include "cli.h"
 #include "formats/tokenizer.h"
 #include "runtime/runtime.h"
+#ifdef LMP_WITH_CUDA
+#include "runtime/cuda/rt_cuda.h"
+#endif
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -25,7 +28,8 @@ static void help(void)
            "  --seed S            sampling seed (default: from the clock, printed at the end)\n"
            "  --threads N         threads (default: all cores)\n"
            "  --tokenizer FILE    llama2.c tokenizer.bin (default: found beside the model)\n"
-           "  --ids               print the generated token ids, one per line, not text\n");
+           "  --ids               print the generated token ids, one per line, not text\n"
+           "  --device cpu|cuda   where to run (cuda: the binary of `make cuda`, build/cuda/lmpress)\n");
 }
 
 static double now(void)
@@ -41,7 +45,7 @@ int cmd_run(int argc, char **argv)
     struct lmp_load_opts lo = {0};
     long n_gen = 256, threads = 0, seed = -1;
     double temp = 0.8, top_p = 0.95;
-    int print_ids = 0;
+    int print_ids = 0, use_cuda = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
@@ -79,11 +83,22 @@ int cmd_run(int argc, char **argv)
                 return cli_usage_error(CMD, "--threads: '%s' is not a number in [1, 4096]", val);
         } else if (!strcmp(a, "--tokenizer")) {
             lo.tokenizer = val;
+        } else if (!strcmp(a, "--device")) {
+            if (strcmp(val, "cpu") && strcmp(val, "cuda"))
+                return cli_usage_error(CMD, "--device: '%s' is not cpu or cuda", val);
+            use_cuda = !strcmp(val, "cuda");
         } else {
             return cli_usage_error(CMD, "unknown option %s", a);
         }
     }
     if (!model) return cli_usage_error(CMD, "needs a MODEL");
+#ifndef LMP_WITH_CUDA
+    if (use_cuda)
+        return cli_usage_error(CMD, "--device cuda: this lmpress was built without CUDA (`make "
+                                    "cuda` builds build/cuda/lmpress)");
+#else
+    struct lmp_cuda_state *cs = NULL;
+#endif
     if (seed < 0) seed = (long)(time(NULL) ^ ((long)clock() << 16)) & __LONG_MAX__;
 
     struct lmp_err err = {{0}};
@@ -111,6 +126,12 @@ int cmd_run(int argc, char **argv)
         int64_t want = n_prompt + n_gen;
         ctx = (int)(want < m->cfg.max_ctx ? want : m->cfg.max_ctx);
         struct lmp_rt_opts ro = {.n_threads = (int)threads};
+#ifdef LMP_WITH_CUDA
+        struct lmp_cuda_opts co = {0};
+        if (use_cuda)
+            st = lmp_cuda_state_create(m, ctx, n_prompt < 512 ? (int)n_prompt : 512, &co, &cs, &err);
+        else
+#endif
         st = lmp_rt_state_create(m, ctx, n_prompt < 512 ? (int)n_prompt : 512, &ro, &s, &err);
     }
     if (!st) st = lmp_rt_sampler_create(m->cfg.vocab, (float)temp, (float)top_p,
@@ -125,9 +146,23 @@ int cmd_run(int argc, char **argv)
     int n_done = 0;
     if (!st) {
         /* the prompt in batches, logits of its last token only */
+#ifdef LMP_WITH_CUDA
+        if (use_cuda) {
+            float *all = malloc((size_t)n_prompt * m->cfg.vocab * sizeof *all);
+            st = all ? lmp_cuda_forward(cs, ids, (int)n_prompt, 0, all, &err)
+                     : lmp_err_set(&err, LMP_ERR_NOMEM, "out of memory");
+            if (!st)
+                memcpy(logits, all + (size_t)(n_prompt - 1) * m->cfg.vocab,
+                       (size_t)m->cfg.vocab * sizeof *logits);
+            free(all);
+        } else {
+#endif
         st = lmp_rt_forward_hidden(s, ids, (int)n_prompt, 0, m->cfg.n_layers, h, NULL, &err);
         if (!st)
             st = lmp_rt_head(s, h + (size_t)(n_prompt - 1) * m->cfg.dim, 1, logits, NULL, &err);
+#ifdef LMP_WITH_CUDA
+        }
+#endif
         t1 = now();
         for (int64_t i = 0; i < n_prompt && !st && !print_ids; i++) {
             size_t k = lmp_tok_decode(tk, i ? ids[i - 1] : -1, ids[i], piece, sizeof piece);
@@ -148,6 +183,11 @@ int cmd_run(int argc, char **argv)
             }
             prev = next;
             if (pos >= ctx || n_done == n_gen) break; /* context full, or done */
+#ifdef LMP_WITH_CUDA
+            if (use_cuda)
+                st = lmp_cuda_forward(cs, &next, 1, (int)pos, logits, &err);
+            else
+#endif
             st = lmp_rt_forward(s, &next, 1, (int)pos, logits, NULL, &err);
         }
         if (!print_ids) printf("\n");
@@ -168,6 +208,9 @@ int cmd_run(int argc, char **argv)
     free(ids);
     lmp_rt_sampler_free(smp);
     lmp_rt_state_free(s);
+#ifdef LMP_WITH_CUDA
+    lmp_cuda_state_free(cs);
+#endif
     lmp_tok_free(tk);
     lmp_model_free(m);
     return rc;

@@ -786,9 +786,11 @@ static enum lmp_status read_config(const struct gguf *g, struct lmp_model *m,
 
     if ((st = kv_str(g, "general.architecture", &s, &len, err))) return st;
     if (!s) return lmp_err_set(err, LMP_ERR_FORMAT, "%s: missing general.architecture", g->path);
-    if (!str_is(s, len, "llama"))
+    if (str_is(s, len, "deci")) /* llama.cpp's Llama with per-layer shapes (pruned models) */
+        A = "deci";
+    else if (!str_is(s, len, "llama"))
         return lmp_err_set(err, LMP_ERR_UNSUPPORTED,
-                           "%s: general.architecture '%s' is not supported (only llama)",
+                           "%s: general.architecture '%s' is not supported (llama, deci)",
                            g->path, printable(sb, sizeof sb, s, len));
     snprintf(cf->arch, sizeof cf->arch, "llama");
     if ((st = kv_str(g, "general.name", &s, &len, err))) return st;

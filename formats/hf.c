@@ -9,6 +9,7 @@
  * Not modelled, on purpose: Mistral's sliding_window and Qwen2's use_sliding_window (exact
  * for contexts up to the window, which is all the tools here use); rope_scaling other than
  * "default" is rejected. */
+#include "gptq_st.h"
 #include "safetensors.h"
 
 #include <cjson/cJSON.h>
@@ -1054,6 +1055,8 @@ enum lmp_status lmp_ckpt_load_hf(const char *dir, struct lmp_model **out, struct
     struct slot_kind *kinds = NULL;
     struct lmp_model *m = NULL;
     enum lmp_status st;
+    /* GPTQ checkpoints (quantize_config.json) have packed linears: formats/gptq_st.c */
+    if (lmp_gptq_is_dir(dir)) return lmp_ckpt_load_gptq_dir(dir, out, err);
     if ((st = join_path(path, dir, "config.json", err))) return st;
     if ((st = parse_config(path, &hc, err))) return st;
 
@@ -1166,4 +1169,33 @@ fail:
     free(kinds);
     lmp_model_free(m);
     return st;
+}
+
+/* For other loaders of Hugging Face directories (formats/gptq_st.c): config.json into
+ * m->cfg (uniform layers, name = the directory's last component) and the tokenizer into
+ * m->vocab, exactly as lmp_ckpt_load_hf reads them. */
+enum lmp_status lmp_hf_load_meta(const char *dir, struct lmp_model *m, struct lmp_err *err)
+{
+    char path[PATH_CAP];
+    struct hf_config hc;
+    enum lmp_status st;
+    if ((st = join_path(path, dir, "config.json", err))) return st;
+    if ((st = parse_config(path, &hc, err))) return st;
+    struct lmp_config *c = &m->cfg;
+    c->dim = hc.dim;
+    c->n_layers = hc.n_layers;
+    c->head_dim = hc.head_dim;
+    c->vocab = hc.vocab;
+    c->max_ctx = hc.max_ctx;
+    c->rope_theta = (float)hc.rope_theta;
+    c->norm_eps = (float)hc.norm_eps;
+    c->tied = hc.tied;
+    c->attn_bias = hc.attn_bias;
+    if ((st = lmp_config_set_uniform(c, hc.n_heads, hc.n_kv_heads, hc.ffn, err))) return st;
+    size_t dl = strlen(dir);
+    while (dl > 1 && dir[dl - 1] == '/') dl--;
+    const char *b = dir + dl;
+    while (b > dir && b[-1] != '/') b--;
+    snprintf(c->name, sizeof c->name, "%.*s", (int)(dir + dl - b), b);
+    return load_tokenizer(dir, &hc, &m->vocab, err);
 }

@@ -54,4 +54,8 @@ void lmp_out_abort(struct lmp_outfile *o);
 /* Reads a whole text file into a NUL-terminated malloc'd string. */
 enum lmp_status lmp_read_text(const char *path, char **out, size_t *len, struct lmp_err *err);
 
+/* hf.c, for formats/gptq_st.c: a Hugging Face directory's config.json into m->cfg and its
+ * tokenizer into m->vocab (as lmp_ckpt_load_hf reads them); tensors are left to the caller. */
+enum lmp_status lmp_hf_load_meta(const char *dir, struct lmp_model *m, struct lmp_err *err);
+
 #endif

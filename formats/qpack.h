@@ -7,8 +7,8 @@
  *     the least significant bit of the row's first byte; each row padded with zero bits
  *     to a multiple of 4 bytes (lmp_qpack_row_bytes).
  *   - w = (q - zero) * scale, scale and zero fp16, (rows, n_groups) row-major, with
- *     n_groups = ceil(cols / group); code j belongs to group j / group (the last group may
- *     be shorter; the quantizer itself only makes groups that divide cols).
+ *     n_groups = ceil(cols / group); code j belongs to group j / group (the last group is
+ *     shorter when group does not divide cols; the quantizer makes such groups).
  *   - perm (optional, (cols)): codes are stored in the order the columns were quantized
  *     (act-order): storage column j holds input column perm[j], and groups are formed
  *     over storage columns. y = W x is then y[r] = sum_j w[r][j] * x[perm[j]]. Without a
@@ -72,7 +72,9 @@ static inline unsigned lmp_qpack_get(const uint8_t *row, int64_t j, int bits)
 enum lmp_status lmp_qpack_check_perm(const int32_t *perm, int64_t cols, struct lmp_err *err);
 
 /* Fills a view after checking every size: codes_bytes must equal the packed size, bits and
- * group valid, perm (may be NULL) a permutation. Nothing is copied. */
+ * group valid, perm (may be NULL) a permutation. scales and zeros must each hold
+ * params_bytes (lmp_qpack_sizes): a reader checks its blob sizes against that first.
+ * Nothing is copied. */
 enum lmp_status lmp_qview_init(struct lmp_qview *v, const void *codes, size_t codes_bytes,
                                int64_t rows, int64_t cols, int bits, int group,
                                const uint16_t *scales, const uint16_t *zeros,

@@ -51,6 +51,115 @@ void lmp_quant_hessian_finalize(float *H, int cols)
         for (size_t j = i + 1; j < (size_t)cols; j++) H[j * cols + i] = H[i * cols + j];
 }
 
+enum lmp_status lmp_quant_cross_accumulate(float *C, int cf, int cols, const float *A,
+                                           const float *X, int n, int64_t nsamples,
+                                           struct lmp_err *err)
+{
+    if (!C || cf <= 0 || cols <= 0 || n < 0 || nsamples < 0 || (n > 0 && (!X || !A)))
+        return lmp_err_set(err, LMP_ERR_ARG, "cross: bad arguments (%d x %d, n %d)", cf, cols, n);
+    if (n == 0) return LMP_OK;
+    for (size_t i = 0; i < (size_t)n * (size_t)cf; i++)
+        if (!isfinite(A[i]))
+            return lmp_err_set(err, LMP_ERR_ARG,
+                               "cross: non-finite reference input %g at sample %zu, column %zu",
+                               (double)A[i], i / (size_t)cf, i % (size_t)cf);
+    int64_t n1 = nsamples + n;
+    float beta = (float)((double)nsamples / (double)n1);
+    float alpha = (float)(2.0 / (double)n1);
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, cf, cols, n, alpha, A, cf, X, cols, beta,
+                C, cols);
+    return LMP_OK;
+}
+
+enum lmp_status lmp_quant_fp_target(const float *W, int rows, int cols, const float *H,
+                                    const float *C, const float *Rs, float alpha,
+                                    const struct lmp_quant_opts *o, float *Wt,
+                                    struct lmp_err *err)
+{
+    enum lmp_status st = lmp_quant_opts_check(o, rows, cols, err);
+    if (st) return st;
+    if (!W || !H || !C || !Wt || !isfinite(alpha))
+        return lmp_err_set(err, LMP_ERR_ARG, "fp target: bad arguments");
+    const size_t n = (size_t)cols, R = (size_t)rows;
+    double *A = malloc(n * n * sizeof *A), *Dm = malloc(n * n * sizeof *Dm);
+    double *B = malloc(R * n * sizeof *B);
+    if (!A || !Dm || !B) {
+        st = lmp_err_set(err, LMP_ERR_NOMEM, "fp target: out of memory for %d columns", cols);
+        goto done;
+    }
+    double mean = 0.0;
+    for (size_t i = 0; i < n; i++) {
+        double d = H[i * n + i];
+        mean += d == 0.0 ? 1.0 : d;
+        for (size_t j = 0; j < n; j++) {
+            double h = j >= i ? H[i * n + j] : H[j * n + i];
+            if (!isfinite(h) || !isfinite(C[i * n + j])) {
+                st = lmp_err_set(err, LMP_ERR_ARG, "fp target: non-finite statistics at (%zu, %zu)",
+                                 i, j);
+                goto done;
+            }
+            Dm[i * n + j] = (double)C[i * n + j] - h;
+        }
+    }
+    mean /= (double)n;
+    /* B (rows, cols) = W D; as a column-major (cols, rows) matrix it is (W D)^T, the
+     * right-hand sides of (H + damp I) Z^T = (W D)^T */
+    {
+        double *Wd = malloc(R * n * sizeof *Wd);
+        if (!Wd) {
+            st = lmp_err_set(err, LMP_ERR_NOMEM, "fp target: out of memory");
+            goto done;
+        }
+        for (size_t i = 0; i < R * n; i++) Wd[i] = W[i];
+        cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, cols, cols, 1.0, Wd, cols, Dm,
+                    cols, 0.0, B, cols);
+        free(Wd);
+        for (size_t i = 0; Rs && i < R * n; i++) {
+            if (!isfinite(Rs[i])) {
+                st = lmp_err_set(err, LMP_ERR_ARG, "fp target: non-finite residual statistics");
+                goto done;
+            }
+            B[i] += Rs[i];
+        }
+    }
+    double damp = (double)o->damp * mean;
+    for (int attempt = 0;; attempt++) {
+        for (size_t i = 0; i < n; i++)
+            for (size_t j = 0; j < n; j++) {
+                double h = j >= i ? H[i * n + j] : H[j * n + i];
+                if (i == j && h == 0.0) h = 1.0; /* dead input */
+                A[i * n + j] = h + (i == j ? damp : 0.0);
+            }
+        lapack_int info = LAPACKE_dpotrf(LAPACK_COL_MAJOR, 'U', (lapack_int)n, A, (lapack_int)n);
+        if (info == 0) {
+            info = LAPACKE_dpotrs(LAPACK_COL_MAJOR, 'U', (lapack_int)n, (lapack_int)R, A,
+                                  (lapack_int)n, B, (lapack_int)n);
+            if (info == 0) break;
+        }
+        if (info < 0 || attempt >= o->max_retries) {
+            st = lmp_err_set(err, LMP_ERR_INTERNAL,
+                             "fp target: Hessian (%d columns) not positive definite even with "
+                             "damping %g",
+                             cols, damp);
+            goto done;
+        }
+        damp = damp > 0.0 ? damp * 10.0 : 0.01 * mean;
+    }
+    for (size_t i = 0; i < R * n; i++) {
+        double v = (double)W[i] + (double)alpha * B[i];
+        if (!isfinite(v)) {
+            st = lmp_err_set(err, LMP_ERR_ARG, "fp target: corrected weight is not finite");
+            goto done;
+        }
+        Wt[i] = (float)v;
+    }
+done:
+    free(A);
+    free(Dm);
+    free(B);
+    return st;
+}
+
 /* ---- inverse-Hessian factor -------------------------------------------------------------- */
 
 struct diag_key {
@@ -241,8 +350,8 @@ enum lmp_status lmp_quant_gptq_apply(const float *W, int rows, int cols,
                            "gptq: factor prepared for %d columns / other options, matrix has %d",
                            h ? h->cols : 0, cols);
     const size_t n = (size_t)cols, R = (size_t)rows;
-    const int group = o->group ? o->group : cols;
-    const int ng = cols / group;
+    const int group = o->group && o->group < cols ? o->group : cols;
+    const int ng = (cols + group - 1) / group; /* the last group may be shorter */
     const int maxq = (1 << o->bits) - 1;
     const int block = o->block;
     const int store_perm = o->act_order && !o->static_groups;
@@ -298,10 +407,11 @@ enum lmp_status lmp_quant_gptq_apply(const float *W, int rows, int cols,
             for (int r = 0; r < rows; r++) {
                 for (int g = 0; g < ng && buf; g++) {
                     const float *src = W + (size_t)r * n + (size_t)g * group;
-                    for (int j = 0; j < group; j++)
+                    int glen = cols - g * group < group ? cols - g * group : group;
+                    for (int j = 0; j < glen; j++)
                         buf[j] = (o->static_groups && h->dead[(size_t)g * group + j]) ? 0.0f : src[j];
                     struct lmp_err e1;
-                    if (lmp_quant_grid_params(buf, group, o, &out->scales[(size_t)r * ng + g],
+                    if (lmp_quant_grid_params(buf, glen, o, &out->scales[(size_t)r * ng + g],
                                               &out->zeros[(size_t)r * ng + g], &e1)) {
 #pragma omp critical
                         if (bad_row < 0) {
@@ -328,7 +438,7 @@ enum lmp_status lmp_quant_gptq_apply(const float *W, int rows, int cols,
         if (!quirks && !fixed_params) {
             /* cut the block where a group would start inside it and run past its end */
             for (int g = (i1 / group + 1) * group; g < i2; g += group)
-                if (g + group > i2) {
+                if (g + group > i2 && i2 < cols) {
                     i2 = g;
                     break;
                 }
@@ -350,8 +460,9 @@ enum lmp_status lmp_quant_gptq_apply(const float *W, int rows, int cols,
                 int gi = o->static_groups ? order[i] / group : i / group;
                 if (!fixed_params && i % group == 0) {
                     const float *src = (snap && i > i1) ? snap + (i - i1) : w + i;
+                    int glen = cols - i < group ? cols - i : group;
                     struct lmp_err e1;
-                    if (lmp_quant_grid_params(src, group, o, &out->scales[(size_t)r * ng + gi],
+                    if (lmp_quant_grid_params(src, glen, o, &out->scales[(size_t)r * ng + gi],
                                               &out->zeros[(size_t)r * ng + gi], &e1)) {
 #pragma omp critical
                         if (bad_row < 0 || r < bad_row) {
@@ -456,7 +567,8 @@ static enum lmp_status refine_scales(const float *W, int rows, int cols,
     for (size_t r0 = 0; r0 < R; r0 += chunk) {
         size_t nr = R - r0 < chunk ? R - r0 : chunk;
         for (int g = 0; g < ng; g++) {
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)nr, cols, group, 1.0f,
+            int glen = cols - g * group < group ? cols - g * group : group;
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)nr, cols, glen, 1.0f,
                         D + r0 * n + (size_t)g * group, cols, h->Hs + (size_t)g * group * n, cols,
                         0.0f, P, cols);
 #pragma omp parallel for schedule(static)
@@ -466,8 +578,9 @@ static enum lmp_status refine_scales(const float *W, int rows, int cols,
                 double bw = 0.0;
                 for (int g2 = 0; g2 < ng; g2++) {
                     double acc = 0.0;
+                    int j1 = (g2 + 1) * group < cols ? (g2 + 1) * group : cols;
 #pragma omp simd reduction(+ : acc, bw)
-                    for (int j = g2 * group; j < (g2 + 1) * group; j++) {
+                    for (int j = g2 * group; j < j1; j++) {
                         acc += (double)p[j] * d[j];
                         bw += (double)p[j] * w[j];
                     }

@@ -39,10 +39,8 @@ enum lmp_status lmp_quant_opts_check(const struct lmp_quant_opts *o, int64_t row
         rows > (int64_t)(SIZE_MAX / 8) / cols)
         return lmp_err_set(err, LMP_ERR_ARG, "quantize: bad matrix shape [%lld, %lld]",
                            (long long)rows, (long long)cols);
-    if (o->group < 0 || o->group > cols || (o->group && cols % o->group))
-        return lmp_err_set(err, LMP_ERR_ARG,
-                           "quantize: group size %d does not divide the %lld input columns",
-                           o->group, (long long)cols);
+    if (o->group < 0)
+        return lmp_err_set(err, LMP_ERR_ARG, "quantize: group size %d is negative", o->group);
     if (o->block <= 0)
         return lmp_err_set(err, LMP_ERR_ARG, "quantize: block size %d must be positive",
                            o->block);
@@ -183,8 +181,8 @@ enum lmp_status lmp_quant_rtn_matrix(const float *W, int rows, int cols,
     memset(out, 0, sizeof *out);
     enum lmp_status st = lmp_quant_opts_check(o, rows, cols, err);
     if (st) return st;
-    int group = o->group ? o->group : cols;
-    int64_t ng = cols / group;
+    int group = o->group && o->group < cols ? o->group : cols;
+    int64_t ng = (cols + group - 1) / group; /* the last group may be shorter */
     int maxq = (1 << o->bits) - 1;
     out->rows = rows;
     out->cols = cols;
@@ -206,9 +204,10 @@ enum lmp_status lmp_quant_rtn_matrix(const float *W, int rows, int cols,
     for (int r = 0; r < rows; r++) {
         for (int64_t g = 0; g < ng; g++) {
             const float *x = W + (size_t)r * cols + g * group;
+            int glen = cols - g * group < group ? (int)(cols - g * group) : group;
             uint16_t sh, zh;
             struct lmp_err e1;
-            if (lmp_quant_grid_params(x, group, o, &sh, &zh, &e1) != LMP_OK) {
+            if (lmp_quant_grid_params(x, glen, o, &sh, &zh, &e1) != LMP_OK) {
 #pragma omp critical
                 if (bad_row < 0 || r < bad_row) {
                     bad_row = r;
@@ -219,7 +218,7 @@ enum lmp_status lmp_quant_rtn_matrix(const float *W, int rows, int cols,
             out->scales[(size_t)r * ng + g] = sh;
             out->zeros[(size_t)r * ng + g] = zh;
             float s = lmp_f16_to_f32(sh), z = lmp_f16_to_f32(zh);
-            for (int j = 0; j < group; j++) {
+            for (int j = 0; j < glen; j++) {
                 int q = lmp_quant_code(x[j], s, z, maxq);
                 size_t k = (size_t)r * cols + g * group + j;
                 out->codes[k] = (uint8_t)q;

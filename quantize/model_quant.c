@@ -9,6 +9,7 @@
 #include "runtime/runtime.h"
 
 #include <cblas.h>
+#include <math.h>
 #include <omp.h>
 #include <stdlib.h>
 #include <string.h>
@@ -154,13 +155,30 @@ enum lmp_status lmp_quant_calib_windows(const int32_t *ids, int64_t n_ids, int n
     return LMP_OK;
 }
 
-/* ---- Hessian collection through the runtime hook ---------------------------------------- */
+/* ---- calibration passes through the runtime hook ---------------------------------------- */
+
+/* One pass of layer l over the calibration windows. The hook sees every linear's input:
+ * it accumulates the Hessian (and the cross statistics with the unquantized model's inputs,
+ * fp_target) of stage `which`, and copies the inputs of the stages with a save buffer. */
+struct pass {
+    int which;          /* stage (enum lmp_rt_linear, 0..3) whose H is collected; -1: none */
+    int cols;           /* its input width */
+    const float *in;    /* (NS, S, D) layer inputs */
+    float *out;         /* (NS, S, D) outputs (may equal in); NULL: discarded */
+    float *save[4];     /* per stage: (NS, S, width) inputs copied here, or NULL */
+    const float *xf;    /* (NS, S, cols) unquantized model's inputs of `which`, for C; or NULL */
+    const float *ra, *rb; /* (NS, S, D) residual streams (unquantized, quantized model's layer
+                             inputs): R = 2/N sum (ra - rb) x^T for `which`; or NULL */
+    int n_windows;      /* windows 0 .. n_windows-1 */
+};
 
 struct hcollect {
-    int layer;
-    enum lmp_rt_linear which;
-    float *H;        /* (cols, cols) this thread's running average */
-    int cols;
+    int layer, S, w;
+    const struct pass *p;
+    int width[4];       /* input width of each stage */
+    int row[4];         /* rows of the current window seen so far, per stage */
+    float *H, *C;       /* (cols, cols) this thread's running averages */
+    float *R, *rtmp;    /* (D, cols) residual cross statistic, (S, D) scratch */
     int64_t n;
     enum lmp_status st;
     struct lmp_err err;
@@ -170,53 +188,90 @@ static void hook_collect(void *user, int layer, enum lmp_rt_linear which, const 
                          int in)
 {
     struct hcollect *c = user;
-    if (layer != c->layer || which != c->which || c->st) return;
-    if (in != c->cols) {
-        c->st = lmp_err_set(&c->err, LMP_ERR_INTERNAL, "hook width %d, expected %d", in, c->cols);
+    if (layer != c->layer || c->st || (int)which < 0 || (int)which > 3) return;
+    const struct pass *p = c->p;
+    int k = (int)which;
+    if (in != c->width[k] || c->row[k] + n > c->S) {
+        c->st = lmp_err_set(&c->err, LMP_ERR_INTERNAL, "hook %s: %d x %d inputs, expected width %d",
+                            lmp_rt_linear_name(which), n, in, c->width[k]);
         return;
     }
-    c->st = lmp_quant_hessian_accumulate(c->H, c->cols, x, n, &c->n, &c->err);
+    size_t off = ((size_t)c->w * c->S + (size_t)c->row[k]) * (size_t)in;
+    c->row[k] += n;
+    if (p->save[k]) memcpy(p->save[k] + off, x, (size_t)n * in * sizeof *x);
+    if (k != p->which) return;
+    if (p->xf) c->st = lmp_quant_cross_accumulate(c->C, in, in, p->xf + off, x, n, c->n, &c->err);
+    if (p->ra && !c->st) {
+        const int D = c->width[0];
+        size_t o2 = ((size_t)c->w * c->S + (size_t)(c->row[k] - n)) * (size_t)D;
+        for (size_t i = 0; i < (size_t)n * D; i++) c->rtmp[i] = p->ra[o2 + i] - p->rb[o2 + i];
+        c->st = lmp_quant_cross_accumulate(c->R, D, in, c->rtmp, x, n, c->n, &c->err);
+    }
+    if (!c->st) c->st = lmp_quant_hessian_accumulate(c->H, in, x, n, &c->n, &c->err);
 }
 
 struct qctx {
     const struct lmp_model *m;
     const struct lmp_quant_model_opts *o;
-    int n_thr;
+    int n_thr, S, D, NS;
     struct lmp_rt_state **states; /* (n_thr) */
-    float *X;                     /* (nsamples, seqlen, dim) inputs of the current layer */
-    float *tmp;                   /* (n_thr, seqlen, dim) */
-    float **Ht;                   /* (n_thr) per-thread Hessians */
+    float *tmp;                   /* (n_thr, S, D) */
+    float **Ht, **Ct;             /* (n_thr) per-thread running averages (maxin, maxin) */
+    float **Rt, *rtmp;            /* (n_thr) (D, maxin) residual statistics; (n_thr, S, D) */
     int64_t *Nt;
 };
 
-/* Runs layer l over every window (on a copy of its input) with the hook collecting the
- * input of `which`; H = the combined average. With which < 0 nothing is collected and the
- * layer's outputs replace X (the next layer's input). */
-static enum lmp_status run_layer(struct qctx *q, int l, int which, int cols, float *H,
-                                 struct lmp_err *err)
+/* H = sum_t N_t H_t / N over the threads' running averages (each over its N_t rows); the
+ * same for C when not NULL. */
+static void combine(struct qctx *q, int cols, float *H, float *C, float *R)
 {
-    const int S = q->o->seqlen, D = q->m->cfg.dim, NS = q->o->nsamples;
+    int64_t N = 0;
+    for (int t = 0; t < q->n_thr; t++) N += q->Nt[t];
+    memset(H, 0, (size_t)cols * (size_t)cols * sizeof(float));
+    if (C) memset(C, 0, (size_t)cols * (size_t)cols * sizeof(float));
+    if (R) memset(R, 0, (size_t)q->D * (size_t)cols * sizeof(float));
+    for (int t = 0; t < q->n_thr; t++) {
+        if (!q->Nt[t]) continue;
+        float wt = (float)((double)q->Nt[t] / (double)N);
+        cblas_saxpy(cols * cols, wt, q->Ht[t], 1, H, 1);
+        if (C) cblas_saxpy(cols * cols, wt, q->Ct[t], 1, C, 1);
+        if (R) cblas_saxpy(q->D * cols, wt, q->Rt[t], 1, R, 1);
+    }
+}
+
+/* Runs pass p of layer l; with p->which >= 0, H (and C when p->xf) = the combined averages
+ * over all windows. */
+static enum lmp_status run_layer(struct qctx *q, int l, const struct pass *p, float *H, float *C,
+                                 float *R, struct lmp_err *err)
+{
+    const int S = q->S, D = q->D, cols = p->cols;
+    const struct lmp_layer_cfg *lc = &q->m->cfg.layer[l];
     enum lmp_status st = LMP_OK;
-    for (int t = 0; t < q->n_thr && which >= 0; t++) {
+    for (int t = 0; t < q->n_thr && p->which >= 0; t++) {
         memset(q->Ht[t], 0, (size_t)cols * (size_t)cols * sizeof(float));
+        if (p->xf) memset(q->Ct[t], 0, (size_t)cols * (size_t)cols * sizeof(float));
+        if (p->ra) memset(q->Rt[t], 0, (size_t)D * (size_t)cols * sizeof(float));
         q->Nt[t] = 0;
     }
 #pragma omp parallel num_threads(q->n_thr)
     {
         int t = omp_get_thread_num();
-        struct hcollect c = {.layer = l, .which = (enum lmp_rt_linear)(which < 0 ? 0 : which),
-                             .H = q->Ht[t], .cols = cols};
+        struct hcollect c = {.layer = l, .S = S, .p = p, .H = q->Ht[t], .C = q->Ct ? q->Ct[t] : NULL,
+                             .R = q->Rt ? q->Rt[t] : NULL,
+                             .rtmp = q->rtmp ? q->rtmp + (size_t)t * S * D : NULL,
+                             .width = {D, lc->n_heads * q->m->cfg.head_dim, D, lc->ffn}};
         struct lmp_rt_hooks hk = {.user = &c, .linear_input = hook_collect};
         struct lmp_err e = {{0}};
         float *h = q->tmp + (size_t)t * S * D;
-#pragma omp for schedule(dynamic, 1)
-        for (int w = 0; w < NS; w++) {
+#pragma omp for schedule(static) /* fixed window-to-thread split: the same H every run */
+        for (int w = 0; w < p->n_windows; w++) {
             if (c.st) continue;
-            float *x = q->X + (size_t)w * S * D;
-            float *io = which < 0 ? x : h;
-            if (which >= 0) memcpy(h, x, (size_t)S * D * sizeof(float));
-            enum lmp_status s2 = lmp_rt_forward_layer(q->states[t], l, io, S, 0,
-                                                      which >= 0 ? &hk : NULL, &e);
+            const float *x = p->in + (size_t)w * S * D;
+            float *io = p->out ? p->out + (size_t)w * S * D : h;
+            if (io != x) memcpy(io, x, (size_t)S * D * sizeof(float));
+            c.w = w;
+            memset(c.row, 0, sizeof c.row);
+            enum lmp_status s2 = lmp_rt_forward_layer(q->states[t], l, io, S, 0, &hk, &e);
             if (s2 && !c.st) {
                 c.st = s2;
                 c.err = e;
@@ -229,13 +284,62 @@ static enum lmp_status run_layer(struct qctx *q, int l, int which, int cols, flo
             *err = c.err;
         }
     }
-    if (st || which < 0) return st;
-    /* combine: H = sum_t N_t H_t / N (each H_t is an average over its N_t rows) */
-    int64_t N = 0;
-    for (int t = 0; t < q->n_thr; t++) N += q->Nt[t];
-    memset(H, 0, (size_t)cols * (size_t)cols * sizeof(float));
-    for (int t = 0; t < q->n_thr; t++)
-        if (q->Nt[t]) cblas_saxpy(cols * cols, (float)((double)q->Nt[t] / (double)N), q->Ht[t], 1, H, 1);
+    if (st || p->which < 0) return st;
+    combine(q, cols, H, p->xf ? C : NULL, p->ra ? R : NULL);
+    return LMP_OK;
+}
+
+/* The q/k/v stage without a pass: its input is attn_norm(X), which needs no weight of the
+ * layer, so it is computed here with the runtime's own RMSNorm kernel (the part of the
+ * layer before its first hook) and the Hessian accumulated from it. Window 0 is first run
+ * through the layer for real, its q/k/v input taken from the hook and compared: *ok = 0 on
+ * any mismatch (or a norm weight that is not F32), and the caller runs the pass instead. */
+static enum lmp_status qkv_direct(struct qctx *q, int l, const float *X, const float *xf,
+                                  float *H, float *C, int *ok, struct lmp_err *err)
+{
+    const int S = q->S, D = q->D;
+    const struct lmp_tensor *nw = q->m->layers[l].attn_norm;
+    const float eps = q->m->cfg.norm_eps;
+    *ok = 0;
+    if (!nw || nw->type != LMP_TYPE_F32 || nw->shape[0] != D) return LMP_OK;
+    float *cap = malloc((size_t)S * D * sizeof *cap);
+    if (!cap) return lmp_err_set(err, LMP_ERR_NOMEM, "out of memory");
+    struct pass pv = {.which = -1, .in = X, .n_windows = 1, .save = {cap}};
+    enum lmp_status st = run_layer(q, l, &pv, NULL, NULL, NULL, err);
+    if (!st) {
+        float *h = q->tmp;
+        lmp_rt_rmsnorm(h, X, nw->data, S, D, eps);
+        *ok = memcmp(h, cap, (size_t)S * D * sizeof *h) == 0;
+    }
+    free(cap);
+    if (st || !*ok) return st;
+    for (int t = 0; t < q->n_thr; t++) {
+        memset(q->Ht[t], 0, (size_t)D * D * sizeof(float));
+        if (xf) memset(q->Ct[t], 0, (size_t)D * D * sizeof(float));
+        q->Nt[t] = 0;
+    }
+#pragma omp parallel num_threads(q->n_thr)
+    {
+        int t = omp_get_thread_num();
+        float *h = q->tmp + (size_t)t * S * D;
+        struct lmp_err e = {{0}};
+        enum lmp_status s2 = LMP_OK;
+#pragma omp for schedule(static)
+        for (int w = 0; w < q->NS; w++) {
+            if (s2) continue;
+            size_t off = (size_t)w * S * D;
+            lmp_rt_rmsnorm(h, X + off, nw->data, S, D, eps);
+            if (xf) s2 = lmp_quant_cross_accumulate(q->Ct[t], D, D, xf + off, h, S, q->Nt[t], &e);
+            if (!s2) s2 = lmp_quant_hessian_accumulate(q->Ht[t], D, h, S, &q->Nt[t], &e);
+        }
+#pragma omp critical
+        if (s2 && !st) {
+            st = s2;
+            *err = e;
+        }
+    }
+    if (st) return st;
+    combine(q, D, H, xf ? C : NULL, NULL);
     return LMP_OK;
 }
 
@@ -247,16 +351,19 @@ struct pending {
     struct lmp_qtensor_out q;
 };
 
-static enum lmp_status quant_one(struct lmp_tensor *t, const struct lmp_quant_hinv *hv,
-                                 const struct lmp_quant_opts *qo, struct pending *pd,
-                                 struct lmp_quant_report *rep, struct lmp_err *err)
+/* Wsrc: the weights to quantize, (rows, cols); NULL: the tensor's own. */
+static enum lmp_status quant_one(struct lmp_tensor *t, const float *Wsrc,
+                                 const struct lmp_quant_hinv *hv, const struct lmp_quant_opts *qo,
+                                 struct pending *pd, struct lmp_quant_report *rep,
+                                 struct lmp_err *err)
 {
     int rows = (int)t->shape[0], cols = (int)t->shape[1];
     float *W = t->data;
     float *What = malloc((size_t)rows * (size_t)cols * sizeof(float));
     if (!What) return lmp_err_set(err, LMP_ERR_NOMEM, "out of memory");
-    enum lmp_status st = hv ? lmp_quant_gptq_apply(W, rows, cols, hv, qo, &pd->q, What, err)
-                            : lmp_quant_rtn_matrix(W, rows, cols, qo, &pd->q, What, err);
+    if (!Wsrc) Wsrc = W;
+    enum lmp_status st = hv ? lmp_quant_gptq_apply(Wsrc, rows, cols, hv, qo, &pd->q, What, err)
+                            : lmp_quant_rtn_matrix(Wsrc, rows, cols, qo, &pd->q, What, err);
     if (st) {
         free(What);
         char msg[sizeof err->msg];
@@ -325,6 +432,40 @@ static enum lmp_status own_f32(struct lmp_tensor *t, struct lmp_err *err)
     return LMP_OK;
 }
 
+/* Extra memory the down-stage shortcut may take (inputs of w_down + a second stream). */
+#define SHORTCUT_MAX_BYTES ((size_t)1 << 30)
+
+/* The layer output without a separate pass. The down stage already ran the layer with
+ * everything but w_down quantized, keeping its output Y and w_down's input Xd; the output
+ * of w_down enters the residual stream linearly, so the quantized layer's output is
+ * Y + Xd (W_hat - W)^T. Window 0 is then run through the quantized layer for real and
+ * compared: on a mismatch (a runtime where that no longer holds) *ok = 0 and the caller
+ * runs the output pass instead. dW (D, ffn) = W_hat - W. */
+static enum lmp_status shortcut_output(struct qctx *q, int l, const float *X, float *Y,
+                                       const float *Xd, const float *dW, int ffn, int *ok,
+                                       struct lmp_err *err)
+{
+    const int S = q->S, D = q->D;
+    const size_t rows = (size_t)q->NS * S;
+    int blas_prev = openblas_get_num_threads();
+    openblas_set_num_threads(q->n_thr);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)rows, D, ffn, 1.0f, Xd, ffn, dW,
+                ffn, 1.0f, Y, D);
+    openblas_set_num_threads(blas_prev);
+    float *h = q->tmp;
+    memcpy(h, X, (size_t)S * D * sizeof *h);
+    enum lmp_status st = lmp_rt_forward_layer(q->states[0], l, h, S, 0, NULL, err);
+    if (st) return st;
+    double maxd = 0.0, maxa = 0.0;
+    for (size_t i = 0; i < (size_t)S * D; i++) {
+        double d = fabs((double)h[i] - (double)Y[i]), a = fabs((double)h[i]);
+        if (!(d <= maxd)) maxd = d; /* NaN propagates */
+        if (a > maxa) maxa = a;
+    }
+    *ok = maxd <= 1e-4 * (maxa + 1e-6);
+    return LMP_OK;
+}
+
 enum lmp_status lmp_quant_model(struct lmp_model *m, const int32_t *calib, int64_t n_calib,
                                 const struct lmp_quant_model_opts *o,
                                 struct lmp_quant_report *rep, struct lmp_err *err)
@@ -335,9 +476,12 @@ enum lmp_status lmp_quant_model(struct lmp_model *m, const int32_t *calib, int64
     if (rep) memset(rep, 0, sizeof *rep);
     double t0 = omp_get_wtime();
 
-    /* the matrices, in true-sequential stages */
-    struct lmp_tensor *mats[4][3];
-    const int n_in_stage[4] = {3, 1, 2, 1};
+    if (o->fp_alpha < 0.0f || o->fp_alpha > 2.0f || !isfinite(o->fp_alpha))
+        return lmp_err_set(err, LMP_ERR_ARG, "fp target weight %g not in [0, 2]",
+                           (double)o->fp_alpha);
+    if (o->fp_residual < 0.0f || o->fp_residual > 2.0f || !isfinite(o->fp_residual))
+        return lmp_err_set(err, LMP_ERR_ARG, "fp residual weight %g not in [0, 2]",
+                           (double)o->fp_residual);
     for (int l = 0; l < L; l++) {
         struct lmp_layer *ly = &m->layers[l];
         struct lmp_tensor *all[7] = {ly->wq, ly->wk, ly->wv, ly->wo, ly->w_gate, ly->w_up, ly->w_down};
@@ -352,9 +496,11 @@ enum lmp_status lmp_quant_model(struct lmp_model *m, const int32_t *calib, int64
     }
     struct pending *pend = calloc((size_t)L * 7, sizeof *pend);
     if (!pend) return lmp_err_set(err, LMP_ERR_NOMEM, "out of memory");
-    struct qctx q = {.m = m, .o = o};
+    struct qctx q = {.m = m, .o = o, .S = o->seqlen, .D = D, .NS = o->nsamples};
     int32_t *win = NULL;
-    float *H = NULL;
+    float *H = NULL, *C = NULL, *X = NULL, *Y = NULL, *Xd = NULL, *Xf = NULL, *Wt = NULL;
+    float *dW = NULL, *Rm = NULL;
+    float *XT[4] = {NULL, NULL, NULL, NULL};
     int blas_prev = openblas_get_num_threads();
 
     if (o->method == LMP_QUANT_RTN) {
@@ -362,7 +508,7 @@ enum lmp_status lmp_quant_model(struct lmp_model *m, const int32_t *calib, int64
             struct lmp_layer *ly = &m->layers[l];
             struct lmp_tensor *all[7] = {ly->wq, ly->wk, ly->wv, ly->wo, ly->w_gate, ly->w_up, ly->w_down};
             for (int k = 0; k < 7 && !st; k++)
-                st = quant_one(all[k], NULL, &o->q, &pend[l * 7 + k], rep, err);
+                st = quant_one(all[k], NULL, NULL, &o->q, &pend[l * 7 + k], rep, err);
             if (o->progress) o->progress(o->progress_user, l + 1, L, "rtn");
         }
         goto pack;
@@ -385,61 +531,165 @@ enum lmp_status lmp_quant_model(struct lmp_model *m, const int32_t *calib, int64
         st = lmp_err_set(err, LMP_ERR_ARG, "--seqlen %d is above the model's context %d", o->seqlen, c->max_ctx);
         goto done;
     }
+    const int S = q.S, NS = q.NS;
+    const size_t stream = (size_t)NS * S * D; /* floats of one activation stream */
     q.n_thr = o->n_threads > 0 ? o->n_threads : omp_get_max_threads();
-    if (q.n_thr > o->nsamples) q.n_thr = o->nsamples;
-    int maxin = D;
+    if (q.n_thr > NS) q.n_thr = NS;
+    int maxin = D, maxffn = 0, maxq = 0;
+    size_t maxw = 0;
     for (int l = 0; l < L; l++) {
         int qd = c->layer[l].n_heads * c->head_dim;
-        if (qd > maxin) maxin = qd;
-        if (c->layer[l].ffn > maxin) maxin = c->layer[l].ffn;
+        if (qd > maxq) maxq = qd;
+        if (c->layer[l].ffn > maxffn) maxffn = c->layer[l].ffn;
+        size_t w = (size_t)c->layer[l].ffn * (size_t)(qd > D ? qd : D);
+        if (w > maxw) maxw = w;
     }
+    if (maxq > maxin) maxin = maxq;
+    if (maxffn > maxin) maxin = maxffn;
+    if ((size_t)D * D > maxw) maxw = (size_t)D * D;
+    const int fp = o->fp_alpha > 0.0f;
+    const int fpres = fp && o->fp_residual > 0.0f;
+    /* shortcut for the output pass, when its buffers fit */
+    int shortcut = !o->no_shortcut && stream * ((size_t)maxffn + D) / D * sizeof(float) <= SHORTCUT_MAX_BYTES;
     q.states = calloc((size_t)q.n_thr, sizeof *q.states);
     q.Ht = calloc((size_t)q.n_thr, sizeof *q.Ht);
     q.Nt = calloc((size_t)q.n_thr, sizeof *q.Nt);
-    q.X = malloc((size_t)o->nsamples * o->seqlen * D * sizeof(float));
-    q.tmp = malloc((size_t)q.n_thr * o->seqlen * D * sizeof(float));
+    if (fp) q.Ct = calloc((size_t)q.n_thr, sizeof *q.Ct);
+    X = malloc(stream * sizeof(float));
+    q.tmp = malloc((size_t)q.n_thr * S * D * sizeof(float));
     H = malloc((size_t)maxin * maxin * sizeof(float));
-    if (!q.states || !q.Ht || !q.Nt || !q.X || !q.tmp || !H) {
-        st = lmp_err_set(err, LMP_ERR_NOMEM, "out of memory for calibration activations");
-        goto done;
-    }
-    for (int t = 0; t < q.n_thr; t++)
-        if (!(q.Ht[t] = malloc((size_t)maxin * maxin * sizeof(float)))) {
+    Wt = malloc(maxw * sizeof(float));
+    dW = malloc(maxw * sizeof(float));
+    if (fp) C = malloc((size_t)maxin * maxin * sizeof(float));
+    if (fpres) {
+        Rm = malloc((size_t)D * maxin * sizeof(float));
+        q.Rt = calloc((size_t)q.n_thr, sizeof *q.Rt);
+        q.rtmp = malloc((size_t)q.n_thr * S * D * sizeof(float));
+        if (!Rm || !q.Rt || !q.rtmp) {
             st = lmp_err_set(err, LMP_ERR_NOMEM, "out of memory");
             goto done;
         }
+        for (int t = 0; t < q.n_thr; t++)
+            if (!(q.Rt[t] = malloc((size_t)D * maxin * sizeof(float)))) {
+                st = lmp_err_set(err, LMP_ERR_NOMEM, "out of memory");
+                goto done;
+            }
+    }
+    if (!q.states || !q.Ht || !q.Nt || (fp && (!q.Ct || !C)) || !X || !q.tmp || !H || !Wt || !dW) {
+        st = lmp_err_set(err, LMP_ERR_NOMEM, "out of memory for calibration activations");
+        goto done;
+    }
+    if (shortcut) {
+        Y = malloc(stream * sizeof(float));
+        Xd = malloc(stream / D * maxffn * sizeof(float));
+        if (!Y || !Xd) { /* not needed: fall back to the output pass */
+            free(Y);
+            free(Xd);
+            Y = Xd = NULL;
+            shortcut = 0;
+        }
+    }
+    if (fp) {
+        /* the unquantized model's stream and the inputs of each stage of the current layer */
+        const int wd[4] = {D, maxq, D, maxffn};
+        Xf = malloc(stream * sizeof(float));
+        int okf = Xf != NULL;
+        for (int k = 0; k < 4 && okf; k++) okf = (XT[k] = malloc(stream / D * wd[k] * sizeof(float))) != NULL;
+        if (!okf) {
+            st = lmp_err_set(err, LMP_ERR_NOMEM,
+                             "out of memory for the unquantized model's activations (fp target)");
+            goto done;
+        }
+    }
+    for (int t = 0; t < q.n_thr; t++) {
+        if (!(q.Ht[t] = malloc((size_t)maxin * maxin * sizeof(float))) ||
+            (fp && !(q.Ct[t] = malloc((size_t)maxin * maxin * sizeof(float))))) {
+            st = lmp_err_set(err, LMP_ERR_NOMEM, "out of memory");
+            goto done;
+        }
+    }
     struct lmp_rt_opts ro = {.n_threads = 1};
-    if ((st = lmp_rt_state_create(m, o->seqlen, o->seqlen, &ro, &q.states[0], err))) goto done;
+    if ((st = lmp_rt_state_create(m, S, S, &ro, &q.states[0], err))) goto done;
     for (int t = 1; t < q.n_thr; t++)
         if ((st = lmp_rt_state_create_like(q.states[0], &ro, &q.states[t], err))) goto done;
     openblas_set_num_threads(1); /* parallelism is over windows */
-    for (int w = 0; w < o->nsamples && !st; w++)
-        st = lmp_rt_embed(q.states[0], win + (size_t)w * o->seqlen, o->seqlen,
-                          q.X + (size_t)w * o->seqlen * D, err);
+    for (int w = 0; w < NS && !st; w++)
+        st = lmp_rt_embed(q.states[0], win + (size_t)w * S, S, X + (size_t)w * S * D, err);
+    if (fp && !st) memcpy(Xf, X, stream * sizeof(float));
     for (int l = 0; l < L && !st; l++) {
         struct lmp_layer *ly = &m->layers[l];
-        mats[0][0] = ly->wq; mats[0][1] = ly->wk; mats[0][2] = ly->wv;
-        mats[1][0] = ly->wo;
-        mats[2][0] = ly->w_gate; mats[2][1] = ly->w_up;
-        mats[3][0] = ly->w_down;
-        static const enum lmp_rt_linear which[4] = {LMP_RT_QKV, LMP_RT_O, LMP_RT_GATE_UP, LMP_RT_DOWN};
+        const struct lmp_layer_cfg *lc = &c->layer[l];
+        struct lmp_tensor *mats[4][3] = {{ly->wq, ly->wk, ly->wv}, {ly->wo}, {ly->w_gate, ly->w_up},
+                                         {ly->w_down}};
+        static const int n_in_stage[4] = {3, 1, 2, 1};
         static const char *const sname[4] = {"qkv", "o", "gate_up", "down"};
+        const int ffn = lc->ffn;
         int pi = l * 7;
+        if (fp) {
+            /* layer l is still unquantized: run the unquantized stream through it, keeping
+             * every stage's inputs */
+            struct pass pf = {.which = -1, .in = Xf, .out = Xf, .n_windows = NS,
+                              .save = {XT[0], XT[1], XT[2], XT[3]}};
+            if ((st = run_layer(&q, l, &pf, NULL, NULL, NULL, err))) break;
+        }
+        int use_sc = shortcut && l + 1 < L;
         for (int sg = 0; sg < 4 && !st; sg++) {
             int cols = (int)mats[sg][0]->shape[1];
-            if ((st = run_layer(&q, l, which[sg], cols, H, err))) break;
+            struct pass p = {.which = sg, .cols = cols, .in = X, .n_windows = NS,
+                             .xf = fp ? XT[sg] : NULL};
+            if (sg == 3 && use_sc) {
+                p.out = Y;
+                p.save[3] = Xd;
+            }
+            int done_h = 0;
+            if (sg == 0 && !o->no_shortcut && (st = qkv_direct(&q, l, X, p.xf, H, C, &done_h, err)))
+                break;
+            if (sg == 0 && !done_h && !o->no_shortcut && rep) rep->n_shortcut_fallbacks++;
+            if (sg == 1 && fpres) {
+                p.ra = Xf;
+                p.rb = X;
+            }
+            if (!done_h && (st = run_layer(&q, l, &p, H, C, Rm, err))) break;
             struct lmp_quant_hinv *hv = NULL;
             openblas_set_num_threads(blas_prev);
             st = lmp_quant_hinv_prepare(H, cols, &o->q, &hv, err);
-            for (int k = 0; k < n_in_stage[sg] && !st; k++)
-                st = quant_one(mats[sg][k], hv, &o->q, &pend[pi++], rep, err);
+            for (int k = 0; k < n_in_stage[sg] && !st; k++) {
+                struct lmp_tensor *t = mats[sg][k];
+                const int rows = (int)t->shape[0];
+                const size_t nw = (size_t)rows * (size_t)cols;
+                const float *src = NULL;
+                if (sg == 3 && use_sc) memcpy(dW, t->data, nw * sizeof(float));
+                if (fp) {
+                    if (p.ra) cblas_sscal(rows * cols, o->fp_residual, Rm, 1);
+                    st = lmp_quant_fp_target(t->data, rows, cols, H, C, p.ra ? Rm : NULL,
+                                             o->fp_alpha, &o->q, Wt, err);
+                    src = Wt;
+                }
+                if (!st) st = quant_one(t, src, hv, &o->q, &pend[pi++], rep, err);
+                if (!st && sg == 3 && use_sc) { /* dW = W_hat - W */
+                    const float *wq = t->data;
+                    for (size_t i = 0; i < nw; i++) dW[i] = wq[i] - dW[i];
+                }
+            }
             if (!st && hv && hv->damp_retries && rep) rep->n_damp_retries += hv->damp_retries;
             lmp_quant_hinv_free(hv);
             openblas_set_num_threads(1);
             if (o->progress) o->progress(o->progress_user, l, L, sname[sg]);
         }
         /* the quantized layer's outputs feed the next layer */
-        if (!st && l + 1 < L) st = run_layer(&q, l, -1, 0, NULL, err);
+        if (!st && l + 1 < L) {
+            int ok = 0;
+            if (use_sc) st = shortcut_output(&q, l, X, Y, Xd, dW, ffn, &ok, err);
+            if (!st && ok) {
+                float *tx = X;
+                X = Y;
+                Y = tx;
+            } else if (!st) {
+                if (use_sc && rep) rep->n_shortcut_fallbacks++;
+                struct pass po = {.which = -1, .in = X, .out = X, .n_windows = NS};
+                st = run_layer(&q, l, &po, NULL, NULL, NULL, err);
+            }
+        }
         if (o->progress) o->progress(o->progress_user, l + 1, L, "done");
     }
     openblas_set_num_threads(blas_prev);
@@ -459,12 +709,27 @@ done:
         for (int t = 0; t < q.n_thr; t++) lmp_rt_state_free(q.states[t]);
     if (q.Ht)
         for (int t = 0; t < q.n_thr; t++) free(q.Ht[t]);
+    if (q.Ct)
+        for (int t = 0; t < q.n_thr; t++) free(q.Ct[t]);
     free(q.states);
     free(q.Ht);
+    free(q.Ct);
+    if (q.Rt)
+        for (int t = 0; t < q.n_thr; t++) free(q.Rt[t]);
+    free(q.Rt);
+    free(q.rtmp);
+    free(Rm);
     free(q.Nt);
-    free(q.X);
     free(q.tmp);
+    free(X);
+    free(Y);
+    free(Xd);
+    free(Xf);
+    for (int k = 0; k < 4; k++) free(XT[k]);
     free(H);
+    free(C);
+    free(Wt);
+    free(dW);
     free(win);
     if (rep) rep->seconds = omp_get_wtime() - t0;
     return st;

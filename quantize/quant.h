@@ -5,8 +5,16 @@
  * quant.py Quantizer), plus the Hessian accumulation that feeds it.
  *
  * Layout: W is row-major (rows, cols) = [out][in] (formats/model.h); a group is `group`
- * consecutive input columns of one row; H is (cols, cols), H = 2/N sum_n x_n x_n^T over
- * the N input vectors x_n (cols) of the layer.
+ * consecutive columns of one row, in storage order (= processing order with act-order and
+ * a stored perm; natural order otherwise, static groups included); H is (cols, cols),
+ * H = 2/N sum_n x_n x_n^T over the N input vectors x_n (cols) of the layer.
+ *
+ * Partial last group: groups start at every multiple of `group`, so there are
+ * n_groups = ceil(cols / group) of them and, when group does not divide cols, the last one
+ * covers the remaining cols % group columns; its grid params are computed from that shorter
+ * slice. This is what the reference does (find_params(W[:, i : i + groupsize]) at every
+ * i % groupsize == 0, the slice naturally shorter at the end). A group >= cols is one group
+ * per row (per-channel).
  *
  * Grid (per row and group, b bits, maxq = 2^b - 1), as the reference find_params:
  *   xmin = min(min(w), 0), xmax = max(max(w), 0)
@@ -37,8 +45,8 @@
 
 struct lmp_quant_opts {
     int bits;          /* 2, 3, 4, 8 */
-    int group;         /* columns per group; 0 = per-channel (group = cols). Must divide cols,
-                          else LMP_ERR_ARG. */
+    int group;         /* columns per group; 0 (or >= cols) = per-channel (group = cols).
+                          Need not divide cols: the last group is then shorter (above). */
     int sym;           /* symmetric grid, zero = 2^(bits-1) */
     int mse;           /* MSE-optimal clipping search per group (GPTQ: at each group start) */
     int mse_grid;      /* 100 */
@@ -67,7 +75,7 @@ struct lmp_quant_opts {
 
 /* bits 4, per-channel, asymmetric, block 128, damp 0.01, mse grid 100/0.8/2.4, retries 4. */
 void lmp_quant_opts_default(struct lmp_quant_opts *o);
-/* Checks o against a (rows, cols) matrix: bits, group divides cols, block, damp, mse. */
+/* Checks o against a (rows, cols) matrix: bits, shape, group >= 0, block, damp, mse. */
 enum lmp_status lmp_quant_opts_check(const struct lmp_quant_opts *o, int64_t rows, int64_t cols,
                                      struct lmp_err *err);
 
@@ -90,8 +98,9 @@ static inline int lmp_quant_code(float w, float scale, float zero, int maxq)
 
 struct lmp_qtensor_out {
     int64_t rows, cols;
-    int bits, group, sym;
-    int64_t n_groups;   /* cols / group */
+    int bits, sym;
+    int group;          /* as stored: min(opts group, cols); cols for per-channel */
+    int64_t n_groups;   /* ceil(cols / group); the last group may be shorter */
     uint8_t *codes;     /* (rows, cols) one code per byte, STORAGE order (see perm) */
     uint16_t *scales;   /* fp16 (rows, n_groups) */
     uint16_t *zeros;    /* fp16 (rows, n_groups) */
@@ -117,6 +126,34 @@ void lmp_qtensor_out_free(struct lmp_qtensor_out *o); /* frees the arrays; accep
 enum lmp_status lmp_quant_hessian_accumulate(float *H, int cols, const float *X /* (n, cols) */,
                                              int n, int64_t *nsamples, struct lmp_err *err);
 void lmp_quant_hessian_finalize(float *H, int cols);
+
+/* ---- target correction (beyond the reference) ---------------------------------------------
+ * GPTQ minimises ||W X - Q X|| on the inputs X of the partly quantized model. With the
+ * inputs Xf the unquantized model sees at the same place, the objective ||W Xf - Q X||
+ * (reproduce what the original layer computed on the original activations, which also
+ * undoes part of the error of the earlier quantized layers) is the same GPTQ problem for
+ * the corrected weights W' = W C H^-1, C = 2/N sum xf x^T: then
+ * ||W Xf - Q X||^2 = const + ||(W' - Q) X||^2. Computed as
+ * W' = W + alpha W (C - H) (H + damp I)^-1, exactly W when Xf = X (alpha = 1: the full
+ * correction, 0: none). */
+
+/* C (cf, cols) <- running average of 2/N sum a x^T, C[i][j] = sum a_i x_j, with the same
+ * weights as lmp_quant_hessian_accumulate; nsamples is the count BEFORE this batch (call it
+ * before the Hessian's accumulate for the same rows, which advances the count). With
+ * a = xf (cf = cols) it is the cross statistic C above. */
+enum lmp_status lmp_quant_cross_accumulate(float *C, int cf, int cols, const float *A /* (n, cf) */,
+                                           const float *X /* (n, cols) */, int n,
+                                           int64_t nsamples, struct lmp_err *err);
+/* Wt (rows, cols) = W + alpha (W (C - H) + R) (H + damp I)^-1 with damp = o->damp * mean(diag H)
+ * (dead columns: diagonal 1, as GPTQ), in double; damping x10 up to o->max_retries times if
+ * the solve fails. H: upper triangle read; C full; R (rows, cols) or NULL: an extra target
+ * 2/N sum r x^T for outputs that should also move by r (residual correction: the layer
+ * adds its output to a stream whose error r = stream_fp - stream it may undo). Wt may not
+ * alias W. */
+enum lmp_status lmp_quant_fp_target(const float *W, int rows, int cols, const float *H,
+                                    const float *C, const float *R, float alpha,
+                                    const struct lmp_quant_opts *o, float *Wt,
+                                    struct lmp_err *err);
 
 /* ---- GPTQ ----------------------------------------------------------------------------- */
 

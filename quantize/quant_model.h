@@ -17,6 +17,14 @@ struct lmp_quant_model_opts {
     int python_sampler;      /* windows as the reference scripts draw them: CPython's
                                 random.seed(seed) + randint over BOS + ids, no BOS forcing */
     int n_threads;           /* <= 0: OpenMP default */
+    float fp_alpha;          /* > 0: quantize toward the unquantized model's outputs on its own
+                                activations (quant.h, lmp_quant_fp_target) with this weight;
+                                0: off (the reference's objective). Costs one more pass per
+                                layer and the unquantized inputs of one layer in memory. */
+    float fp_residual;       /* with fp_alpha: the attention output projection (o) also aims
+                                to undo this fraction of the error the quantized layers so far
+                                left in the residual stream (its layer input); 0: off */
+    int no_shortcut;         /* always run the separate output pass (see model_quant.c) */
     /* progress: called after each stage of each layer (stage "qkv", "o", "gate_up",
      * "down", "done", "rtn"); layer counts finished layers for "done"/"rtn". */
     void (*progress)(void *user, int layer, int n_layers, const char *stage);
@@ -34,6 +42,7 @@ struct lmp_quant_report {
     int n_tensors;
     struct lmp_quant_tensor_report t[LMP_QUANT_REPORT_MAX];
     int n_damp_retries; /* Cholesky failures retried with more damping */
+    int n_shortcut_fallbacks; /* layers whose output needed the separate pass */
     double seconds;
 };
 

@@ -8,6 +8,11 @@
     column at a time with the full update of all later columns (no lazy batching, no
     blocks), H^-1 by np.linalg.inv and its upper Cholesky factor by np.linalg.cholesky.
 
+Groups need not divide cols: they start at every multiple of `group` (in storage order:
+processing order with act-order, natural order with static groups), n_groups =
+ceil(cols / group), and the last group's params come from its shorter slice, as the
+reference's find_params(W[:, i:i + groupsize]) at each i % groupsize == 0.
+
 Usage: gptq_ref.py DIR
   reads  DIR/W.f32 (rows*cols float32), DIR/H.f32 (cols*cols float32, symmetric),
          DIR/cases.txt: "rows cols" on the first line, then one case per line:
@@ -75,7 +80,7 @@ def grid(x, bits, sym, mse, quirks, grid_n=100, maxshrink=0.8, norm=2.4):
 
 def rtn(W, bits, group, sym, mse, quirks):
     rows, cols = W.shape
-    ng = cols // group
+    ng = -(-cols // group)  # ceil: the last group covers the remaining cols % group columns
     S = np.zeros((rows, ng), F)
     Z = np.zeros((rows, ng), F)
     Q = np.zeros((rows, cols), np.int32)
@@ -95,7 +100,7 @@ def gptq(W, H, bits, group, sym, mse, act_order, static, quirks, block, damp):
     H = H.astype(np.float64)
     W_orig = W.copy()
     rows, cols = W.shape
-    ng = cols // group
+    ng = -(-cols // group)  # ceil; slices below are naturally shorter at the end
     maxq = 2**bits - 1
     dead = np.diag(H) == 0
     H[dead, dead] = 1
@@ -151,7 +156,7 @@ def main():
         name, kind = c[0], c[1]
         bits, group, sym, mse, act, static, quirks, block = map(int, c[2:10])
         damp = float(c[10])
-        group = group or cols
+        group = min(group or cols, cols)
         if kind == "rtn":
             res = rtn(W, bits, group, sym, mse, quirks)
         else:

@@ -195,6 +195,75 @@ TEST(quant_pack_roundtrip)
 
 /* ---- (c) grid / RTN vs numpy ----------------------------------------------------------- */
 
+/* Runs RTN for every case and compares with numpy's output (run_numpy already called).
+ * Every group must match exactly, except one numpy flags as sitting on a rounding boundary
+ * (fp16 scale, zero at .5, MSE near-tie) where float-order effects (FMA contraction,
+ * powf's last bit, summation order) may legitimately decide. Returns those explained
+ * differences. Groups need not divide cols: the last one is then shorter. */
+static void compare_rtn(const struct qcase *cases, int nc, int rows, int cols, const float *W,
+                        int *ties)
+{
+    int tie_total = 0;
+    *ties = 0;
+    for (int i = 0; i < nc; i++) {
+        struct lmp_quant_opts o;
+        case_opts(&cases[i], 128, &o);
+        struct lmp_qtensor_out q;
+        struct lmp_err err = {{0}};
+        float *Wh = malloc(sizeof(float) * rows * cols);
+        REQUIRE(lmp_quant_rtn_matrix(W, rows, cols, &o, &q, Wh, &err) == LMP_OK);
+        long gs = cases[i].group && cases[i].group < cols ? cases[i].group : cols;
+        long ng = (cols + gs - 1) / gs;
+        CHECK_EQ_INT(q.n_groups, ng);
+        CHECK_EQ_INT(q.group, gs);
+        int32_t *codes = NULL, *frag = NULL;
+        float *sc = NULL, *ze = NULL;
+        if (read_case(cases[i].name, "codes", (void **)&codes, (long)rows * cols) < 0 ||
+            read_case(cases[i].name, "fragile", (void **)&frag, (long)rows * cols) < 0 ||
+            read_case(cases[i].name, "scales", (void **)&sc, rows * ng) < 0 ||
+            read_case(cases[i].name, "zeros", (void **)&ze, rows * ng) < 0) {
+            CHECK_MSG(0, "%s: numpy output missing", cases[i].name);
+            free(codes);
+            free(frag);
+            free(sc);
+            free(ze);
+            free(Wh);
+            lmp_qtensor_out_free(&q);
+            continue;
+        }
+        int bad = 0, tie = 0;
+        for (long k = 0; k < rows * ng; k++) {
+            long r = k / ng, g = k % ng;
+            long j1 = (g + 1) * gs < cols ? (g + 1) * gs : cols;
+            int same = lmp_f16_to_f32(q.scales[k]) == sc[k] && lmp_f16_to_f32(q.zeros[k]) == ze[k];
+            for (long j = g * gs; j < j1; j++) {
+                same = same && q.codes[r * cols + j] == codes[r * cols + j];
+                /* W_hat is the dequantised code */
+                float wh = lmp_f16_to_f32(q.scales[k]) *
+                           ((float)q.codes[r * cols + j] - lmp_f16_to_f32(q.zeros[k]));
+                same = same && Wh[r * cols + j] == wh;
+            }
+            if (same) continue;
+            int fragile = frag[r * cols + g * gs] != 0;
+            fprintf(stderr, "    %s: row %ld group %ld: scale %g zero %g, numpy %g %g%s\n",
+                    cases[i].name, r, g, (double)lmp_f16_to_f32(q.scales[k]),
+                    (double)lmp_f16_to_f32(q.zeros[k]), (double)sc[k], (double)ze[k],
+                    fragile ? " (at a rounding boundary: explained)" : "");
+            if (fragile) tie++;
+            else bad++;
+        }
+        tie_total += tie;
+        CHECK_MSG(bad == 0, "%s: %d groups differ from numpy", cases[i].name, bad);
+        free(codes);
+        free(frag);
+        free(sc);
+        free(ze);
+        free(Wh);
+        lmp_qtensor_out_free(&q);
+    }
+    *ties = tie_total;
+}
+
 TEST(quant_rtn_grid_matches_numpy)
 {
     if (!lmp_test_have_numpy()) lmp_test_skip("no numpy in /usr/bin/python3");
@@ -230,58 +299,117 @@ TEST(quant_rtn_grid_matches_numpy)
     cases[nc++] = (struct qcase){"rtn_symquirk", "rtn", 4, 16, 1, 0, 0, 0, 1};
     cases[nc++] = (struct qcase){"rtn_symquirk_mse", "rtn", 3, 16, 1, 1, 0, 0, 1};
     REQUIRE(run_numpy(cases, nc, ROWS, COLS, 128, W, NULL) == 0);
-    int tie_total = 0;
-    for (int i = 0; i < nc; i++) {
-        struct lmp_quant_opts o;
-        case_opts(&cases[i], 128, &o);
-        struct lmp_qtensor_out q;
-        struct lmp_err err = {{0}};
-        float *Wh = malloc(sizeof(float) * ROWS * COLS);
-        REQUIRE(lmp_quant_rtn_matrix(W, ROWS, COLS, &o, &q, Wh, &err) == LMP_OK);
-        int32_t *codes = NULL, *frag = NULL;
-        float *sc = NULL, *ze = NULL;
-        long ng = q.n_groups, gs = COLS / ng;
-        if (read_case(cases[i].name, "codes", (void **)&codes, ROWS * COLS) < 0 ||
-            read_case(cases[i].name, "fragile", (void **)&frag, ROWS * COLS) < 0 ||
-            read_case(cases[i].name, "scales", (void **)&sc, ROWS * ng) < 0 ||
-            read_case(cases[i].name, "zeros", (void **)&ze, ROWS * ng) < 0) {
-            CHECK_MSG(0, "%s: numpy output missing", cases[i].name);
-            continue;
-        }
-        /* every group must match exactly, except one numpy flags as sitting on a rounding
-         * boundary (fp16 scale, zero at .5, MSE near-tie) where float-order effects (FMA
-         * contraction, powf's last bit, summation order) may legitimately decide */
-        int bad = 0, tie = 0;
-        for (long k = 0; k < ROWS * ng; k++) {
-            long r = k / ng, g = k % ng;
-            int same = lmp_f16_to_f32(q.scales[k]) == sc[k] && lmp_f16_to_f32(q.zeros[k]) == ze[k];
-            for (long j = g * gs; j < (g + 1) * gs; j++)
-                same = same && q.codes[r * COLS + j] == codes[r * COLS + j];
-            if (same) continue;
-            int fragile = frag[r * COLS + g * gs] != 0;
-            fprintf(stderr, "    %s: row %ld group %ld: scale %g zero %g, numpy %g %g%s\n",
-                    cases[i].name, r, g, (double)lmp_f16_to_f32(q.scales[k]),
-                    (double)lmp_f16_to_f32(q.zeros[k]), (double)sc[k], (double)ze[k],
-                    fragile ? " (at a rounding boundary: explained)" : "");
-            if (fragile) tie++;
-            else bad++;
-        }
-        tie_total += tie;
-        CHECK_MSG(bad == 0, "%s: %d groups differ from numpy", cases[i].name, bad);
-        /* all-zero groups dequantise to exact zeros */
-        for (int j = 0; j < COLS; j++) CHECK(Wh[7 * COLS + j] == 0.0f);
-        free(codes);
-        free(frag);
-        free(sc);
-        free(ze);
-        free(Wh);
-        lmp_qtensor_out_free(&q);
-    }
+    int tie_total;
+    compare_rtn(cases, nc, ROWS, COLS, W, &tie_total);
     CHECK_MSG(tie_total <= 3, "%d groups differ at rounding boundaries", tie_total);
+    /* all-zero rows dequantise to exact zeros */
+    struct lmp_quant_opts o;
+    case_opts(&cases[0], 128, &o);
+    struct lmp_qtensor_out q;
+    struct lmp_err err = {{0}};
+    float *Wh = malloc(sizeof(float) * ROWS * COLS);
+    REQUIRE(lmp_quant_rtn_matrix(W, ROWS, COLS, &o, &q, Wh, &err) == LMP_OK);
+    for (int j = 0; j < COLS; j++) CHECK(Wh[7 * COLS + j] == 0.0f);
+    lmp_qtensor_out_free(&q);
+    free(Wh);
     free(W);
 }
 
 /* ---- (b) GPTQ vs numpy --------------------------------------------------------------- */
+
+/* Runs GPTQ for every case and compares its codes with numpy's (run_numpy already called).
+ * A row may differ only from a column numpy flags as fragile (a rounding tie, where float32
+ * vs float64 legitimately decides, after which the error feedback diverges). Returns the
+ * number of such explained rows. */
+static void compare_gptq(const struct qcase *cases, int nc, int rows, int cols, int block,
+                         const float *W, const float *H, int n_dead, int *explained)
+{
+    int explained_total = 0;
+    *explained = 0;
+    int *pos = malloc(cols * sizeof *pos), *ord = malloc(cols * sizeof *ord);
+    float *dg = malloc(cols * sizeof *dg);
+    for (int i = 0; i < nc; i++) {
+        const struct qcase *c = &cases[i];
+        struct lmp_quant_opts o;
+        case_opts(c, block, &o);
+        struct lmp_qtensor_out q;
+        struct lmp_err err = {{0}};
+        REQUIRE(lmp_quant_gptq_matrix(W, rows, cols, H, &o, &q, NULL, &err) == LMP_OK);
+        CHECK_EQ_INT(q.n_dead, n_dead);
+        long gs = c->group && c->group < cols ? c->group : cols;
+        CHECK_EQ_INT(q.n_groups, (cols + gs - 1) / gs);
+        int32_t *codes = NULL, *frag = NULL, *perm = NULL;
+        float *sc = NULL;
+        if (read_case(c->name, "codes", (void **)&codes, (long)rows * cols) < 0 ||
+            read_case(c->name, "fragile", (void **)&frag, (long)rows * cols) < 0 ||
+            read_case(c->name, "scales", (void **)&sc, rows * q.n_groups) < 0) {
+            CHECK_MSG(0, "%s: numpy output missing", c->name);
+            free(codes);
+            free(frag);
+            free(sc);
+            lmp_qtensor_out_free(&q);
+            continue;
+        }
+        int store_perm = c->act && !c->stat;
+        CHECK_MSG((q.perm != NULL) == store_perm, "%s: perm presence", c->name);
+        if (store_perm && q.perm) {
+            REQUIRE(read_case(c->name, "perm", (void **)&perm, cols) == cols);
+            CHECK_MSG(memcmp(perm, q.perm, cols * sizeof *perm) == 0, "%s: perm differs", c->name);
+        }
+        /* processing position of each storage column, to find a row's first difference */
+        for (int j = 0; j < cols; j++) pos[j] = j;
+        if (c->act && c->stat) {
+            /* storage natural, processed in act-order: recompute the order as numpy does */
+            for (int j = 0; j < cols; j++) {
+                dg[j] = H[j * cols + j] == 0.0f ? 1.0f : H[j * cols + j];
+                ord[j] = j;
+            }
+            for (int a = 1; a < cols; a++) /* stable insertion sort, descending */
+                for (int b = a; b > 0 && dg[ord[b - 1]] < dg[ord[b]]; b--) {
+                    int t = ord[b];
+                    ord[b] = ord[b - 1];
+                    ord[b - 1] = t;
+                }
+            for (int k = 0; k < cols; k++) pos[ord[k]] = k;
+        }
+        int rows_diff = 0, unexplained = 0, codes_diff = 0;
+        for (int r = 0; r < rows; r++) {
+            int first = -1;
+            for (int j = 0; j < cols; j++)
+                if (q.codes[r * cols + j] != codes[r * cols + j]) {
+                    codes_diff++;
+                    if (first < 0 || pos[j] < pos[first]) first = j;
+                }
+            if (first < 0) {
+                /* identical codes: the last group's params too (the shorter one, if any) */
+                long k = (long)r * q.n_groups + q.n_groups - 1;
+                CHECK_MSG(lmp_f16_to_f32(q.scales[k]) == sc[k] || frag[r * cols + cols - 1],
+                          "%s: row %d last group scale %g, numpy %g", c->name, r,
+                          (double)lmp_f16_to_f32(q.scales[k]), (double)sc[k]);
+                continue;
+            }
+            rows_diff++;
+            int ok = frag[r * cols + first] != 0;
+            fprintf(stderr, "    %s: row %d differs first at column %d (C %d, numpy %d): %s\n",
+                    c->name, r, first, q.codes[r * cols + first], codes[r * cols + first],
+                    ok ? "at a rounding tie (explained)" : "NOT at a rounding tie");
+            if (!ok) unexplained++;
+        }
+        explained_total += rows_diff - unexplained;
+        CHECK_MSG(unexplained == 0, "%s: %d rows differ from numpy without a rounding tie",
+                  c->name, unexplained);
+        CHECK_MSG(rows_diff <= 2, "%s: %d rows (%d codes) differ", c->name, rows_diff, codes_diff);
+        free(codes);
+        free(frag);
+        free(perm);
+        free(sc);
+        lmp_qtensor_out_free(&q);
+    }
+    free(pos);
+    free(ord);
+    free(dg);
+    *explained = explained_total;
+}
 
 TEST(quant_gptq_matches_numpy)
 {
@@ -311,76 +439,64 @@ TEST(quant_gptq_matches_numpy)
     };
     const int nc = (int)(sizeof cases / sizeof cases[0]);
     REQUIRE(run_numpy(cases, nc, ROWS, COLS, BLOCK, W, H) == 0);
-    int explained_total = 0;
-    for (int i = 0; i < nc; i++) {
-        const struct qcase *c = &cases[i];
-        struct lmp_quant_opts o;
-        case_opts(c, BLOCK, &o);
-        struct lmp_qtensor_out q;
-        REQUIRE(lmp_quant_gptq_matrix(W, ROWS, COLS, H, &o, &q, NULL, &err) == LMP_OK);
-        CHECK_EQ_INT(q.n_dead, 1);
-        int32_t *codes = NULL, *frag = NULL, *perm = NULL;
-        if (read_case(c->name, "codes", (void **)&codes, ROWS * COLS) < 0 ||
-            read_case(c->name, "fragile", (void **)&frag, ROWS * COLS) < 0) {
-            CHECK_MSG(0, "%s: numpy output missing", c->name);
-            continue;
-        }
-        int store_perm = c->act && !c->stat;
-        CHECK_MSG((q.perm != NULL) == store_perm, "%s: perm presence", c->name);
-        if (store_perm && q.perm) {
-            REQUIRE(read_case(c->name, "perm", (void **)&perm, COLS) == COLS);
-            CHECK_MSG(memcmp(perm, q.perm, COLS * sizeof *perm) == 0, "%s: perm differs", c->name);
-        }
-        /* processing position of each storage column, to find a row's first difference */
-        int pos[COLS];
-        for (int j = 0; j < COLS; j++) pos[j] = j;
-        if (c->act && c->stat) {
-            /* storage natural, processed in act-order: recompute the order as numpy does */
-            float dg[COLS];
-            int ord[COLS];
-            for (int j = 0; j < COLS; j++) {
-                dg[j] = H[j * COLS + j] == 0.0f ? 1.0f : H[j * COLS + j];
-                ord[j] = j;
-            }
-            for (int a = 1; a < COLS; a++) /* stable insertion sort, descending */
-                for (int b = a; b > 0 && dg[ord[b - 1]] < dg[ord[b]]; b--) {
-                    int t = ord[b];
-                    ord[b] = ord[b - 1];
-                    ord[b - 1] = t;
-                }
-            for (int k = 0; k < COLS; k++) pos[ord[k]] = k;
-        }
-        int rows_diff = 0, unexplained = 0, codes_diff = 0;
-        for (int r = 0; r < ROWS; r++) {
-            int first = -1;
-            for (int j = 0; j < COLS; j++)
-                if (q.codes[r * COLS + j] != codes[r * COLS + j]) {
-                    codes_diff++;
-                    if (first < 0 || pos[j] < pos[first]) first = j;
-                }
-            if (first < 0) continue;
-            rows_diff++;
-            int ok = frag[r * COLS + first] != 0;
-            fprintf(stderr, "    %s: row %d differs first at column %d (C %d, numpy %d): %s\n",
-                    c->name, r, first, q.codes[r * COLS + first], codes[r * COLS + first],
-                    ok ? "at a rounding tie (explained)" : "NOT at a rounding tie");
-            if (!ok) unexplained++;
-        }
-        explained_total += rows_diff - unexplained;
-        CHECK_MSG(unexplained == 0, "%s: %d rows differ from numpy without a rounding tie",
-                  c->name, unexplained);
-        CHECK_MSG(rows_diff <= 2, "%s: %d rows (%d codes) differ", c->name, rows_diff, codes_diff);
-        free(codes);
-        free(frag);
-        free(perm);
-        lmp_qtensor_out_free(&q);
-    }
+    int explained_total;
+    compare_gptq(cases, nc, ROWS, COLS, BLOCK, W, H, 1, &explained_total);
     CHECK_MSG(explained_total <= 3, "%d rows differ in total", explained_total);
     free(W);
     free(X);
     free(H);
 }
 
+/* Groups that do not divide the columns: 72 columns in groups of 16 (the last one 8 wide),
+ * groups of 20 (last 12) and 40 (last 32), blocks of 24 and 32 that cut groups in the
+ * middle; RTN, GPTQ, sym, act-order (groups over storage order, the short one last in
+ * processing order), static groups (natural groups, the short one holding the last input
+ * columns), MSE, and the reference quirks. */
+TEST(quant_partial_group_matches_numpy)
+{
+    if (!lmp_test_have_numpy()) lmp_test_skip("no numpy in /usr/bin/python3");
+    enum { ROWS = 16, COLS = 72, N = 300 };
+    unsigned long long s = 41;
+    float *W = rand_mat(&s, ROWS * COLS, 0.1f);
+    for (int j = 64; j < COLS; j++) W[3 * COLS + j] = 0.0f;             /* all-zero short group */
+    for (int j = 64; j < COLS; j++) W[4 * COLS + j] = fabsf(W[4 * COLS + j]); /* one-signed */
+    float *X = corr_inputs(&s, N, COLS, 70); /* input 70 (in the short group) is dead */
+    float *H = calloc((size_t)COLS * COLS, sizeof *H);
+    int64_t ns = 0;
+    struct lmp_err err = {{0}};
+    REQUIRE(lmp_quant_hessian_accumulate(H, COLS, X, N, &ns, &err) == LMP_OK);
+    lmp_quant_hessian_finalize(H, COLS);
+    static const struct qcase rtn[] = {
+        {"p_rtn4", "rtn", 4, 16, 0, 0, 0, 0, 0},   {"p_rtn3_sym", "rtn", 3, 16, 1, 0, 0, 0, 0},
+        {"p_rtn3_mse", "rtn", 3, 20, 0, 1, 0, 0, 0}, {"p_rtn2_g40", "rtn", 2, 40, 0, 0, 0, 0, 0},
+        {"p_rtn4_g100", "rtn", 4, 100, 0, 0, 0, 0, 0},
+    };
+    const int nr = (int)(sizeof rtn / sizeof rtn[0]);
+    REQUIRE(run_numpy(rtn, nr, ROWS, COLS, 24, W, NULL) == 0);
+    int ties;
+    compare_rtn(rtn, nr, ROWS, COLS, W, &ties);
+    CHECK_MSG(ties <= 2, "%d RTN groups differ at rounding boundaries", ties);
+
+    static const struct qcase gq[] = {
+        {"p_asym4", "gptq", 4, 16, 0, 0, 0, 0, 0},
+        {"p_sym4", "gptq", 4, 16, 1, 0, 0, 0, 0},
+        {"p_asym3_act", "gptq", 3, 16, 0, 0, 1, 0, 0},
+        {"p_asym3_act_static", "gptq", 3, 16, 0, 0, 1, 1, 0},
+        {"p_sym3_act_static", "gptq", 3, 20, 1, 0, 1, 1, 0},
+        {"p_asym3_g20", "gptq", 3, 20, 0, 0, 0, 0, 0},
+        {"p_asym4_g40_act_mse", "gptq", 4, 40, 0, 1, 1, 0, 0},
+        {"p_asym4_quirks", "gptq", 4, 20, 0, 0, 0, 0, 1},
+        {"p_asym3_quirks_act", "gptq", 3, 16, 0, 0, 1, 0, 1},
+    };
+    const int ng = (int)(sizeof gq / sizeof gq[0]);
+    REQUIRE(run_numpy(gq, ng, ROWS, COLS, 24, W, H) == 0);
+    int expl;
+    compare_gptq(gq, ng, ROWS, COLS, 24, W, H, 1, &expl);
+    CHECK_MSG(expl <= 3, "%d rows differ in total", expl);
+    free(W);
+    free(X);
+    free(H);
+}
 /* ---- Hessian ------------------------------------------------------------------------- */
 
 TEST(quant_hessian_running_average)
@@ -412,6 +528,117 @@ TEST(quant_hessian_running_average)
     free(R);
 }
 
+/* ---- target correction (fp target) ------------------------------------------------------ */
+
+/* ||W Xf^T - Wh X^T||_F^2: the unquantized layer on its own inputs vs the quantized one */
+static double asym_err(const float *W, const float *Xf, const float *Wh, const float *X, int rows,
+                       int cols, int n)
+{
+    float *A = malloc((size_t)rows * n * sizeof *A);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, n, cols, 1.0f, W, cols, Xf, cols,
+                0.0f, A, n);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, n, cols, -1.0f, Wh, cols, X, cols,
+                1.0f, A, n);
+    double e = 0;
+    for (long i = 0; i < (long)rows * n; i++) e += (double)A[i] * A[i];
+    free(A);
+    return e;
+}
+
+TEST(quant_fp_target)
+{
+    enum { ROWS = 48, COLS = 64, N = 600 };
+    unsigned long long s = 31;
+    float *W = malloc(sizeof(float) * ROWS * COLS);
+    for (int i = 0; i < ROWS * COLS; i++) W[i] = randn(&s) * 0.05f;
+    float *Xf = corr_inputs(&s, N, COLS, -1), *X = malloc(sizeof(float) * N * COLS);
+    /* the quantized model's inputs: the unquantized ones plus a correlated error */
+    for (long i = 0; i < (long)N * COLS; i++) X[i] = Xf[i] * (1.0f + 0.2f * randn(&s)) + 0.1f * randn(&s);
+    float *H = calloc(COLS * COLS, sizeof *H), *Cm = calloc(COLS * COLS, sizeof *Cm);
+    int64_t ns = 0;
+    struct lmp_err err = {{0}};
+    const int cuts[] = {0, 7, 300, N};
+    for (int k = 0; k < 3; k++) {
+        int n = cuts[k + 1] - cuts[k];
+        REQUIRE(lmp_quant_cross_accumulate(Cm, COLS, COLS, Xf + cuts[k] * COLS, X + cuts[k] * COLS, n, ns,
+                                           &err) == LMP_OK);
+        REQUIRE(lmp_quant_hessian_accumulate(H, COLS, X + cuts[k] * COLS, n, &ns, &err) == LMP_OK);
+    }
+    /* C = 2/N sum xf x^T, in double */
+    float *R = malloc(sizeof(float) * COLS * COLS);
+    for (int i = 0; i < COLS; i++)
+        for (int j = 0; j < COLS; j++) {
+            double a = 0;
+            for (int t = 0; t < N; t++) a += (double)Xf[t * COLS + i] * X[t * COLS + j];
+            R[i * COLS + j] = (float)(2.0 * a / N);
+        }
+    CHECK_CLOSE("C vs 2/N Xf^T X", Cm, R, COLS * COLS, 1e-4, 1e-4);
+
+    struct lmp_quant_opts o;
+    lmp_quant_opts_default(&o);
+    o.bits = 3;
+    o.group = 24; /* 64 = 24 + 24 + 16 */
+    float *Wt = malloc(sizeof(float) * ROWS * COLS);
+    /* without damping, the normal equations Wt H = W C hold */
+    o.damp = 0.0f;
+    REQUIRE(lmp_quant_fp_target(W, ROWS, COLS, H, Cm, NULL, 1.0f, &o, Wt, &err) == LMP_OK);
+    double maxd = 0, maxr = 0;
+    for (int r = 0; r < ROWS; r++)
+        for (int j = 0; j < COLS; j++) {
+            double a = 0, b = 0;
+            for (int k = 0; k < COLS; k++) {
+                a += (double)Wt[r * COLS + k] * (k <= j ? H[k * COLS + j] : H[j * COLS + k]);
+                b += (double)W[r * COLS + k] * Cm[k * COLS + j];
+            }
+            if (fabs(a - b) > maxd) maxd = fabs(a - b);
+            if (fabs(b) > maxr) maxr = fabs(b);
+        }
+    fprintf(stderr, "    max |Wt H - W C| = %.3g (max |W C| %.3g)\n", maxd, maxr);
+    CHECK(maxd < 1e-4 * maxr);
+    /* alpha 0, or identical inputs (C = H): the weights themselves, damping or not */
+    o.damp = 0.01f;
+    REQUIRE(lmp_quant_fp_target(W, ROWS, COLS, H, Cm, NULL, 0.0f, &o, Wt, &err) == LMP_OK);
+    CHECK(memcmp(Wt, W, sizeof(float) * ROWS * COLS) == 0);
+    float *Hf = malloc(sizeof(float) * COLS * COLS);
+    memcpy(Hf, H, sizeof(float) * COLS * COLS);
+    lmp_quant_hessian_finalize(Hf, COLS);
+    REQUIRE(lmp_quant_fp_target(W, ROWS, COLS, H, Hf, NULL, 1.0f, &o, Wt, &err) == LMP_OK);
+    CHECK_CLOSE("Wt when Xf = X", Wt, W, ROWS * COLS, 1e-6, 1e-5);
+
+    /* GPTQ toward the corrected target reproduces W Xf better than GPTQ of W itself */
+    REQUIRE(lmp_quant_fp_target(W, ROWS, COLS, H, Cm, NULL, 1.0f, &o, Wt, &err) == LMP_OK);
+    float *Wh = malloc(sizeof(float) * ROWS * COLS);
+    struct lmp_qtensor_out q;
+    REQUIRE(lmp_quant_gptq_matrix(W, ROWS, COLS, H, &o, &q, Wh, &err) == LMP_OK);
+    lmp_qtensor_out_free(&q);
+    double e_plain = asym_err(W, Xf, Wh, X, ROWS, COLS, N);
+    REQUIRE(lmp_quant_gptq_matrix(Wt, ROWS, COLS, H, &o, &q, Wh, &err) == LMP_OK);
+    lmp_qtensor_out_free(&q);
+    double e_fp = asym_err(W, Xf, Wh, X, ROWS, COLS, N);
+    /* unquantized: W itself, and the least-squares target (the best any weights can do) */
+    double e_w = asym_err(W, Xf, W, X, ROWS, COLS, N);
+    double e_lsq = asym_err(W, Xf, Wt, X, ROWS, COLS, N);
+    fprintf(stderr, "    ||W Xf - Q X||^2: GPTQ %.4g, fp target %.4g; unquantized W %.4g, target %.4g\n",
+            e_plain, e_fp, e_w, e_lsq);
+    CHECK(e_lsq < e_w);
+    /* the quantized fp target keeps at least half of what the target gains */
+    CHECK(e_fp < e_plain - 0.5 * (e_w - e_lsq));
+
+    Cm[5] = NAN;
+    CHECK(lmp_quant_fp_target(W, ROWS, COLS, H, Cm, NULL, 1.0f, &o, Wt, &err) == LMP_ERR_ARG);
+    Xf[3] = INFINITY;
+    CHECK(lmp_quant_cross_accumulate(Cm, COLS, COLS, Xf, X, 4, 0, &err) == LMP_ERR_ARG);
+    free(W);
+    free(Xf);
+    free(X);
+    free(H);
+    free(Cm);
+    free(R);
+    free(Wt);
+    free(Hf);
+    free(Wh);
+}
+
 /* ---- (a) GPTQ beats RTN ---------------------------------------------------------------- */
 
 TEST(quant_gptq_beats_rtn)
@@ -428,7 +655,8 @@ TEST(quant_gptq_beats_rtn)
         REQUIRE(lmp_quant_hessian_accumulate(H, COLS, X + k * COLS, 256, &ns, &err) == LMP_OK);
     float *Wh = malloc(sizeof(float) * ROWS * COLS);
     for (int bits = 3; bits <= 4; bits++)
-        for (int group = 0; group <= 64; group += 64) {
+        for (int gi = 0; gi < 3; gi++) {
+            const int group = (int[]){0, 64, 48}[gi]; /* 48: the last group is 16 wide */
             struct lmp_quant_opts o;
             lmp_quant_opts_default(&o);
             o.bits = bits;
@@ -553,10 +781,22 @@ TEST(quant_gptq_shared_factor_and_errors)
     CHECK(q.codes == NULL);
     o.max_retries = 4;
 
+    /* a group that does not divide 48: 5 groups, the last 8 wide */
+    o.group = 10;
+    REQUIRE(lmp_quant_gptq_matrix(W1, ROWS, COLS, H, &o, &q, NULL, &err) == LMP_OK);
+    CHECK_EQ_INT(q.n_groups, 5);
+    lmp_qtensor_out_free(&q);
+    REQUIRE(lmp_quant_rtn_matrix(W1, ROWS, COLS, &o, &q, NULL, &err) == LMP_OK);
+    CHECK_EQ_INT(q.n_groups, 5);
+    lmp_qtensor_out_free(&q);
+    o.group = 1000; /* wider than the matrix: per-channel */
+    REQUIRE(lmp_quant_rtn_matrix(W1, ROWS, COLS, &o, &q, NULL, &err) == LMP_OK);
+    CHECK_EQ_INT(q.n_groups, 1);
+    CHECK_EQ_INT(q.group, COLS);
+    lmp_qtensor_out_free(&q);
     /* bad arguments fail cleanly */
-    o.group = 10; /* does not divide 48 */
+    o.group = -1;
     CHECK(lmp_quant_gptq_matrix(W1, ROWS, COLS, H, &o, &q, NULL, &err) == LMP_ERR_ARG);
-    CHECK(strstr(err.msg, "divide") != NULL);
     CHECK(lmp_quant_rtn_matrix(W1, ROWS, COLS, &o, &q, NULL, &err) == LMP_ERR_ARG);
     o.group = 16;
     o.bits = 5;

@@ -1,0 +1,203 @@
+/* Decode benchmark on the GPU: a Llama-2-7B-shaped model (dim 4096, 32 layers, 32 heads,
+ * ffn 11008, vocab 32000) with random weights made on the device, batch 1, tokens/s and
+ * the bandwidth it implies (weight bytes read per token x tokens/s) as a percentage of a
+ * device-to-device cudaMemcpy measured in the same run (bytes read + bytes written).
+ *
+ *   build/cuda/cuda_decode [--layers N] [--tokens N] [--runs N] [--only f16|q4|q4exact|f32]
+ *
+ * Timing: CUDA events around `tokens` decode steps (positions 0..tokens-1, each step one
+ * small kernel writing token and position plus one graph launch), after a warm-up of 16
+ * steps; the median of `runs` repetitions. Prints one table at the end. */
+#include "runtime/cuda/rt_cuda.h"
+
+#include <cuda_runtime.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int cmp_f(const void *a, const void *b)
+{
+    float x = *(const float *)a, y = *(const float *)b;
+    return x < y ? -1 : x > y;
+}
+
+static float median(float *v, int n)
+{
+    qsort(v, (size_t)n, sizeof *v, cmp_f);
+    return n % 2 ? v[n / 2] : 0.5f * (v[n / 2 - 1] + v[n / 2]);
+}
+
+#define CK(x)                                                                              \
+    do {                                                                                   \
+        cudaError_t e_ = (x);                                                              \
+        if (e_ != cudaSuccess) {                                                           \
+            fprintf(stderr, "cuda_decode: %s: %s\n", #x, cudaGetErrorString(e_));          \
+            return 2;                                                                      \
+        }                                                                                  \
+    } while (0)
+
+/* device-to-device copy bandwidth, GB/s counting read + write */
+static int copy_bw(double *gbs, double *ms_out)
+{
+    const size_t n = (size_t)2 << 30; /* 2 GiB each way */
+    void *a = NULL, *b = NULL;
+    CK(cudaMalloc(&a, n));
+    CK(cudaMalloc(&b, n));
+    CK(cudaMemset(a, 0x5a, n));
+    CK(cudaMemset(b, 0xa5, n));
+    cudaEvent_t e0, e1;
+    CK(cudaEventCreate(&e0));
+    CK(cudaEventCreate(&e1));
+    float t[10];
+    for (int i = 0; i < 3; i++) CK(cudaMemcpy(b, a, n, cudaMemcpyDeviceToDevice));
+    for (int i = 0; i < 10; i++) {
+        CK(cudaEventRecord(e0, 0));
+        CK(cudaMemcpyAsync(i % 2 ? a : b, i % 2 ? b : a, n, cudaMemcpyDeviceToDevice, 0));
+        CK(cudaEventRecord(e1, 0));
+        CK(cudaEventSynchronize(e1));
+        CK(cudaEventElapsedTime(&t[i], e0, e1));
+    }
+    float ms = median(t, 10);
+    *ms_out = ms;
+    *gbs = 2.0 * (double)n / (ms * 1e-3) / 1e9;
+    cudaEventDestroy(e0);
+    cudaEventDestroy(e1);
+    cudaFree(a);
+    cudaFree(b);
+    return 0;
+}
+
+struct row {
+    const char *name;
+    double gb, tok_s, ms, bw, pct;
+    int ok;
+};
+
+static int run_one(const char *name, enum lmp_cuda_wtype wt, int bits, int group, int exact,
+                   struct lmp_config *c, int tokens, int runs, double copy_gbs, struct row *r)
+{
+    struct lmp_cuda_state *s = NULL;
+    struct lmp_err err = {{0}};
+    struct lmp_cuda_opts o = {0, 0, exact, 0};
+    memset(r, 0, sizeof *r);
+    r->name = name;
+    enum lmp_status st =
+        lmp_cuda_state_create_random(c, tokens + 16, 1, wt, bits, group, 1234, &o, &s, &err);
+    if (st) {
+        fprintf(stderr, "cuda_decode: %s: %s\n", name, err.msg);
+        return st == LMP_ERR_UNSUPPORTED ? 2 : 1;
+    }
+    cudaStream_t stream = (cudaStream_t)lmp_cuda_stream(s);
+    cudaEvent_t e0, e1;
+    CK(cudaEventCreate(&e0));
+    CK(cudaEventCreate(&e1));
+    float *lg = malloc((size_t)c->vocab * sizeof *lg);
+    /* warm-up: graph capture, module load; also a finiteness check of the logits */
+    for (int p = 0; p < 16 && !st; p++) st = lmp_cuda_decode(s, (p * 7919 + 1) % c->vocab, p, p == 15 ? lg : NULL, &err);
+    int finite = 1;
+    for (int i = 0; !st && i < c->vocab; i++) finite &= lg[i] == lg[i] && lg[i] < 1e30f && lg[i] > -1e30f;
+    float *t = malloc((size_t)runs * sizeof *t);
+    for (int k = 0; k < runs && !st; k++) {
+        lmp_cuda_reset(s);
+        CK(cudaEventRecord(e0, stream));
+        for (int p = 0; p < tokens && !st; p++)
+            st = lmp_cuda_decode(s, (p * 7919 + 13) % c->vocab, p, NULL, &err);
+        CK(cudaEventRecord(e1, stream));
+        CK(cudaEventSynchronize(e1));
+        CK(cudaEventElapsedTime(&t[k], e0, e1));
+    }
+    if (st) {
+        fprintf(stderr, "cuda_decode: %s: %s\n", name, err.msg);
+    } else {
+        float ms = median(t, runs);
+        r->gb = lmp_cuda_decode_weight_bytes(s) / 1e9;
+        r->ms = ms / tokens;
+        r->tok_s = tokens / (ms * 1e-3);
+        r->bw = r->gb * r->tok_s;
+        r->pct = 100.0 * r->bw / copy_gbs;
+        r->ok = finite;
+        fprintf(stderr, "  %-10s %.3f GB/token, %.3f ms/token, %.1f tok/s, %.0f GB/s = %.1f %% of copy, logits %s\n",
+                name, r->gb, r->ms, r->tok_s, r->bw, r->pct, finite ? "finite" : "NOT FINITE");
+    }
+    free(t);
+    free(lg);
+    cudaEventDestroy(e0);
+    cudaEventDestroy(e1);
+    lmp_cuda_state_free(s);
+    return st ? 1 : 0;
+}
+
+int main(int argc, char **argv)
+{
+    int layers = 32, tokens = 128, runs = 5;
+    const char *only = NULL;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--layers") && i + 1 < argc) layers = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--tokens") && i + 1 < argc) tokens = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--runs") && i + 1 < argc) runs = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--only") && i + 1 < argc) only = argv[++i];
+        else {
+            fprintf(stderr, "usage: cuda_decode [--layers N] [--tokens N] [--runs N] [--only f16|q4|q4exact|f32]\n");
+            return 2;
+        }
+    }
+    if (layers < 1 || tokens < 1 || runs < 1) {
+        fprintf(stderr, "cuda_decode: bad arguments\n");
+        return 2;
+    }
+    struct lmp_cuda_info info;
+    struct lmp_err err = {{0}};
+    if (lmp_cuda_probe(0, &info, &err)) {
+        fprintf(stderr, "cuda_decode: %s\n", err.msg);
+        return 2;
+    }
+    printf("device: %s (cc %d.%d, %d SMs, %.1f GiB), driver %d, runtime %d\n", info.name,
+           info.cc_major, info.cc_minor, info.n_sm, info.mem_total / 1073741824.0,
+           info.driver_version, info.runtime_version);
+    double copy_gbs, copy_ms;
+    if (copy_bw(&copy_gbs, &copy_ms)) return 2;
+    printf("device-to-device copy: 2 GiB in %.3f ms (median of 10) = %.0f GB/s (read + write)\n",
+           copy_ms, copy_gbs);
+    fflush(stdout);
+
+    struct lmp_layer_cfg *lc = calloc((size_t)layers, sizeof *lc);
+    for (int l = 0; l < layers; l++) lc[l] = (struct lmp_layer_cfg){32, 32, 11008};
+    struct lmp_config c;
+    memset(&c, 0, sizeof c);
+    c.dim = 4096;
+    c.n_layers = layers;
+    c.head_dim = 128;
+    c.vocab = 32000;
+    c.max_ctx = 4096;
+    c.rope_theta = 10000.0f;
+    c.norm_eps = 1e-5f;
+    c.layer = lc;
+    static const struct {
+        const char *name;
+        enum lmp_cuda_wtype wt;
+        int bits, group, exact;
+    } modes[] = {{"f16", LMP_CUDA_W_F16, 0, 0, 0},
+                 {"q4", LMP_CUDA_W_PACKED, 4, 128, 0},
+                 {"q4exact", LMP_CUDA_W_PACKED, 4, 128, 1},
+                 {"f32", LMP_CUDA_W_F32, 0, 0, 0}};
+    struct row rows[4];
+    int nr = 0, rc = 0;
+    printf("Llama-2-7B shape, %d layers, random weights, batch 1, %d tokens from position 0, median of %d runs\n",
+           layers, tokens, runs);
+    fflush(stdout);
+    for (int k = 0; k < 4; k++) {
+        if (only ? strcmp(only, modes[k].name) != 0 : k == 3) continue; /* f32 only on request */
+        int e = run_one(modes[k].name, modes[k].wt, modes[k].bits, modes[k].group, modes[k].exact,
+                        &c, tokens, runs, copy_gbs, &rows[nr]);
+        if (e) rc = e;
+        else nr++;
+    }
+    printf("\n| weights | GB read / token | ms / token | tokens/s | GB/s | %% of D2D copy (%.0f GB/s) |\n",
+           copy_gbs);
+    printf("|---|---|---|---|---|---|\n");
+    for (int i = 0; i < nr; i++)
+        printf("| %s | %.3f | %.3f | %.1f | %.0f | %.1f %%%s |\n", rows[i].name, rows[i].gb, rows[i].ms,
+               rows[i].tok_s, rows[i].bw, rows[i].pct, rows[i].ok ? "" : " (non-finite logits!)");
+    free(lc);
+    return rc;
+}

@@ -1,0 +1,163 @@
+/* Private to runtime/cuda: the device-side state, weight descriptors and the kernel
+ * launchers shared by rt_cuda.cu, gptq_cuda.cu and ktest.cu. CUDA C++ only. */
+#ifndef LMP_RT_CUDA_INTERNAL_H
+#define LMP_RT_CUDA_INTERNAL_H
+
+#include "rt_cuda.h"
+
+#include <cublas_v2.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+#include <cusolverDn.h>
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* ---- errors ---------------------------------------------------------------------------- */
+
+/* Status for a CUDA error: allocation failures and missing devices are
+ * LMP_ERR_UNSUPPORTED (the CLI exits 2), others LMP_ERR_INTERNAL; the message names what
+ * was being done. */
+enum lmp_status cu_fail(struct lmp_err *err, cudaError_t e, const char *what);
+enum lmp_status cu_blas_fail(struct lmp_err *err, cublasStatus_t e, const char *what);
+
+#define CU_TRY(call, what)                                                                 \
+    do {                                                                                   \
+        cudaError_t e_ = (call);                                                           \
+        if (e_ != cudaSuccess) return cu_fail(err, e_, what);                              \
+    } while (0)
+#define CU_LAUNCHED(what) CU_TRY(cudaGetLastError(), what)
+#define BLAS_TRY(call, what)                                                               \
+    do {                                                                                   \
+        cublasStatus_t e_ = (call);                                                        \
+        if (e_ != CUBLAS_STATUS_SUCCESS) return cu_blas_fail(err, e_, what);               \
+    } while (0)
+
+/* Device allocation of n bytes with a clear message on failure ("out of GPU memory:
+ * <what> needs X MiB, Y MiB free of Z MiB"). */
+enum lmp_status cu_alloc(void **p, size_t n, const char *what, struct lmp_err *err);
+/* Selects the device and checks it exists. */
+enum lmp_status cu_use_device(int device, struct lmp_err *err);
+
+/* ---- weights --------------------------------------------------------------------------- */
+
+enum cu_kind { CU_F32 = 0, CU_F16 = 1, CU_PACKED = 2 };
+
+/* One linear weight (rows = out, cols = in) on the device. */
+struct cu_mat {
+    int kind;
+    int rows, cols;
+    float *f32;         /* (rows, cols) */
+    __half *f16;        /* (rows, cols) */
+    uint8_t *codes;     /* (rows, row_bytes), allocation padded by 64 bytes */
+    size_t row_bytes;
+    int bits, group, n_groups;
+    __half *scales;     /* (rows, n_groups) */
+    __half *zeros;      /* (rows, n_groups) */
+    int32_t *perm;      /* (cols) or NULL */
+    float *bias;        /* (rows) or NULL */
+    double bytes;       /* bytes a matrix-vector product streams */
+};
+
+struct cu_layer {
+    int nh, nkv, ffn;
+    float *attn_norm, *ffn_norm; /* (dim) */
+    struct cu_mat m[7];          /* wq, wk, wv, wo, w_gate, w_up, w_down */
+};
+enum { CU_WQ = 0, CU_WK, CU_WV, CU_WO, CU_WGATE, CU_WUP, CU_WDOWN };
+
+struct lmp_cuda_state {
+    int device;
+    int dim, n_layers, hd, vocab, max_ctx, max_batch;
+    float norm_eps;
+    int max_q, max_kv, max_ffn, max_in;
+    int exact_gemv, no_graph;
+    struct cu_layer *L;      /* (n_layers), host array of device pointers */
+    float *tok_embd;         /* (vocab, dim) */
+    float *out_norm;         /* (dim) */
+    struct cu_mat out;       /* (vocab, dim) */
+    float *k_cache, *v_cache; /* per layer (max_ctx, n_kv*hd) position-major, at kv_off */
+    size_t *kv_off;          /* (n_layers) floats */
+    int *n_cached;           /* (n_layers) host */
+    float *rope_cs;          /* (max_ctx, hd) */
+    /* scratch, max_batch rows each */
+    float *h, *xb, *q, *k, *v, *att, *g, *u;
+    float *logits;           /* (max_batch, vocab) */
+    float *wscr;             /* fp32 expansion of the largest non-F32 matrix (n > 1 path) */
+    void *xprep;             /* k_gemv_prep_bytes(max_in): prepared matrix-vector input */
+    size_t wscr_floats;
+    int32_t *d_tok;          /* (max_batch) */
+    int *d_pos;              /* (1) */
+    size_t smem_max;         /* opt-in shared memory per block */
+    cudaStream_t stream;
+    cublasHandle_t blas;
+    cudaGraphExec_t graph;   /* decode step, captured on first use */
+    int graph_state;         /* 0 not yet, 1 captured, -1 capture failed: launch directly */
+    void **allocs;           /* every cudaMalloc of the state */
+    int n_allocs, cap_allocs;
+};
+
+/* Allocation owned by the state (freed with it). */
+enum lmp_status cu_state_alloc(struct lmp_cuda_state *s, void **p, size_t n, const char *what,
+                               struct lmp_err *err);
+
+/* Sets up dims, stream, cuBLAS, cache and scratch once s->L / dims are filled. */
+enum lmp_status cu_state_finish(struct lmp_cuda_state *s, const float *rope_cs_host,
+                                struct lmp_err *err);
+
+/* ---- kernel launchers (kernels.cu); all on `st`, no synchronisation -------------------- */
+
+void k_rmsnorm(cudaStream_t st, float *y, const float *x, const float *w, int n, int dim,
+               float eps);
+/* rotates x (n, nh*hd) by rows (*pos + i) of cs (max_ctx, hd) */
+void k_rope(cudaStream_t st, float *x, int n, int nh, int hd, const float *cs, const int *pos);
+/* rope of q and k and the cache store of k, v in one launch (the forward uses this) */
+void k_rope_store(cudaStream_t st, float *q, const float *k, const float *v, float *kc, float *vc,
+                  int n, int nh, int nkv, int hd, const float *cs, const int *pos);
+/* stores k, v (n, kvd) into the position-major caches (max_ctx, kvd) at *pos + i */
+void k_kv_store(cudaStream_t st, float *kc, float *vc, const float *k, const float *v, int n,
+                int kvd, const int *pos);
+/* causal GQA attention over the position-major cache; q, out (n, nh*hd) */
+enum lmp_status k_attention(cudaStream_t st, float *out, const float *q, const float *kc,
+                            const float *vc, int n, const int *pos, int max_pos, int nh, int nkv,
+                            int hd, size_t smem_max, struct lmp_err *err);
+void k_swiglu(cudaStream_t st, float *g, const float *u, long count);
+void k_add_bias(cudaStream_t st, float *y, const float *b, int n, int out);
+void k_embed(cudaStream_t st, float *h, const float *emb, const int32_t *tok, int n, int dim);
+void k_set_int2(cudaStream_t st, int *dst, int a, int b);
+void k_fill_f32(cudaStream_t st, float *p, size_t n, float v);
+/* W (rows, cols) fp32 = expansion of m (natural column order) */
+void k_expand(cudaStream_t st, float *W, const struct cu_mat *m);
+/* Matrix-vector products y (rows) (+)= m x (+ bias). The kernel (mode) depends on the
+ * weight: GEMV_DENSE (F32/F16, x read as is), GEMV_P32 (packed, fp32 arithmetic),
+ * GEMV_Q4H (packed Q4 with 32-aligned power-of-two groups, fp16 arithmetic; not when exact).
+ * Packed modes read x prepared by k_gemv_prep into xp (k_gemv_prep_bytes(cols) bytes), which
+ * products with the same input, mode and perm can share. */
+enum { GEMV_DENSE = 0, GEMV_P32 = 1, GEMV_Q4H = 2 };
+int k_gemv_mode(const struct cu_mat *m, int exact);
+size_t k_gemv_prep_bytes(int max_cols);
+void k_gemv_prep(cudaStream_t st, void *xp, const float *x, const int32_t *perm, int cols, int mode);
+enum lmp_status k_gemv(cudaStream_t st, float *y, const float *x, const void *xp,
+                       const struct cu_mat *m, int accumulate, int mode, struct lmp_err *err);
+/* nll (n) double */
+void k_nll(cudaStream_t st, double *nll, const float *logits, const int32_t *target, int n,
+           int vocab);
+/* random fills: uniform [lo, hi) floats, fp16, bytes (hash of seed and index) */
+void k_rand_f32(cudaStream_t st, float *p, size_t n, float lo, float hi, uint64_t seed);
+void k_rand_normal(cudaStream_t st, float *p, size_t n, float sd, uint64_t seed);
+void k_rand_f16(cudaStream_t st, __half *p, size_t n, float lo, float hi, uint64_t seed);
+void k_rand_u8(cudaStream_t st, uint8_t *p, size_t n, uint64_t seed);
+void k_fill_f16(cudaStream_t st, __half *p, size_t n, float v);
+/* X (n, cols) *= c (cols) column-wise */
+void k_scale_cols(cudaStream_t st, float *X, long n, int cols, const float *c);
+/* flag = 1 if any of p[0..n) is not finite */
+void k_check_finite(cudaStream_t st, const float *p, size_t n, int *flag);
+
+/* Sets the dynamic shared-memory limit of the kernels that need it. */
+enum lmp_status k_init_attrs(size_t smem_max, struct lmp_err *err);
+
+/* y (n, out) = x (n, in) m^T (+ y when accumulate) (+ bias): cuBLAS; wscr for non-F32 */
+enum lmp_status cu_linear(struct lmp_cuda_state *s, float *y, const float *x,
+                          const struct cu_mat *m, int n, int accumulate, struct lmp_err *err);
+
+#endif

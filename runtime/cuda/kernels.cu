@@ -1,0 +1,935 @@
+/* Device kernels of the CUDA runtime and their launchers: RMSNorm, RoPE, KV-cache store,
+ * causal GQA attention with a fused softmax, SwiGLU, embedding lookup, expansion of F16 /
+ * packed weights to fp32, matrix-vector products (dense F32/F16, packed Q2/Q3/Q4/Q8 in
+ * fp32, and an fp16-arithmetic Q4 kernel for decode), per-row NLL, random fills.
+ *
+ * The specifications are the CPU scalar kernels (runtime/kernels.c *_ref, runtime/qmatmul.c
+ * lmp_qmatvec_ref); tests/cuda/test_cuda.c compares each with them.
+ *
+ * Matrix-vector products (decode, batch 1) are memory-bound: each warp owns R rows and
+ * streams them once, 16 bytes per lane per load, coalesced across the warp. For packed
+ * weights one lane takes a chunk of 32 consecutive codes (4*bits bytes); the input vector
+ * sits in shared memory, swizzled so that the lanes of a warp, which read 32 consecutive
+ * chunks, hit distinct banks; a perm (act-order) is applied while filling it. */
+#include "internal.h"
+
+#include <math.h>
+
+#define WARP 32
+
+static __device__ __forceinline__ float warp_sum(float v)
+{
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+static __device__ __forceinline__ double warp_sum_d(double v)
+{
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+static __device__ __forceinline__ float warp_max(float v)
+{
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+/* Sum / max over the block (blockDim.x a multiple of 32, <= 1024); every thread gets it.
+ * red: 33 floats of shared memory. */
+static __device__ float block_sum(float v, float *red)
+{
+    int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    v = warp_sum(v);
+    __syncthreads();
+    if (lane == 0) red[w] = v;
+    __syncthreads();
+    if (w == 0) {
+        float t = lane < nw ? red[lane] : 0.0f;
+        t = warp_sum(t);
+        if (lane == 0) red[32] = t;
+    }
+    __syncthreads();
+    return red[32];
+}
+static __device__ float block_max(float v, float *red)
+{
+    int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    v = warp_max(v);
+    __syncthreads();
+    if (lane == 0) red[w] = v;
+    __syncthreads();
+    if (w == 0) {
+        float t = lane < nw ? red[lane] : -INFINITY;
+        t = warp_max(t);
+        if (lane == 0) red[32] = t;
+    }
+    __syncthreads();
+    return red[32];
+}
+static __device__ double block_sum_d(double v, double *red)
+{
+    int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    v = warp_sum_d(v);
+    __syncthreads();
+    if (lane == 0) red[w] = v;
+    __syncthreads();
+    if (w == 0) {
+        double t = lane < nw ? red[lane] : 0.0;
+        t = warp_sum_d(t);
+        if (lane == 0) red[32] = t;
+    }
+    __syncthreads();
+    return red[32];
+}
+
+static unsigned grid_for(size_t n, unsigned threads)
+{
+    size_t b = (n + threads - 1) / threads;
+    if (b > 65535u * 32u) b = 65535u * 32u; /* grid-stride loops cover the rest */
+    return (unsigned)(b ? b : 1);
+}
+
+/* ---- RMSNorm -------------------------------------------------------------------------- */
+
+__global__ void rmsnorm_kernel(float *y, const float *x, const float *w, int dim, float eps)
+{
+    __shared__ float red[33];
+    const float *xr = x + (size_t)blockIdx.x * dim;
+    float *yr = y + (size_t)blockIdx.x * dim;
+    float ss = 0.0f;
+    for (int c = threadIdx.x; c < dim; c += blockDim.x) ss += xr[c] * xr[c];
+    ss = block_sum(ss, red);
+    float inv = 1.0f / sqrtf(ss / (float)dim + eps);
+    for (int c = threadIdx.x; c < dim; c += blockDim.x) yr[c] = xr[c] * inv * w[c];
+}
+
+void k_rmsnorm(cudaStream_t st, float *y, const float *x, const float *w, int n, int dim,
+               float eps)
+{
+    if (n <= 0) return;
+    rmsnorm_kernel<<<n, dim >= 4096 ? 1024 : 256, 0, st>>>(y, x, w, dim, eps);
+}
+
+/* ---- RoPE, KV cache ------------------------------------------------------------------- */
+
+__global__ void rope_kernel(float *x, int n, int nh, int hd, const float *cs, const int *pos)
+{
+    const int half = hd / 2;
+    const size_t total = (size_t)n * nh * half;
+    const int p0 = *pos;
+    for (size_t t = blockIdx.x * (size_t)blockDim.x + threadIdx.x; t < total;
+         t += (size_t)gridDim.x * blockDim.x) {
+        int i = (int)(t % half);
+        size_t rh = t / half; /* row * nh + head */
+        int r = (int)(rh / nh);
+        float *v = x + rh * hd + 2 * i;
+        const float *c = cs + (size_t)(p0 + r) * hd + 2 * i;
+        float co = c[0], si = c[1], x0 = v[0], x1 = v[1];
+        v[0] = x0 * co - x1 * si;
+        v[1] = x0 * si + x1 * co;
+    }
+}
+
+void k_rope(cudaStream_t st, float *x, int n, int nh, int hd, const float *cs, const int *pos)
+{
+    size_t total = (size_t)n * nh * (hd / 2);
+    if (!total) return;
+    rope_kernel<<<grid_for(total, 256), 256, 0, st>>>(x, n, nh, hd, cs, pos);
+}
+
+__global__ void kv_store_kernel(float *kc, float *vc, const float *k, const float *v, int n,
+                                int kvd, const int *pos)
+{
+    const size_t total = (size_t)n * kvd;
+    const size_t base = (size_t)(*pos) * kvd; /* rows pos.. of the (max_ctx, kvd) cache */
+    for (size_t t = blockIdx.x * (size_t)blockDim.x + threadIdx.x; t < total;
+         t += (size_t)gridDim.x * blockDim.x) {
+        kc[base + t] = k[t];
+        vc[base + t] = v[t];
+    }
+}
+
+void k_kv_store(cudaStream_t st, float *kc, float *vc, const float *k, const float *v, int n,
+                int kvd, const int *pos)
+{
+    size_t total = (size_t)n * kvd;
+    if (!total) return;
+    kv_store_kernel<<<grid_for(total, 256), 256, 0, st>>>(kc, vc, k, v, n, kvd, pos);
+}
+
+/* q (n, nh*hd) and k (n, nkv*hd) rotated by rows *pos + i of cs; k and v stored into the
+ * position-major caches (max_ctx, nkv*hd) at *pos + i. One launch for the three. */
+__global__ void rope_store_kernel(float *q, const float *k, const float *v, float *kc, float *vc,
+                                  int n, int nh, int nkv, int hd, const float *cs, const int *pos)
+{
+    const int half = hd / 2, kvd = nkv * hd;
+    const size_t nq = (size_t)n * nh * half, nk = (size_t)n * nkv * half, nv = (size_t)n * kvd;
+    const int p0 = *pos;
+    const size_t base = (size_t)p0 * kvd;
+    for (size_t t = blockIdx.x * (size_t)blockDim.x + threadIdx.x; t < nq + nk + nv;
+         t += (size_t)gridDim.x * blockDim.x) {
+        if (t < nq + nk) {
+            const int is_k = t >= nq;
+            const size_t u = is_k ? t - nq : t;
+            const int i = (int)(u % half), heads = is_k ? nkv : nh;
+            const size_t rh = u / half;
+            const int r = (int)(rh / heads);
+            const float *c = cs + (size_t)(p0 + r) * hd + 2 * i;
+            const float co = c[0], si = c[1];
+            const float *src = (is_k ? k : q) + rh * hd + 2 * i;
+            const float x0 = src[0], x1 = src[1];
+            const float y0 = x0 * co - x1 * si, y1 = x0 * si + x1 * co;
+            if (is_k) {
+                kc[base + rh * hd + 2 * i] = y0; /* row r of k is at (p0 + r) * kvd */
+                kc[base + rh * hd + 2 * i + 1] = y1;
+            } else {
+                q[rh * hd + 2 * i] = y0;
+                q[rh * hd + 2 * i + 1] = y1;
+            }
+        } else {
+            const size_t u = t - nq - nk;
+            vc[base + u] = v[u];
+        }
+    }
+}
+
+void k_rope_store(cudaStream_t st, float *q, const float *k, const float *v, float *kc, float *vc,
+                  int n, int nh, int nkv, int hd, const float *cs, const int *pos)
+{
+    size_t total = (size_t)n * (nh * (hd / 2) + nkv * (hd / 2) + nkv * hd);
+    if (!total) return;
+    rope_store_kernel<<<grid_for(total, 256), 256, 0, st>>>(q, k, v, kc, vc, n, nh, nkv, hd, cs, pos);
+}
+
+/* ---- attention ------------------------------------------------------------------------ */
+
+#define ATT_THREADS 512
+
+/* One block per (query row i, head h): scores of the T = *pos + i + 1 visible positions
+ * into shared memory (a warp per position, lanes over the head dimension, so every K row is
+ * read coalesced), softmax in place, then out = P V with threads over (position slice,
+ * head dimension). Caches are position-major (max_ctx, nkv*hd). Shared memory: hd + T +
+ * ATT_THREADS + 33 floats. */
+__global__ void __launch_bounds__(ATT_THREADS)
+attention_kernel(float *out, const float *q, const float *kc, const float *vc, const int *pos,
+                 int nh, int nkv, int hd, float scale)
+{
+    extern __shared__ float sm[];
+    const int i = blockIdx.x, h = blockIdx.y;
+    const int T = *pos + i + 1;
+    const int kvd = nkv * hd, kh = h / (nh / nkv);
+    float *qs = sm, *s = sm + hd, *part = s + T, *red = part + ATT_THREADS;
+    const float *qi = q + ((size_t)i * nh + h) * hd;
+    const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5, nw = ATT_THREADS / 32;
+    for (int d = tid; d < hd; d += ATT_THREADS) qs[d] = qi[d];
+    __syncthreads();
+    /* two positions per warp and step: their loads are in flight together */
+    for (int t0 = w; t0 < T; t0 += 2 * nw) {
+        const int t1 = t0 + nw < T ? t0 + nw : t0;
+        const float *k0 = kc + (size_t)t0 * kvd + (size_t)kh * hd;
+        const float *k1 = kc + (size_t)t1 * kvd + (size_t)kh * hd;
+        float a0 = 0.0f, a1 = 0.0f;
+        for (int d = lane; d < hd; d += 32) {
+            a0 += qs[d] * k0[d];
+            a1 += qs[d] * k1[d];
+        }
+        a0 = warp_sum(a0);
+        a1 = warp_sum(a1);
+        if (lane == 0) {
+            s[t0] = a0 * scale;
+            s[t1] = a1 * scale; /* t1 == t0 when past the end: the same value */
+        }
+    }
+    __syncthreads();
+    float mx = -INFINITY;
+    for (int t = tid; t < T; t += ATT_THREADS) mx = fmaxf(mx, s[t]);
+    mx = block_max(mx, red);
+    float sum = 0.0f;
+    for (int t = tid; t < T; t += ATT_THREADS) {
+        float e = expf(s[t] - mx);
+        s[t] = e;
+        sum += e;
+    }
+    sum = block_sum(sum, red); /* ends with a barrier: s[] is complete */
+    float *o = out + ((size_t)i * nh + h) * hd;
+    const float *vb = vc + (size_t)kh * hd;
+    if (hd <= ATT_THREADS) {
+        const int ng = ATT_THREADS / hd, gi = tid / hd, d = tid % hd;
+        float a = 0.0f;
+        if (gi < ng) {
+#pragma unroll 4
+            for (int t = gi; t < T; t += ng) a += s[t] * vb[(size_t)t * kvd + d];
+        }
+        part[tid] = a;
+        __syncthreads();
+        if (gi == 0) {
+            float acc = part[d];
+            for (int g = 1; g < ng; g++) acc += part[g * hd + d];
+            o[d] = acc / sum;
+        }
+    } else {
+        for (int d = tid; d < hd; d += ATT_THREADS) {
+            float a = 0.0f;
+            for (int t = 0; t < T; t++) a += s[t] * vb[(size_t)t * kvd + d];
+            o[d] = a / sum;
+        }
+    }
+}
+
+enum lmp_status k_attention(cudaStream_t st, float *out, const float *q, const float *kc,
+                            const float *vc, int n, const int *pos, int max_pos, int nh, int nkv,
+                            int hd, size_t smem_max, struct lmp_err *err)
+{
+    size_t smem = ((size_t)hd + (size_t)max_pos + ATT_THREADS + 33) * sizeof(float);
+    if (smem > smem_max)
+        return lmp_err_set(err, LMP_ERR_UNSUPPORTED,
+                           "CUDA attention: context %d with head size %d needs %zu bytes of "
+                           "shared memory, the device allows %zu",
+                           max_pos, hd, smem, smem_max);
+    if (n <= 0) return LMP_OK;
+    dim3 grid((unsigned)n, (unsigned)nh);
+    attention_kernel<<<grid, ATT_THREADS, smem, st>>>(out, q, kc, vc, pos, nh, nkv, hd,
+                                                      1.0f / sqrtf((float)hd));
+    CU_LAUNCHED("attention kernel");
+    return LMP_OK;
+}
+
+/* ---- element-wise ----------------------------------------------------------------------- */
+
+__global__ void swiglu_kernel(float *g, const float *u, long count)
+{
+    for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < count;
+         i += (long)gridDim.x * blockDim.x)
+        g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+}
+void k_swiglu(cudaStream_t st, float *g, const float *u, long count)
+{
+    if (count <= 0) return;
+    swiglu_kernel<<<grid_for((size_t)count, 256), 256, 0, st>>>(g, u, count);
+}
+
+__global__ void add_bias_kernel(float *y, const float *b, size_t total, int out)
+{
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total;
+         i += (size_t)gridDim.x * blockDim.x)
+        y[i] += b[i % out];
+}
+void k_add_bias(cudaStream_t st, float *y, const float *b, int n, int out)
+{
+    size_t total = (size_t)n * out;
+    if (!total || !b) return;
+    add_bias_kernel<<<grid_for(total, 256), 256, 0, st>>>(y, b, total, out);
+}
+
+__global__ void embed_kernel(float *h, const float *emb, const int32_t *tok, int n, int dim)
+{
+    size_t total = (size_t)n * dim;
+    for (size_t t = blockIdx.x * (size_t)blockDim.x + threadIdx.x; t < total;
+         t += (size_t)gridDim.x * blockDim.x) {
+        size_t i = t / dim, c = t % dim;
+        h[t] = emb[(size_t)tok[i] * dim + c];
+    }
+}
+void k_embed(cudaStream_t st, float *h, const float *emb, const int32_t *tok, int n, int dim)
+{
+    size_t total = (size_t)n * dim;
+    if (!total) return;
+    embed_kernel<<<grid_for(total, 256), 256, 0, st>>>(h, emb, tok, n, dim);
+}
+
+__global__ void set_int2_kernel(int *dst, int a, int b)
+{
+    dst[0] = a;
+    dst[1] = b;
+}
+void k_set_int2(cudaStream_t st, int *dst, int a, int b) { set_int2_kernel<<<1, 1, 0, st>>>(dst, a, b); }
+
+__global__ void fill_f32_kernel(float *p, size_t n, float v)
+{
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
+         i += (size_t)gridDim.x * blockDim.x)
+        p[i] = v;
+}
+void k_fill_f32(cudaStream_t st, float *p, size_t n, float v)
+{
+    if (n) fill_f32_kernel<<<grid_for(n, 256), 256, 0, st>>>(p, n, v);
+}
+__global__ void fill_f16_kernel(__half *p, size_t n, float v)
+{
+    __half hv = __float2half_rn(v);
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
+         i += (size_t)gridDim.x * blockDim.x)
+        p[i] = hv;
+}
+void k_fill_f16(cudaStream_t st, __half *p, size_t n, float v)
+{
+    if (n) fill_f16_kernel<<<grid_for(n, 256), 256, 0, st>>>(p, n, v);
+}
+
+/* ---- packed codes ----------------------------------------------------------------------- */
+
+/* code j of a little-endian bit stream row (lmp_qpack_get) */
+static __device__ __forceinline__ unsigned code_at(const uint8_t *row, long j, int bits)
+{
+    unsigned long long bit = (unsigned long long)j * (unsigned)bits;
+    const uint8_t *p = row + (bit >> 3);
+    unsigned sh = (unsigned)(bit & 7);
+    unsigned v = p[0];
+    if (sh + (unsigned)bits > 8) v |= (unsigned)p[1] << 8;
+    return (v >> sh) & ((1u << bits) - 1u);
+}
+
+/* W (rows, cols) fp32 in natural column order from F16 or packed storage */
+__global__ void expand_kernel(float *W, const __half *f16, const uint8_t *codes, size_t row_bytes,
+                              int bits, int group, int ng, const __half *scales,
+                              const __half *zeros, const int32_t *perm, int rows, int cols)
+{
+    size_t total = (size_t)rows * cols;
+    for (size_t t = blockIdx.x * (size_t)blockDim.x + threadIdx.x; t < total;
+         t += (size_t)gridDim.x * blockDim.x) {
+        size_t r = t / cols, j = t % cols;
+        if (f16) {
+            W[t] = __half2float(f16[t]);
+            continue;
+        }
+        unsigned q = code_at(codes + r * row_bytes, (long)j, bits);
+        size_t g = j / (size_t)group;
+        float s = __half2float(scales[r * ng + g]), z = __half2float(zeros[r * ng + g]);
+        size_t c = perm ? (size_t)perm[j] : j;
+        W[r * cols + c] = ((float)q - z) * s;
+    }
+}
+
+void k_expand(cudaStream_t st, float *W, const struct cu_mat *m)
+{
+    size_t total = (size_t)m->rows * m->cols;
+    if (!total) return;
+    if (m->kind == CU_F16)
+        expand_kernel<<<grid_for(total, 256), 256, 0, st>>>(W, m->f16, NULL, 0, 0, 1, 1, NULL,
+                                                            NULL, NULL, m->rows, m->cols);
+    else
+        expand_kernel<<<grid_for(total, 256), 256, 0, st>>>(
+            W, NULL, m->codes, m->row_bytes, m->bits, m->group, m->n_groups, m->scales,
+            m->zeros, m->perm, m->rows, m->cols);
+}
+
+/* ---- dense matrix-vector ------------------------------------------------------------------ */
+
+static __device__ __forceinline__ void load8(const float *p, float v[8])
+{
+    float4 a = __ldg((const float4 *)p), b = __ldg((const float4 *)(p + 4));
+    v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
+}
+static __device__ __forceinline__ void load8(const __half *p, float v[8])
+{
+    uint4 u = __ldg((const uint4 *)p);
+    const __half2 *h = (const __half2 *)&u;
+#pragma unroll
+    for (int k = 0; k < 4; k++) {
+        float2 f = __half22float2(h[k]);
+        v[2 * k] = f.x;
+        v[2 * k + 1] = f.y;
+    }
+}
+static __device__ __forceinline__ float ld1(const float *p) { return __ldg(p); }
+static __device__ __forceinline__ float ld1(const __half *p) { return __half2float(p[0]); }
+
+/* R rows per warp; lanes over 8-column slices (16 or 32 bytes of W per lane per row) */
+template <typename T, int R>
+__global__ void gemv_dense_kernel(float *y, const float *x, const T *W, const float *bias, int rows,
+                                  int cols, int acc)
+{
+    const int warp = (int)((blockIdx.x * (size_t)blockDim.x + threadIdx.x) >> 5);
+    const int lane = threadIdx.x & 31;
+    const int r0 = warp * R;
+    if (r0 >= rows) return;
+    float a[R];
+    const T *wr[R];
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+        a[r] = 0.0f;
+        wr[r] = W + (size_t)min(r0 + r, rows - 1) * cols;
+    }
+    if ((cols & 7) == 0) {
+#pragma unroll 2
+        for (int c = lane * 8; c < cols; c += 256) {
+            float xv[8];
+            load8(x + c, xv);
+#pragma unroll
+            for (int r = 0; r < R; r++) {
+                float wv[8];
+                load8(wr[r] + c, wv);
+#pragma unroll
+                for (int k = 0; k < 8; k++) a[r] += wv[k] * xv[k];
+            }
+        }
+    } else {
+        for (int c = lane; c < cols; c += 32) {
+            float xv = x[c];
+#pragma unroll
+            for (int r = 0; r < R; r++) a[r] += ld1(wr[r] + c) * xv;
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+        float v = warp_sum(a[r]);
+        if (lane == 0 && r0 + r < rows) {
+            if (bias) v += bias[r0 + r];
+            y[r0 + r] = acc ? y[r0 + r] + v : v;
+        }
+    }
+}
+
+/* ---- packed matrix-vector: the input, prepared once --------------------------------------
+ * A lane takes one 32-code chunk of a row at a time; lanes of a warp take 32 consecutive
+ * chunks. The input vector is rewritten once per product (k_gemv_prep) into the order the
+ * lanes read it: item (k, ch) at k * nch + ch holds the k-th 16 bytes of chunk ch's inputs,
+ * so for every k the 32 lanes read 512 contiguous bytes (coalesced, from L1/L2), and a perm
+ * (act-order) is applied while preparing. No shared memory, no per-block prologue.
+ *   GEMV_P32: 8 float4 per chunk, x as is (zero past cols).
+ *   GEMV_Q4H: 4 uint4 per chunk, each 4 half2 pairs (x_{8k+p}, x_{8k+p+4}) of word k,
+ *             scaled by a power of two so that max |x| <= 64; the header (16 bytes before
+ *             the data) holds the inverse scale, applied to the row sums. */
+
+int k_gemv_mode(const struct cu_mat *m, int exact)
+{
+    if (m->kind != CU_PACKED) return GEMV_DENSE;
+    const int uniform = m->n_groups == 1 || m->group % 32 == 0;
+    const int cpg = m->group / 32;
+    const int pow2 = m->n_groups == 1 || (cpg > 0 && (cpg & (cpg - 1)) == 0);
+    if (m->bits == 4 && !exact && uniform && pow2 && m->row_bytes % 16 == 0) return GEMV_Q4H;
+    return GEMV_P32;
+}
+
+size_t k_gemv_prep_bytes(int max_cols)
+{
+    return 16 + (size_t)((max_cols + 31) / 32) * 32 * sizeof(float);
+}
+
+__global__ void prep_p32_kernel(float4 *xp, const float *x, const int32_t *perm, int cols, int nch)
+{
+    const int total = nch * 8;
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += gridDim.x * blockDim.x) {
+        const int k = i / nch, ch = i % nch, c0 = ch * 32 + k * 4;
+        float v[4];
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            int c = c0 + e;
+            v[e] = c < cols ? x[perm ? perm[c] : c] : 0.0f;
+        }
+        xp[i] = make_float4(v[0], v[1], v[2], v[3]);
+    }
+}
+
+/* one block: the scale needs max |x| over the whole vector */
+__global__ void prep_q4h_kernel(float *hdr, uint4 *xp, const float *x, const int32_t *perm, int cols,
+                                int nch)
+{
+    __shared__ float red[33];
+    float mx = 0.0f;
+    for (int c = threadIdx.x; c < cols; c += blockDim.x) mx = fmaxf(mx, fabsf(x[c]));
+    mx = block_max(mx, red);
+    int e = 0;
+    if (mx > 64.0f && mx <= 3.0e38f) frexpf(mx / 64.0f, &e); /* mx / 2^e <= 64 */
+    const float xscale = ldexpf(1.0f, -e);
+    if (threadIdx.x == 0) hdr[0] = ldexpf(1.0f, e);
+    const int total = nch * 4;
+    for (int i = threadIdx.x; i < total; i += blockDim.x) {
+        const int k = i / nch, ch = i % nch, c0 = ch * 32 + k * 8;
+        __half2 hv[4];
+#pragma unroll
+        for (int p = 0; p < 4; p++) {
+            int ca = c0 + p, cb = c0 + p + 4;
+            float va = ca < cols ? x[perm ? perm[ca] : ca] * xscale : 0.0f;
+            float vb = cb < cols ? x[perm ? perm[cb] : cb] * xscale : 0.0f;
+            hv[p] = __floats2half2_rn(va, vb);
+        }
+        xp[i] = *(const uint4 *)hv;
+    }
+}
+
+void k_gemv_prep(cudaStream_t st, void *xp, const float *x, const int32_t *perm, int cols, int mode)
+{
+    const int nch = (cols + 31) / 32;
+    char *base = (char *)xp;
+    if (mode == GEMV_P32)
+        prep_p32_kernel<<<(nch * 8 + 255) / 256, 256, 0, st>>>((float4 *)(base + 16), x, perm, cols,
+                                                               nch);
+    else if (mode == GEMV_Q4H)
+        prep_q4h_kernel<<<1, 1024, 0, st>>>((float *)base, (uint4 *)(base + 16), x, perm, cols, nch);
+}
+
+/* ---- packed matrix-vector, fp32 arithmetic ------------------------------------------------ */
+
+/* BITS words of chunk ch of a row (32 codes) */
+template <int BITS, bool VEC>
+static __device__ __forceinline__ void load_chunk(const uint8_t *row, int ch, uint32_t w[BITS])
+{
+    const uint8_t *p = row + (size_t)ch * 4 * BITS;
+    if (VEC && BITS == 4) {
+        uint4 u = __ldg((const uint4 *)p);
+        w[0] = u.x, w[1] = u.y, w[2] = u.z, w[3] = u.w;
+    } else if (VEC && BITS == 8) {
+        uint4 u = __ldg((const uint4 *)p), v = __ldg((const uint4 *)(p + 16));
+        w[0] = u.x, w[1] = u.y, w[2] = u.z, w[3] = u.w;
+        w[4] = v.x, w[5] = v.y, w[6] = v.z, w[7] = v.w;
+    } else if (VEC && BITS == 2) {
+        uint2 u = __ldg((const uint2 *)p);
+        w[0] = u.x, w[1] = u.y;
+    } else {
+#pragma unroll
+        for (int k = 0; k < BITS; k++) w[k] = __ldg((const uint32_t *)p + k);
+    }
+}
+
+/* code j (0..31) of a chunk held in BITS little-endian words */
+template <int BITS>
+static __device__ __forceinline__ uint32_t chunk_code(const uint32_t w[BITS], int j)
+{
+    const int bit = j * BITS, wi = bit >> 5, sh = bit & 31;
+    uint32_t v = w[wi] >> sh;
+    if (sh + BITS > 32) v |= w[wi + 1] << (32 - sh);
+    return v & ((1u << BITS) - 1u);
+}
+
+/* q as an exact float: 2^23 + q built in the bits, minus (2^23 + z): (q - z) exact */
+static __device__ __forceinline__ float q_minus_z(uint32_t q, float zb)
+{
+    return __int_as_float(0x4B000000 | q) - zb;
+}
+
+/* R rows per warp. uniform: every 32-code chunk lies in one group (group % 32 == 0 or one
+ * group); gshift >= 0: group index = chunk >> gshift. */
+template <int BITS, bool VEC, int R>
+__global__ void gemv_packed_kernel(float *y, const float4 *xp, const uint8_t *codes,
+                                   size_t row_bytes, const __half *scales, const __half *zeros,
+                                   int ng, int group, int gshift, int uniform, const float *bias,
+                                   int rows, int cols, int acc)
+{
+    const int nch = (cols + 31) / 32;
+    const int lane = threadIdx.x & 31;
+    const int r0 = (int)((blockIdx.x * (size_t)blockDim.x + threadIdx.x) >> 5) * R;
+    if (r0 >= rows) return;
+    const int cpg = group / 32; /* chunks per group when uniform */
+    float a[R];
+    const uint8_t *rowp[R];
+    int rr[R];
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+        a[r] = 0.0f;
+        rr[r] = min(r0 + r, rows - 1);
+        rowp[r] = codes + (size_t)rr[r] * row_bytes;
+    }
+    for (int ch = lane; ch < nch; ch += 32) {
+        uint32_t w[R][BITS];
+#pragma unroll
+        for (int r = 0; r < R; r++) load_chunk<BITS, VEC>(rowp[r], ch, w[r]);
+        float xv[32];
+#pragma unroll
+        for (int k = 0; k < 8; k++) {
+            float4 t = __ldg(xp + (size_t)k * nch + ch);
+            xv[4 * k] = t.x, xv[4 * k + 1] = t.y, xv[4 * k + 2] = t.z, xv[4 * k + 3] = t.w;
+        }
+        if (uniform) {
+            const int g = ng == 1 ? 0 : (gshift >= 0 ? ch >> gshift : ch / cpg);
+#pragma unroll
+            for (int r = 0; r < R; r++) {
+                float s = __half2float(scales[(size_t)rr[r] * ng + g]);
+                float zb = 8388608.0f + __half2float(zeros[(size_t)rr[r] * ng + g]);
+                float d = 0.0f;
+#pragma unroll
+                for (int j = 0; j < 32; j++) d += q_minus_z(chunk_code<BITS>(w[r], j), zb) * xv[j];
+                a[r] += s * d;
+            }
+        } else {
+#pragma unroll
+            for (int r = 0; r < R; r++) {
+                int gcur = -1;
+                float s = 0.0f, zb = 0.0f, d = 0.0f;
+#pragma unroll
+                for (int j = 0; j < 32; j++) {
+                    int g = min((ch * 32 + j) / group, ng - 1);
+                    if (g != gcur) {
+                        a[r] += s * d;
+                        d = 0.0f;
+                        gcur = g;
+                        s = __half2float(scales[(size_t)rr[r] * ng + g]);
+                        zb = 8388608.0f + __half2float(zeros[(size_t)rr[r] * ng + g]);
+                    }
+                    d += q_minus_z(chunk_code<BITS>(w[r], j), zb) * xv[j];
+                }
+                a[r] += s * d;
+            }
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+        float v = warp_sum(a[r]);
+        if (lane == 0 && r0 + r < rows) {
+            if (bias) v += bias[r0 + r];
+            y[r0 + r] = acc ? y[r0 + r] + v : v;
+        }
+    }
+}
+
+/* ---- packed Q4 matrix-vector, fp16 arithmetic (decode) ------------------------------------
+ * Two codes at a time: (w >> 4p) & 0x000F000F | 0x64006400 is the half2 (1024 + c_p,
+ * 1024 + c_{p+4}); minus (1024 + z) gives (q - z) exactly; one HFMA2 with the matching x
+ * pair. With max |x| <= 64 (the prepared scale) sums of 8 products per half stay below
+ * 15 * 64 * 8 = 7680, far from fp16's 65504; every 16 products are moved to an fp32
+ * accumulator. Two chunks per lane per step, their loads issued together. */
+
+template <int R>
+static __device__ __forceinline__ void q4h_chunk(float a[R], const uint4 wv[R], const uint4 xq[4],
+                                                 const __half *scales, const __half *zeros,
+                                                 const int rr[R], int ng, int g)
+{
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+        const float s = __half2float(scales[(size_t)rr[r] * ng + g]);
+        const __half2 zb = __float2half2_rn(1024.0f + __half2float(zeros[(size_t)rr[r] * ng + g]));
+        const uint32_t ww[4] = {wv[r].x, wv[r].y, wv[r].z, wv[r].w};
+        float d = 0.0f;
+#pragma unroll
+        for (int k2 = 0; k2 < 4; k2 += 2) {
+            __half2 hacc = __float2half2_rn(0.0f);
+#pragma unroll
+            for (int kk = 0; kk < 2; kk++) {
+                const int k = k2 + kk;
+                const uint32_t u = ww[k];
+                const __half2 *xp = (const __half2 *)&xq[k];
+#pragma unroll
+                for (int p = 0; p < 4; p++) {
+                    uint32_t t = ((u >> (4 * p)) & 0x000F000Fu) | 0x64006400u;
+                    __half2 qv = __hsub2(*(const __half2 *)&t, zb);
+                    hacc = __hfma2(qv, xp[p], hacc);
+                }
+            }
+            float2 f = __half22float2(hacc);
+            d += f.x + f.y;
+        }
+        a[r] += s * d;
+    }
+}
+
+template <int R>
+__global__ void gemv_q4h_kernel(float *y, const float *hdr, const uint4 *xp, const uint8_t *codes,
+                                size_t row_bytes, const __half *scales, const __half *zeros,
+                                int ng, int gshift, const float *bias, int rows, int cols, int acc)
+{
+    const int nch = (cols + 31) / 32;
+    const int lane = threadIdx.x & 31;
+    const int r0 = (int)((blockIdx.x * (size_t)blockDim.x + threadIdx.x) >> 5) * R;
+    if (r0 >= rows) return;
+    float a[R];
+    int rr[R];
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+        a[r] = 0.0f;
+        rr[r] = min(r0 + r, rows - 1);
+    }
+    for (int ch0 = lane; ch0 < nch; ch0 += 64) {
+        const int ch1 = ch0 + 32;
+        const bool has1 = ch1 < nch;
+        const int c1 = has1 ? ch1 : ch0;
+        uint4 w0[R], w1[R], x0[4], x1[4];
+#pragma unroll
+        for (int r = 0; r < R; r++) {
+            const uint8_t *row = codes + (size_t)rr[r] * row_bytes;
+            w0[r] = __ldg((const uint4 *)(row + (size_t)ch0 * 16));
+            w1[r] = __ldg((const uint4 *)(row + (size_t)c1 * 16));
+        }
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+            x0[k] = __ldg(xp + (size_t)k * nch + ch0);
+            x1[k] = __ldg(xp + (size_t)k * nch + c1);
+        }
+        q4h_chunk<R>(a, w0, x0, scales, zeros, rr, ng, ng == 1 ? 0 : ch0 >> gshift);
+        if (has1) q4h_chunk<R>(a, w1, x1, scales, zeros, rr, ng, ng == 1 ? 0 : ch1 >> gshift);
+    }
+    const float yscale = __ldg(hdr);
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+        float v = warp_sum(a[r]) * yscale;
+        if (lane == 0 && r0 + r < rows) {
+            if (bias) v += bias[r0 + r];
+            y[r0 + r] = acc ? y[r0 + r] + v : v;
+        }
+    }
+}
+
+static int log2_exact(int v)
+{
+    if (v <= 0 || (v & (v - 1))) return -1;
+    int k = 0;
+    while ((1 << k) < v) k++;
+    return k;
+}
+
+template <int BITS, bool VEC>
+static void launch_packed(cudaStream_t st, float *y, const float4 *xp, const struct cu_mat *m,
+                          int gshift, int uniform, int acc)
+{
+    const int R = 2, threads = 256;
+    unsigned blocks = (unsigned)((m->rows + (threads / 32) * R - 1) / ((threads / 32) * R));
+    gemv_packed_kernel<BITS, VEC, 2><<<blocks, threads, 0, st>>>(
+        y, xp, m->codes, m->row_bytes, m->scales, m->zeros, m->n_groups, m->group, gshift,
+        uniform, m->bias, m->rows, m->cols, acc);
+}
+
+enum lmp_status k_gemv(cudaStream_t st, float *y, const float *x, const void *xprep,
+                       const struct cu_mat *m, int accumulate, int mode, struct lmp_err *err)
+{
+    const int threads = 256;
+    if (mode == GEMV_DENSE) {
+        const int R = 2;
+        unsigned blocks = (unsigned)((m->rows + (threads / 32) * R - 1) / ((threads / 32) * R));
+        if (m->kind == CU_F32)
+            gemv_dense_kernel<float, 2><<<blocks, threads, 0, st>>>(y, x, m->f32, m->bias, m->rows,
+                                                                   m->cols, accumulate);
+        else
+            gemv_dense_kernel<__half, 2><<<blocks, threads, 0, st>>>(y, x, m->f16, m->bias,
+                                                                    m->rows, m->cols, accumulate);
+        CU_LAUNCHED("matrix-vector kernel");
+        return LMP_OK;
+    }
+    const char *base = (const char *)xprep;
+    const int gshift = m->n_groups == 1 ? 0 : log2_exact(m->group / 32);
+    if (mode == GEMV_Q4H) {
+        const int R = 2;
+        unsigned blocks = (unsigned)((m->rows + (threads / 32) * R - 1) / ((threads / 32) * R));
+        gemv_q4h_kernel<2><<<blocks, threads, 0, st>>>(
+            y, (const float *)base, (const uint4 *)(base + 16), m->codes, m->row_bytes, m->scales,
+            m->zeros, m->n_groups, gshift, m->bias, m->rows, m->cols, accumulate);
+        CU_LAUNCHED("Q4 matrix-vector kernel");
+        return LMP_OK;
+    }
+    const float4 *xp = (const float4 *)(base + 16);
+    const int uniform = m->n_groups == 1 || m->group % 32 == 0;
+    const int vec = m->row_bytes % (size_t)(4 * m->bits) == 0;
+    switch (m->bits) {
+    case 2: vec ? launch_packed<2, true>(st, y, xp, m, gshift, uniform, accumulate)
+                : launch_packed<2, false>(st, y, xp, m, gshift, uniform, accumulate); break;
+    case 3: launch_packed<3, false>(st, y, xp, m, gshift, uniform, accumulate); break;
+    case 4: vec ? launch_packed<4, true>(st, y, xp, m, gshift, uniform, accumulate)
+                : launch_packed<4, false>(st, y, xp, m, gshift, uniform, accumulate); break;
+    case 8: vec ? launch_packed<8, true>(st, y, xp, m, gshift, uniform, accumulate)
+                : launch_packed<8, false>(st, y, xp, m, gshift, uniform, accumulate); break;
+    default: return lmp_err_set(err, LMP_ERR_INTERNAL, "CUDA: %d-bit weights", m->bits);
+    }
+    CU_LAUNCHED("packed matrix-vector kernel");
+    return LMP_OK;
+}
+
+enum lmp_status k_init_attrs(size_t smem_max, struct lmp_err *err)
+{
+    int v = (int)smem_max;
+    CU_TRY(cudaFuncSetAttribute(attention_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, v),
+           "attention kernel attributes");
+    return LMP_OK;
+}
+
+/* ---- NLL ------------------------------------------------------------------------------ */
+
+__global__ void nll_kernel(double *nll, const float *logits, const int32_t *target, int vocab)
+{
+    __shared__ float red[33];
+    __shared__ double redd[33];
+    const float *row = logits + (size_t)blockIdx.x * vocab;
+    float mx = -INFINITY;
+    for (int c = threadIdx.x; c < vocab; c += blockDim.x) mx = fmaxf(mx, row[c]);
+    mx = block_max(mx, red);
+    double sum = 0.0;
+    for (int c = threadIdx.x; c < vocab; c += blockDim.x) sum += (double)expf(row[c] - mx);
+    sum = block_sum_d(sum, redd);
+    if (threadIdx.x == 0) nll[blockIdx.x] = log(sum) - (double)(row[target[blockIdx.x]] - mx);
+}
+void k_nll(cudaStream_t st, double *nll, const float *logits, const int32_t *target, int n,
+           int vocab)
+{
+    if (n > 0) nll_kernel<<<n, 256, 0, st>>>(nll, logits, target, vocab);
+}
+
+/* ---- random fills ------------------------------------------------------------------------ */
+
+static __device__ __forceinline__ uint64_t mix64(uint64_t z)
+{
+    z += 0x9E3779B97F4A7C15ull;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+static __device__ __forceinline__ float u01(uint64_t h) /* [0, 1) */
+{
+    return (float)(h >> 40) * (1.0f / 16777216.0f);
+}
+
+__global__ void rand_f32_kernel(float *p, size_t n, float lo, float hi, uint64_t seed)
+{
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
+         i += (size_t)gridDim.x * blockDim.x)
+        p[i] = lo + (hi - lo) * u01(mix64(seed ^ (i * 0xD1B54A32D192ED03ull)));
+}
+__global__ void rand_normal_kernel(float *p, size_t n, float sd, uint64_t seed)
+{
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
+         i += (size_t)gridDim.x * blockDim.x) {
+        uint64_t h = mix64(seed ^ (i * 0xD1B54A32D192ED03ull));
+        float u1 = ((float)(h >> 40) + 0.5f) * (1.0f / 16777216.0f);
+        float u2 = (float)((h >> 16) & 0xFFFFFF) * (1.0f / 16777216.0f);
+        p[i] = sd * sqrtf(-2.0f * logf(u1)) * cospif(2.0f * u2);
+    }
+}
+__global__ void rand_f16_kernel(__half *p, size_t n, float lo, float hi, uint64_t seed)
+{
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
+         i += (size_t)gridDim.x * blockDim.x)
+        p[i] = __float2half_rn(lo + (hi - lo) * u01(mix64(seed ^ (i * 0xD1B54A32D192ED03ull))));
+}
+__global__ void rand_u8_kernel(uint8_t *p, size_t n, uint64_t seed)
+{
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
+         i += (size_t)gridDim.x * blockDim.x)
+        p[i] = (uint8_t)(mix64(seed ^ (i * 0xD1B54A32D192ED03ull)) >> 56);
+}
+void k_rand_f32(cudaStream_t st, float *p, size_t n, float lo, float hi, uint64_t seed)
+{
+    if (n) rand_f32_kernel<<<grid_for(n, 256), 256, 0, st>>>(p, n, lo, hi, seed);
+}
+void k_rand_normal(cudaStream_t st, float *p, size_t n, float sd, uint64_t seed)
+{
+    if (n) rand_normal_kernel<<<grid_for(n, 256), 256, 0, st>>>(p, n, sd, seed);
+}
+void k_rand_f16(cudaStream_t st, __half *p, size_t n, float lo, float hi, uint64_t seed)
+{
+    if (n) rand_f16_kernel<<<grid_for(n, 256), 256, 0, st>>>(p, n, lo, hi, seed);
+}
+void k_rand_u8(cudaStream_t st, uint8_t *p, size_t n, uint64_t seed)
+{
+    if (n) rand_u8_kernel<<<grid_for(n, 256), 256, 0, st>>>(p, n, seed);
+}
+
+__global__ void scale_cols_kernel(float *X, size_t total, int cols, const float *c)
+{
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total;
+         i += (size_t)gridDim.x * blockDim.x)
+        X[i] *= c[i % cols];
+}
+void k_scale_cols(cudaStream_t st, float *X, long n, int cols, const float *c)
+{
+    size_t total = (size_t)n * cols;
+    if (total) scale_cols_kernel<<<grid_for(total, 256), 256, 0, st>>>(X, total, cols, c);
+}
+
+__global__ void check_finite_kernel(const float *p, size_t n, int *flag)
+{
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
+         i += (size_t)gridDim.x * blockDim.x)
+        if (!isfinite(p[i])) *flag = 1;
+}
+void k_check_finite(cudaStream_t st, const float *p, size_t n, int *flag)
+{
+    if (n) check_finite_kernel<<<grid_for(n, 256), 256, 0, st>>>(p, n, flag);
+}

@@ -1,0 +1,264 @@
+/* Host-buffer entry points of the CUDA kernels, for tests: upload the inputs, poison the
+ * outputs with NaN, run the kernel the runtime runs, download. */
+#include "internal.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* a few device buffers freed together */
+struct bufs {
+    void *p[16];
+    int n;
+};
+static void bufs_free(struct bufs *b)
+{
+    for (int i = 0; i < b->n; i++) cudaFree(b->p[i]);
+    b->n = 0;
+}
+static enum lmp_status up(struct bufs *b, void **d, const void *h, size_t n, struct lmp_err *err)
+{
+    enum lmp_status st = cu_alloc(d, n, "test buffer", err);
+    if (st) return st;
+    b->p[b->n++] = *d;
+    if (h && cudaMemcpy(*d, h, n, cudaMemcpyHostToDevice) != cudaSuccess)
+        return cu_fail(err, cudaGetLastError(), "uploading a test buffer");
+    return LMP_OK;
+}
+static enum lmp_status poison(float *d, size_t n, struct lmp_err *err)
+{
+    k_fill_f32(0, d, n, NAN);
+    CU_LAUNCHED("poison");
+    return LMP_OK;
+}
+static enum lmp_status down(void *h, const void *d, size_t n, struct lmp_err *err)
+{
+    CU_TRY(cudaDeviceSynchronize(), "test kernel");
+    CU_TRY(cudaMemcpy(h, d, n, cudaMemcpyDeviceToHost), "downloading a test buffer");
+    return LMP_OK;
+}
+static size_t smem_limit(void)
+{
+    int dev = 0, v = 0;
+    cudaGetDevice(&dev);
+    cudaDeviceGetAttribute(&v, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
+    return (size_t)v - 1024;
+}
+
+#define TRY(x)                                                                             \
+    do {                                                                                   \
+        if ((st = (x))) goto done;                                                         \
+    } while (0)
+
+extern "C" enum lmp_status lmp_cuda_k_rmsnorm(float *y, const float *x, const float *w, int n,
+                                              int dim, float eps, struct lmp_err *err)
+{
+    struct bufs b = {{0}, 0};
+    enum lmp_status st = cu_use_device(0, err);
+    float *dx, *dw, *dy;
+    size_t xs = (size_t)n * dim * 4;
+    if (st) return st;
+    TRY(up(&b, (void **)&dx, x, xs, err));
+    TRY(up(&b, (void **)&dw, w, (size_t)dim * 4, err));
+    TRY(up(&b, (void **)&dy, NULL, xs, err));
+    TRY(poison(dy, (size_t)n * dim, err));
+    k_rmsnorm(0, dy, dx, dw, n, dim, eps);
+    TRY(down(y, dy, xs, err));
+done:
+    bufs_free(&b);
+    return st;
+}
+
+extern "C" enum lmp_status lmp_cuda_k_rope(float *x, int n, int n_heads, int hd, const float *cs,
+                                           struct lmp_err *err)
+{
+    struct bufs b = {{0}, 0};
+    enum lmp_status st = cu_use_device(0, err);
+    float *dx, *dcs;
+    int *dpos, zero[2] = {0, 0};
+    size_t xs = (size_t)n * n_heads * hd * 4;
+    if (st) return st;
+    TRY(up(&b, (void **)&dx, x, xs, err));
+    TRY(up(&b, (void **)&dcs, cs, (size_t)n * hd * 4, err));
+    TRY(up(&b, (void **)&dpos, zero, sizeof zero, err));
+    k_rope(0, dx, n, n_heads, hd, dcs, dpos);
+    TRY(down(x, dx, xs, err));
+done:
+    bufs_free(&b);
+    return st;
+}
+
+extern "C" enum lmp_status lmp_cuda_k_attention(float *out, const float *q, const float *kc,
+                                                const float *vc, int ld, int n, int pos,
+                                                int n_heads, int n_kv, int hd, struct lmp_err *err)
+{
+    struct bufs b = {{0}, 0};
+    enum lmp_status st = cu_use_device(0, err);
+    const int kvd = n_kv * hd, T = pos + n;
+    float *dq, *dk, *dv, *dout;
+    int *dpos, pz[2] = {pos, 0};
+    size_t qs = (size_t)n * n_heads * hd * 4, cs = (size_t)ld * kvd * 4;
+    float *k2 = (float *)malloc(cs), *v2 = (float *)malloc(cs);
+    if (st) goto done;
+    if (!k2 || !v2) {
+        st = lmp_err_set(err, LMP_ERR_NOMEM, "out of memory");
+        goto done;
+    }
+    /* (n_kv, hd, ld) position innermost -> (ld, n_kv*hd) position-major */
+    memset(k2, 0, cs);
+    memset(v2, 0, cs);
+    for (int c = 0; c < kvd; c++)
+        for (int t = 0; t < T; t++) {
+            k2[(size_t)t * kvd + c] = kc[(size_t)c * ld + t];
+            v2[(size_t)t * kvd + c] = vc[(size_t)c * ld + t];
+        }
+    TRY(up(&b, (void **)&dq, q, qs, err));
+    TRY(up(&b, (void **)&dk, k2, cs, err));
+    TRY(up(&b, (void **)&dv, v2, cs, err));
+    TRY(up(&b, (void **)&dout, NULL, qs, err));
+    TRY(up(&b, (void **)&dpos, pz, sizeof pz, err));
+    TRY(poison(dout, (size_t)n * n_heads * hd, err));
+    TRY(k_init_attrs(smem_limit(), err));
+    TRY(k_attention(0, dout, dq, dk, dv, n, dpos, ld, n_heads, n_kv, hd, smem_limit(), err));
+    TRY(down(out, dout, qs, err));
+done:
+    free(k2);
+    free(v2);
+    bufs_free(&b);
+    return st;
+}
+
+extern "C" enum lmp_status lmp_cuda_k_swiglu(float *g, const float *u, long count,
+                                             struct lmp_err *err)
+{
+    struct bufs b = {{0}, 0};
+    enum lmp_status st = cu_use_device(0, err);
+    float *dg, *du;
+    if (st) return st;
+    TRY(up(&b, (void **)&dg, g, (size_t)count * 4, err));
+    TRY(up(&b, (void **)&du, u, (size_t)count * 4, err));
+    k_swiglu(0, dg, du, count);
+    TRY(down(g, dg, (size_t)count * 4, err));
+done:
+    bufs_free(&b);
+    return st;
+}
+
+/* a state holding only what cu_linear uses: stream 0, a cuBLAS handle, the scratch */
+static enum lmp_status mini_state(struct lmp_cuda_state *s, struct bufs *b, size_t wscr_floats,
+                                  struct lmp_err *err)
+{
+    memset(s, 0, sizeof *s);
+    cublasStatus_t be = cublasCreate(&s->blas);
+    if (be != CUBLAS_STATUS_SUCCESS) {
+        s->blas = NULL;
+        return cu_blas_fail(err, be, "creating the handle");
+    }
+    s->smem_max = smem_limit();
+    enum lmp_status st = k_init_attrs(s->smem_max, err);
+    if (st) return st;
+    return up(b, (void **)&s->wscr, NULL, wscr_floats * 4 + 4, err);
+}
+
+extern "C" enum lmp_status lmp_cuda_k_matmul(float *y, const float *x, const void *w, int w_f16,
+                                             const float *bias, int n, int in, int out,
+                                             struct lmp_err *err)
+{
+    struct bufs b = {{0}, 0};
+    struct lmp_cuda_state s;
+    memset(&s, 0, sizeof s);
+    enum lmp_status st = cu_use_device(0, err);
+    struct cu_mat m;
+    memset(&m, 0, sizeof m);
+    float *dx, *dy;
+    size_t ws = (size_t)in * out * (w_f16 ? 2 : 4);
+    if (st) return st;
+    TRY(mini_state(&s, &b, (size_t)in * out, err));
+    m.kind = w_f16 ? CU_F16 : CU_F32;
+    m.rows = out;
+    m.cols = in;
+    TRY(up(&b, w_f16 ? (void **)&m.f16 : (void **)&m.f32, w, ws, err));
+    if (bias) TRY(up(&b, (void **)&m.bias, bias, (size_t)out * 4, err));
+    TRY(up(&b, (void **)&dx, x, (size_t)n * in * 4, err));
+    TRY(up(&b, (void **)&dy, NULL, (size_t)n * out * 4, err));
+    TRY(poison(dy, (size_t)n * out, err));
+    if (n == 1)
+        TRY(k_gemv(0, dy, dx, NULL, &m, 0, GEMV_DENSE, err));
+    else
+        TRY(cu_linear(&s, dy, dx, &m, n, 0, err));
+    TRY(down(y, dy, (size_t)n * out * 4, err));
+done:
+    if (s.blas) cublasDestroy(s.blas);
+    bufs_free(&b);
+    return st;
+}
+
+extern "C" enum lmp_status lmp_cuda_k_qmatmul(const struct lmp_qview *w, const float *X, int n,
+                                              float *Y, int variant, struct lmp_err *err)
+{
+    struct bufs b = {{0}, 0};
+    struct lmp_cuda_state s;
+    memset(&s, 0, sizeof s);
+    enum lmp_status st = cu_use_device(0, err);
+    struct cu_mat m;
+    memset(&m, 0, sizeof m);
+    float *dx, *dy;
+    const size_t cb = w->row_bytes * (size_t)w->rows, pb = (size_t)w->rows * w->n_groups * 2;
+    if (st) return st;
+    TRY(mini_state(&s, &b, (size_t)w->rows * w->cols, err));
+    m.kind = CU_PACKED;
+    m.rows = (int)w->rows;
+    m.cols = (int)w->cols;
+    m.bits = w->bits;
+    m.group = w->group;
+    m.n_groups = (int)w->n_groups;
+    m.row_bytes = w->row_bytes;
+    TRY(up(&b, (void **)&m.codes, NULL, cb + 64, err));
+    if (cudaMemset(m.codes, 0xA5, cb + 64) != cudaSuccess || /* padding: arbitrary bits */
+        cudaMemcpy(m.codes, w->codes, cb, cudaMemcpyHostToDevice) != cudaSuccess) {
+        st = cu_fail(err, cudaGetLastError(), "uploading codes");
+        goto done;
+    }
+    TRY(up(&b, (void **)&m.scales, w->scales, pb, err));
+    TRY(up(&b, (void **)&m.zeros, w->zeros, pb, err));
+    if (w->perm) TRY(up(&b, (void **)&m.perm, w->perm, (size_t)w->cols * 4, err));
+    TRY(up(&b, (void **)&dx, X, (size_t)n * w->cols * 4, err));
+    TRY(up(&b, (void **)&dy, NULL, (size_t)n * w->rows * 4, err));
+    TRY(poison(dy, (size_t)n * w->rows, err));
+    if (variant == 2) {
+        TRY(cu_linear(&s, dy, dx, &m, n, 0, err));
+    } else {
+        const int mode = k_gemv_mode(&m, variant == 0);
+        void *xp;
+        TRY(up(&b, &xp, NULL, k_gemv_prep_bytes((int)w->cols), err));
+        for (int i = 0; i < n; i++) {
+            k_gemv_prep(0, xp, dx + (size_t)i * w->cols, m.perm, (int)w->cols, mode);
+            TRY(k_gemv(0, dy + (size_t)i * w->rows, dx + (size_t)i * w->cols, xp, &m, 0, mode, err));
+        }
+    }
+    TRY(down(Y, dy, (size_t)n * w->rows * 4, err));
+done:
+    if (s.blas) cublasDestroy(s.blas);
+    bufs_free(&b);
+    return st;
+}
+
+extern "C" enum lmp_status lmp_cuda_k_nll(double *nll, const float *logits, const int32_t *target,
+                                          int n, int vocab, struct lmp_err *err)
+{
+    struct bufs b = {{0}, 0};
+    enum lmp_status st = cu_use_device(0, err);
+    float *dl;
+    int32_t *dt;
+    double *dn;
+    if (st) return st;
+    TRY(up(&b, (void **)&dl, logits, (size_t)n * vocab * 4, err));
+    TRY(up(&b, (void **)&dt, target, (size_t)n * 4, err));
+    TRY(up(&b, (void **)&dn, NULL, (size_t)n * 8, err));
+    CU_TRY(cudaMemset(dn, 0xFF, (size_t)n * 8), "poison"); /* NaN pattern */
+    k_nll(0, dn, dl, dt, n, vocab);
+    TRY(down(nll, dn, (size_t)n * 8, err));
+done:
+    bufs_free(&b);
+    return st;
+}

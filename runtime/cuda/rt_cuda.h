@@ -1,0 +1,212 @@
+/* The CUDA runtime: the forward pass of runtime/runtime.h on an NVIDIA GPU, perplexity and
+ * GPTQ on top of it, and a Llama-shaped model with random weights made on the device (for
+ * benchmarks). Built by `make cuda` into build/cuda/liblmpress_cuda.a; a C API, so the
+ * CLI, tests and benchmarks stay C.
+ *
+ * Conventions are the CPU runtime's (formats/model.h, runtime/runtime.h): weights row-major
+ * [out][in], activations row-major (n, features), interleaved RoPE. Weights are uploaded
+ * once, when a state is created: F32 stays F32, F16 stays F16, packed Q2/Q3/Q4/Q8 stay
+ * packed (formats/qpack.h); BF16 and packed embeddings are expanded to F32.
+ *
+ * Kernels (runtime/cuda/kernels.cu): prefill and perplexity (n > 1 tokens) use cuBLAS
+ * sgemm in fp32 (F16 and packed weights expanded into an fp32 scratch first), so GPU
+ * logits match the CPU's to float rounding; decode (n == 1) uses fused matrix-vector
+ * kernels that read every weight once (packed ones dequantised in registers), replayed
+ * as one CUDA graph per token. RMSNorm, RoPE, causal GQA attention with the softmax fused
+ * in, SwiGLU and the KV cache are kernels of their own. Each has a host-buffer entry
+ * point below (lmp_cuda_k_*) that the tests compare with the CPU *_ref kernels.
+ *
+ * Errors: no CUDA device (or no driver) -> LMP_ERR_UNSUPPORTED "no CUDA device: ...";
+ * device memory exhausted -> LMP_ERR_UNSUPPORTED "out of GPU memory: ..." (the model does
+ * not fit this card; the CLI exits 2 for both). Only cudaMalloc is used, never managed
+ * memory. Library functions print nothing. */
+#ifndef LMP_RT_CUDA_H
+#define LMP_RT_CUDA_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#include "formats/model.h"
+#include "formats/qpack.h"
+#include "runtime/runtime.h"
+
+/* ---- device ------------------------------------------------------------------------- */
+
+struct lmp_cuda_info {
+    char name[256];
+    int cc_major, cc_minor;
+    int n_sm;
+    size_t mem_total, mem_free; /* bytes */
+    int driver_version, runtime_version;
+};
+
+/* Fills info for device `device` (0 for the first). LMP_ERR_UNSUPPORTED when there is no
+ * such device or no working driver. */
+enum lmp_status lmp_cuda_probe(int device, struct lmp_cuda_info *info, struct lmp_err *err);
+
+/* ---- runtime state -------------------------------------------------------------------- */
+
+struct lmp_cuda_opts {
+    int device;       /* CUDA device index */
+    int weights_f16;  /* store F32 linear weights (and the output head) as fp16 */
+    int exact_gemv;   /* decode through the fp32 matrix-vector kernels only (no fp16 Q4 path) */
+    int no_graph;     /* decode without CUDA graphs (launch every kernel) */
+};
+
+struct lmp_cuda_state;
+
+/* Uploads the model's weights and allocates the KV cache for max_ctx positions and scratch
+ * for batches of up to max_batch tokens. The model may be freed afterwards (nothing on the
+ * host is kept). Errors as lmp_rt_state_create, plus the device errors above. opts may be
+ * NULL (defaults). */
+enum lmp_status lmp_cuda_state_create(const struct lmp_model *m, int max_ctx, int max_batch,
+                                      const struct lmp_cuda_opts *opts,
+                                      struct lmp_cuda_state **out, struct lmp_err *err);
+void lmp_cuda_state_free(struct lmp_cuda_state *s); /* accepts NULL */
+
+void lmp_cuda_reset(struct lmp_cuda_state *s);
+int lmp_cuda_n_past(const struct lmp_cuda_state *s);
+int lmp_cuda_max_ctx(const struct lmp_cuda_state *s);
+
+/* As lmp_rt_forward: tokens[0..n) at positions pos.., logits (n, vocab) on the host or
+ * NULL. n == 1 runs the decode path (matrix-vector kernels, CUDA graph). */
+enum lmp_status lmp_cuda_forward(struct lmp_cuda_state *s, const int32_t *tokens, int n, int pos,
+                                 float *logits, struct lmp_err *err);
+
+/* One decode step (token at pos, pos <= positions cached) through the captured graph,
+ * asynchronous: logits stay on the device unless logits (vocab) is given, in which case the
+ * call waits for them. lmp_cuda_sync waits for the queued steps. */
+enum lmp_status lmp_cuda_decode(struct lmp_cuda_state *s, int32_t token, int pos, float *logits,
+                                struct lmp_err *err);
+enum lmp_status lmp_cuda_sync(struct lmp_cuda_state *s, struct lmp_err *err);
+
+/* Per-linear input hook with DEVICE pointers: x (n, in) row-major in device memory, valid
+ * during the call; called on the forward's stream (synchronise before reading it on the
+ * host, or enqueue device work on the same stream: see lmp_cuda_stream). */
+struct lmp_cuda_hooks {
+    void *user;
+    void (*linear_input)(void *user, int layer, enum lmp_rt_linear which, const float *x_dev,
+                         int n, int in);
+};
+
+/* One transformer block in place on h_dev (n, dim) in device memory (n <= max_batch), as
+ * lmp_rt_forward_layer. */
+enum lmp_status lmp_cuda_forward_layer(struct lmp_cuda_state *s, int layer, float *h_dev, int n,
+                                       int pos, const struct lmp_cuda_hooks *hooks,
+                                       struct lmp_err *err);
+/* h_dev (n, dim) = embeddings of tokens (host), n <= max_batch. */
+enum lmp_status lmp_cuda_embed(struct lmp_cuda_state *s, const int32_t *tokens, int n,
+                               float *h_dev, struct lmp_err *err);
+
+/* The cudaStream_t every kernel of the state runs on (as void *). */
+void *lmp_cuda_stream(const struct lmp_cuda_state *s);
+
+/* Bytes of weights one decode token reads: every linear of every layer and the output head
+ * (codes, scales and zeros of packed ones), i.e. what the matrix-vector kernels stream. */
+double lmp_cuda_decode_weight_bytes(const struct lmp_cuda_state *s);
+
+/* Replaces a linear weight on the device by W (rows, cols) F32 on the host or device
+ * (is_dev); the weight must be stored as F32. For GPTQ: later stages see quantized weights. */
+enum lmp_status lmp_cuda_set_linear_f32(struct lmp_cuda_state *s, int layer, int which_mat,
+                                        const float *W, int is_dev, struct lmp_err *err);
+
+/* ---- a random Llama-shaped model, made on the device ------------------------------------ */
+
+enum lmp_cuda_wtype {
+    LMP_CUDA_W_F32 = 0,
+    LMP_CUDA_W_F16 = 1,
+    LMP_CUDA_W_PACKED = 2, /* bits/group below */
+};
+
+/* A state whose weights are drawn on the device from seed (nothing on the host): cfg gives
+ * dim, n_layers, head_dim, vocab, norm_eps, rope_theta and cfg->layer shapes; linear
+ * weights (and the output head) of type wt (packed: bits, group; group 0 = per-channel).
+ * Embeddings and norms are F32. For benchmarks of a model shape nobody has to download. */
+enum lmp_status lmp_cuda_state_create_random(const struct lmp_config *cfg, int max_ctx,
+                                             int max_batch, enum lmp_cuda_wtype wt, int bits,
+                                             int group, uint64_t seed,
+                                             const struct lmp_cuda_opts *opts,
+                                             struct lmp_cuda_state **out, struct lmp_err *err);
+
+/* ---- perplexity ----------------------------------------------------------------------- */
+
+struct lmp_eval_opts;
+struct lmp_eval_result;
+/* lmp_eval_ppl (eval/eval.h) on the GPU: same protocols, chunks and statistics; the
+ * options save_logits and kl_base are not supported (LMP_ERR_UNSUPPORTED). opts->ref is
+ * ignored. n_threads unused. */
+enum lmp_status lmp_cuda_eval_ppl(const struct lmp_model *m, const int32_t *ids, int64_t n_ids,
+                                  const struct lmp_eval_opts *opts, struct lmp_eval_result *res,
+                                  int device, struct lmp_err *err);
+
+/* ---- GPTQ ----------------------------------------------------------------------------- */
+
+struct lmp_quant_opts;
+struct lmp_quant_model_opts;
+struct lmp_quant_report;
+struct lmp_qtensor_out;
+
+/* lmp_quant_gptq_matrix on the GPU: W (rows, cols) and H (cols, cols, upper triangle
+ * read) on the host; the same algorithm (order, dead columns, damping retries, the
+ * upper Cholesky factor of the damped inverse through cuSOLVER in double, blocked sweep
+ * with the lazy updates as cuBLAS sgemm). opts->refine and opts->ref_quirks are not
+ * supported (LMP_ERR_UNSUPPORTED). */
+enum lmp_status lmp_cuda_gptq_matrix(const float *W, int rows, int cols, const float *H,
+                                     const struct lmp_quant_opts *o,
+                                     struct lmp_qtensor_out *out, float *W_hat_out, int device,
+                                     struct lmp_err *err);
+
+/* lmp_quant_model (quantize/quant_model.h) with calibration forward, Hessians, the
+ * inverse-Hessian factor and the sweep on the GPU. Method RTN runs the CPU path. */
+enum lmp_status lmp_cuda_quant_model(struct lmp_model *m, const int32_t *calib, int64_t n_calib,
+                                     const struct lmp_quant_model_opts *o,
+                                     struct lmp_quant_report *rep, int device,
+                                     struct lmp_err *err);
+
+/* GPTQ timing on a random model shape (bench/cuda_gptq.c): for every layer of cfg, random
+ * correlated calibration activations (n_tok rows) are drawn on the device for the inputs of
+ * q/k/v, o, gate/up and down, the four Hessians accumulated (cuBLAS syrk), and the seven
+ * random weight matrices quantized by GPU GPTQ with o, codes and params copied to the
+ * host. seconds[0] total, [1] activations, [2] Hessians, [3] factors, [4] sweeps incl.
+ * copies. */
+enum lmp_status lmp_cuda_gptq_bench(const struct lmp_config *cfg, int64_t n_tok,
+                                    const struct lmp_quant_opts *o, uint64_t seed, int device,
+                                    void (*progress)(void *user, int layers_done, int n_layers,
+                                                     double seconds),
+                                    void *progress_user, double seconds[5],
+                                    struct lmp_err *err);
+
+/* ---- kernels on host buffers (tests) ----------------------------------------------------
+ * Each uploads its inputs, fills the output on the device with NaN first (poison), runs the
+ * kernel, downloads. Same signatures and meaning as the CPU kernels of runtime.h /
+ * qmatmul.h. */
+enum lmp_status lmp_cuda_k_rmsnorm(float *y, const float *x, const float *w, int n, int dim,
+                                   float eps, struct lmp_err *err);
+enum lmp_status lmp_cuda_k_rope(float *x, int n, int n_heads, int hd, const float *cs,
+                                struct lmp_err *err);
+/* kc, vc: (n_kv, hd, ld) position innermost, as the CPU cache (converted inside) */
+enum lmp_status lmp_cuda_k_attention(float *out, const float *q, const float *kc,
+                                     const float *vc, int ld, int n, int pos, int n_heads,
+                                     int n_kv, int hd, struct lmp_err *err);
+enum lmp_status lmp_cuda_k_swiglu(float *g, const float *u, long count, struct lmp_err *err);
+/* y (n, out) = x (n, in) W^T + b through the cuBLAS path (n > 1) or the matrix-vector
+ * kernel (n == 1); f16: W given as fp16 bits. */
+enum lmp_status lmp_cuda_k_matmul(float *y, const float *x, const void *w, int w_f16,
+                                  const float *b, int n, int in, int out, struct lmp_err *err);
+/* packed: y (n, rows) = X (n, cols) W^T; variant 0: fp32 matrix-vector kernel (n == 1),
+ * 1: fp16 Q4 kernel (n == 1), 2: dequantise + sgemm (any n). */
+enum lmp_status lmp_cuda_k_qmatmul(const struct lmp_qview *w, const float *X, int n, float *Y,
+                                   int variant, struct lmp_err *err);
+/* row-wise negative log-likelihood: nll[i] = logsumexp(logits[i]) - logits[i][target[i]] */
+enum lmp_status lmp_cuda_k_nll(double *nll, const float *logits, const int32_t *target, int n,
+                               int vocab, struct lmp_err *err);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif
