@@ -72,6 +72,7 @@ struct lmp_cuda_state {
     float norm_eps;
     int max_q, max_kv, max_ffn, max_in;
     int exact_gemv, no_graph;
+    int no_fuse;             /* decode one product per launch (LMP_CUDA_NO_FUSE=1; comparisons) */
     struct cu_layer *L;      /* (n_layers), host array of device pointers */
     float *tok_embd;         /* (vocab, dim) */
     float *out_norm;         /* (dim) */
@@ -139,6 +140,30 @@ size_t k_gemv_prep_bytes(int max_cols);
 void k_gemv_prep(cudaStream_t st, void *xp, const float *x, const int32_t *perm, int cols, int mode);
 enum lmp_status k_gemv(cudaStream_t st, float *y, const float *x, const void *xp,
                        const struct cu_mat *m, int accumulate, int mode, struct lmp_err *err);
+/* Several matrix-vector products of the same x in one launch (decode): jobs 0..n-1 write
+ * y[i] (+= when acc[i]); pair: n == 2, gate m[0] and up m[1], y[0] = silu(m[0] x) * (m[1] x).
+ * k_gemv_multi_ok says whether the matrices qualify (same mode, kind, cols, group layout, no
+ * perm; pair: equal rows, no bias); xprep as k_gemv for Q4H. */
+#define GV_MAX_JOBS 3
+struct gv_job {
+    const void *w, *w2;              /* F32/F16 matrix or packed codes; w2: PAIR's second */
+    const __half *s, *z, *s2, *z2;   /* Q4H scales and zeros (rows, ng) */
+    const float *bias;
+    float *y;
+    size_t row_bytes;
+    int rows, ng, gshift, acc, block0;
+};
+struct gv_jobs {
+    struct gv_job j[GV_MAX_JOBS];
+    int n;
+};
+int k_gemv_multi_ok(const struct cu_mat *const *m, int n, int exact, int pair);
+enum lmp_status k_gemv_multi(cudaStream_t st, const struct cu_mat *const *m, float *const *y,
+                             const int *acc, int n, int pair, const float *x, const void *xprep,
+                             int exact, struct lmp_err *err);
+/* y (dim) = rmsnorm(x) * w for one row, and xp = its GEMV_Q4H preparation (no perm) */
+void k_rmsnorm_prep_q4h(cudaStream_t st, float *y, const float *x, const float *w, int dim,
+                        float eps, void *xp);
 /* nll (n) double */
 void k_nll(cudaStream_t st, double *nll, const float *logits, const int32_t *target, int n,
            int vocab);

@@ -14,6 +14,7 @@
 #include "internal.h"
 
 #include <math.h>
+#include <string.h>
 
 #define WARP 32
 
@@ -523,11 +524,10 @@ __global__ void prep_p32_kernel(float4 *xp, const float *x, const int32_t *perm,
     }
 }
 
-/* one block: the scale needs max |x| over the whole vector */
-__global__ void prep_q4h_kernel(float *hdr, uint4 *xp, const float *x, const int32_t *perm, int cols,
-                                int nch)
+/* one block: the scale needs max |x| over the whole vector. red: 33 floats of shared. */
+static __device__ void prep_q4h_body(float *hdr, uint4 *xp, const float *x, const int32_t *perm,
+                                     int cols, int nch, float *red)
 {
-    __shared__ float red[33];
     float mx = 0.0f;
     for (int c = threadIdx.x; c < cols; c += blockDim.x) mx = fmaxf(mx, fabsf(x[c]));
     mx = block_max(mx, red);
@@ -548,6 +548,13 @@ __global__ void prep_q4h_kernel(float *hdr, uint4 *xp, const float *x, const int
         }
         xp[i] = *(const uint4 *)hv;
     }
+}
+
+__global__ void prep_q4h_kernel(float *hdr, uint4 *xp, const float *x, const int32_t *perm, int cols,
+                                int nch)
+{
+    __shared__ float red[33];
+    prep_q4h_body(hdr, xp, x, perm, cols, nch, red);
 }
 
 void k_gemv_prep(cudaStream_t st, void *xp, const float *x, const int32_t *perm, int cols, int mode)
@@ -758,6 +765,212 @@ __global__ void gemv_q4h_kernel(float *y, const float *hdr, const uint4 *xp, con
             y[r0 + r] = acc ? y[r0 + r] + v : v;
         }
     }
+}
+
+/* ---- several products of one input in one launch (decode) ---------------------------------
+ * q, k and v (or gate and up) read the same x: one grid covers all their rows, so the GPU
+ * sees one kernel instead of three and the tail of one matrix overlaps the next. With
+ * PAIR, job 0 carries two matrices of equal shape (gate in w, up in w2): every warp
+ * computes the same rows of both and writes silu(gate . x) * (up . x), the SwiGLU fused in. */
+
+static __device__ __forceinline__ float silu_f(float g) { return g / (1.0f + expf(-g)); }
+
+template <typename T, int R, bool PAIR>
+__global__ void gemv_dense_multi_kernel(struct gv_jobs J, const float *x, int cols)
+{
+    int jb = 0;
+#pragma unroll
+    for (int k = 1; k < GV_MAX_JOBS; k++)
+        if (k < J.n && (int)blockIdx.x >= J.j[k].block0) jb = k;
+    const struct gv_job &jo = J.j[jb];
+    const int warp = (int)(((blockIdx.x - jo.block0) * (size_t)blockDim.x + threadIdx.x) >> 5);
+    const int lane = threadIdx.x & 31;
+    const int r0 = warp * R, rows = jo.rows;
+    if (r0 >= rows) return;
+    constexpr int NR = PAIR ? 2 * R : R;
+    float a[NR];
+    const T *wr[NR];
+#pragma unroll
+    for (int r = 0; r < NR; r++) {
+        a[r] = 0.0f;
+        const T *W = (const T *)(PAIR && r >= R ? jo.w2 : jo.w);
+        wr[r] = W + (size_t)min(r0 + r % R, rows - 1) * cols;
+    }
+    if ((cols & 7) == 0) {
+#pragma unroll 2
+        for (int c = lane * 8; c < cols; c += 256) {
+            float xv[8];
+            load8(x + c, xv);
+#pragma unroll
+            for (int r = 0; r < NR; r++) {
+                float wv[8];
+                load8(wr[r] + c, wv);
+#pragma unroll
+                for (int k = 0; k < 8; k++) a[r] += wv[k] * xv[k];
+            }
+        }
+    } else {
+        for (int c = lane; c < cols; c += 32) {
+            float xv = x[c];
+#pragma unroll
+            for (int r = 0; r < NR; r++) a[r] += ld1(wr[r] + c) * xv;
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+        float v = warp_sum(a[r]);
+        if (PAIR) {
+            float u = warp_sum(a[R + r]);
+            if (lane == 0 && r0 + r < rows) jo.y[r0 + r] = silu_f(v) * u;
+        } else if (lane == 0 && r0 + r < rows) {
+            if (jo.bias) v += jo.bias[r0 + r];
+            jo.y[r0 + r] = jo.acc ? jo.y[r0 + r] + v : v;
+        }
+    }
+}
+
+template <int R, bool PAIR>
+__global__ void gemv_q4h_multi_kernel(struct gv_jobs J, const float *hdr, const uint4 *xp, int cols)
+{
+    int jb = 0;
+#pragma unroll
+    for (int k = 1; k < GV_MAX_JOBS; k++)
+        if (k < J.n && (int)blockIdx.x >= J.j[k].block0) jb = k;
+    const struct gv_job &jo = J.j[jb];
+    const int nch = (cols + 31) / 32;
+    const int lane = threadIdx.x & 31;
+    const int r0 = (int)(((blockIdx.x - jo.block0) * (size_t)blockDim.x + threadIdx.x) >> 5) * R;
+    const int rows = jo.rows, ng = jo.ng, gshift = jo.gshift;
+    if (r0 >= rows) return;
+    constexpr int NR = PAIR ? 2 * R : R;
+    float a[NR];
+    int rr[R];
+#pragma unroll
+    for (int r = 0; r < NR; r++) a[r] = 0.0f;
+#pragma unroll
+    for (int r = 0; r < R; r++) rr[r] = min(r0 + r, rows - 1);
+    const uint8_t *cw = (const uint8_t *)jo.w, *cw2 = (const uint8_t *)jo.w2;
+    for (int ch = lane; ch < nch; ch += 32) {
+        uint4 w0[R], w1[R], xq[4];
+#pragma unroll
+        for (int r = 0; r < R; r++) {
+            w0[r] = __ldg((const uint4 *)(cw + (size_t)rr[r] * jo.row_bytes + (size_t)ch * 16));
+            if (PAIR) w1[r] = __ldg((const uint4 *)(cw2 + (size_t)rr[r] * jo.row_bytes + (size_t)ch * 16));
+        }
+#pragma unroll
+        for (int k = 0; k < 4; k++) xq[k] = __ldg(xp + (size_t)k * nch + ch);
+        const int g = ng == 1 ? 0 : ch >> gshift;
+        q4h_chunk<R>(a, w0, xq, jo.s, jo.z, rr, ng, g);
+        if (PAIR) q4h_chunk<R>(a + R, w1, xq, jo.s2, jo.z2, rr, ng, g);
+    }
+    const float yscale = __ldg(hdr);
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+        float v = warp_sum(a[r]) * yscale;
+        if (PAIR) {
+            float u = warp_sum(a[R + r]) * yscale;
+            if (lane == 0 && r0 + r < rows) jo.y[r0 + r] = silu_f(v) * u;
+        } else if (lane == 0 && r0 + r < rows) {
+            if (jo.bias) v += jo.bias[r0 + r];
+            jo.y[r0 + r] = jo.acc ? jo.y[r0 + r] + v : v;
+        }
+    }
+}
+
+/* RMSNorm of one row and, from its output, the Q4H input layout (prep_q4h_kernel) in the
+ * same block: the products that read the normed vector need no preparation launch. */
+__global__ void rmsnorm_prep_q4h_kernel(float *y, const float *x, const float *w, int dim,
+                                        float eps, float *hdr, uint4 *xp)
+{
+    __shared__ float red[33];
+    float ss = 0.0f;
+    for (int c = threadIdx.x; c < dim; c += blockDim.x) ss += x[c] * x[c];
+    ss = block_sum(ss, red);
+    const float inv = 1.0f / sqrtf(ss / (float)dim + eps);
+    for (int c = threadIdx.x; c < dim; c += blockDim.x) y[c] = x[c] * inv * w[c];
+    __syncthreads(); /* y is read back by other threads of this block */
+    prep_q4h_body(hdr, xp, y, NULL, dim, (dim + 31) / 32, red);
+}
+
+int k_gemv_multi_ok(const struct cu_mat *const *m, int n, int exact, int pair)
+{
+    if (n < 1 || n > GV_MAX_JOBS) return 0;
+    const int mode = k_gemv_mode(m[0], exact);
+    if (mode == GEMV_P32) return 0;
+    for (int i = 0; i < n; i++) {
+        if (k_gemv_mode(m[i], exact) != mode || m[i]->kind != m[0]->kind ||
+            m[i]->cols != m[0]->cols || m[i]->perm)
+            return 0;
+        if (mode == GEMV_DENSE && m[i]->kind != CU_F16 && m[i]->kind != CU_F32) return 0;
+        if (mode == GEMV_Q4H && (m[i]->group != m[0]->group || m[i]->n_groups != m[0]->n_groups ||
+                                 m[i]->row_bytes != m[0]->row_bytes))
+            return 0;
+    }
+    if (pair && (n != 2 || m[0]->rows != m[1]->rows || m[0]->bias || m[1]->bias)) return 0;
+    return 1;
+}
+
+void k_rmsnorm_prep_q4h(cudaStream_t st, float *y, const float *x, const float *w, int dim,
+                        float eps, void *xp)
+{
+    char *base = (char *)xp;
+    rmsnorm_prep_q4h_kernel<<<1, 1024, 0, st>>>(y, x, w, dim, eps, (float *)base,
+                                                (uint4 *)(base + 16));
+}
+
+static int log2_exact(int v);
+
+enum lmp_status k_gemv_multi(cudaStream_t st, const struct cu_mat *const *m, float *const *y,
+                             const int *acc, int n, int pair, const float *x, const void *xprep,
+                             int exact, struct lmp_err *err)
+{
+    /* 4 rows per warp alone, 2 + 2 in a pair: 4 independent 16-byte loads per lane in flight */
+    const int threads = 256, R = pair ? 2 : 4, rows_per_block = (threads / 32) * R;
+    const int mode = k_gemv_mode(m[0], exact);
+    struct gv_jobs J;
+    memset(&J, 0, sizeof J);
+    J.n = pair ? 1 : n;
+    int blocks = 0;
+    for (int i = 0; i < J.n; i++) {
+        struct gv_job *j = &J.j[i];
+        const struct cu_mat *a = m[i];
+        j->w = mode == GEMV_Q4H ? (const void *)a->codes
+                                : (a->kind == CU_F16 ? (const void *)a->f16 : (const void *)a->f32);
+        j->s = a->scales, j->z = a->zeros;
+        if (pair) {
+            const struct cu_mat *b = m[1];
+            j->w2 = mode == GEMV_Q4H ? (const void *)b->codes
+                                     : (b->kind == CU_F16 ? (const void *)b->f16 : (const void *)b->f32);
+            j->s2 = b->scales, j->z2 = b->zeros;
+        }
+        j->bias = a->bias;
+        j->y = y[i];
+        j->acc = acc ? acc[i] : 0;
+        j->rows = a->rows;
+        j->row_bytes = a->row_bytes;
+        j->ng = a->n_groups;
+        j->gshift = a->n_groups == 1 ? 0 : log2_exact(a->group / 32);
+        j->block0 = blocks;
+        blocks += (a->rows + rows_per_block - 1) / rows_per_block;
+    }
+    const int cols = m[0]->cols;
+    if (mode == GEMV_Q4H) {
+        const char *base = (const char *)xprep;
+        if (pair)
+            gemv_q4h_multi_kernel<2, true><<<blocks, threads, 0, st>>>(J, (const float *)base,
+                                                                       (const uint4 *)(base + 16), cols);
+        else
+            gemv_q4h_multi_kernel<4, false><<<blocks, threads, 0, st>>>(J, (const float *)base,
+                                                                        (const uint4 *)(base + 16), cols);
+    } else if (m[0]->kind == CU_F16) {
+        if (pair) gemv_dense_multi_kernel<__half, 2, true><<<blocks, threads, 0, st>>>(J, x, cols);
+        else gemv_dense_multi_kernel<__half, 4, false><<<blocks, threads, 0, st>>>(J, x, cols);
+    } else {
+        if (pair) gemv_dense_multi_kernel<float, 2, true><<<blocks, threads, 0, st>>>(J, x, cols);
+        else gemv_dense_multi_kernel<float, 4, false><<<blocks, threads, 0, st>>>(J, x, cols);
+    }
+    CU_LAUNCHED("fused matrix-vector kernel");
+    return LMP_OK;
 }
 
 static int log2_exact(int v)

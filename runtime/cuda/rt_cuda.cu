@@ -363,7 +363,7 @@ extern "C" enum lmp_status lmp_cuda_state_create(const struct lmp_model *m, int 
                                                  struct lmp_err *err)
 {
     *out = NULL;
-    struct lmp_cuda_opts dflt = {0, 0, 0, 0};
+    struct lmp_cuda_opts dflt = {0, 0, 0, 0, 0};
     if (!o) o = &dflt;
     const struct lmp_config *c = &m->cfg;
     if (!m->layers || !m->tok_embd || !m->out || !m->out_norm || !c->layer)
@@ -387,6 +387,7 @@ extern "C" enum lmp_status lmp_cuda_state_create(const struct lmp_model *m, int 
     s->norm_eps = c->norm_eps;
     s->exact_gemv = o->exact_gemv;
     s->no_graph = o->no_graph;
+    s->no_fuse = o->no_fuse;
     s->L = (struct cu_layer *)calloc((size_t)c->n_layers, sizeof *s->L);
     if (!s->L) {
         st = lmp_err_set(err, LMP_ERR_NOMEM, "out of memory");
@@ -514,7 +515,7 @@ extern "C" enum lmp_status lmp_cuda_state_create_random(const struct lmp_config 
                                                         struct lmp_err *err)
 {
     *out = NULL;
-    struct lmp_cuda_opts dflt = {0, 0, 0, 0};
+    struct lmp_cuda_opts dflt = {0, 0, 0, 0, 0};
     if (!o) o = &dflt;
     if (c->dim < 1 || c->n_layers < 1 || c->head_dim < 2 || c->head_dim % 2 || c->vocab < 1 ||
         !c->layer || max_ctx < 1 || max_batch < 1)
@@ -540,6 +541,7 @@ extern "C" enum lmp_status lmp_cuda_state_create_random(const struct lmp_config 
     s->norm_eps = c->norm_eps > 0 ? c->norm_eps : 1e-5f;
     s->exact_gemv = o->exact_gemv;
     s->no_graph = o->no_graph;
+    s->no_fuse = o->no_fuse;
     s->L = (struct cu_layer *)calloc((size_t)c->n_layers, sizeof *s->L);
     /* the stream exists before cu_state_finish so the random fills can run on it */
     if (!s->L) {
@@ -656,26 +658,48 @@ static enum lmp_status layer_fwd(struct lmp_cuda_state *s, int l, float *h, int 
     enum lmp_status e;
     struct xp_cache c = {NULL, -1, NULL};
     (void)kvd;
-    k_rmsnorm(st, s->xb, h, L->attn_norm, n, dim, s->norm_eps);
+    /* decode (n == 1): products of one input in one launch, RMSNorm fused with the Q4
+     * input preparation (k_gemv_multi); otherwise one product at a time */
+    const struct cu_mat *qkv[3] = {&L->m[CU_WQ], &L->m[CU_WK], &L->m[CU_WV]};
+    const struct cu_mat *gu[2] = {&L->m[CU_WGATE], &L->m[CU_WUP]};
+    const int fuse_qkv = n == 1 && !s->no_fuse && k_gemv_multi_ok(qkv, 3, s->exact_gemv, 0);
+    const int fuse_gu = n == 1 && !s->no_fuse && k_gemv_multi_ok(gu, 2, s->exact_gemv, 1);
+    const int q4h_qkv = fuse_qkv && k_gemv_mode(qkv[0], s->exact_gemv) == GEMV_Q4H;
+    const int q4h_gu = fuse_gu && k_gemv_mode(gu[0], s->exact_gemv) == GEMV_Q4H;
+    if (q4h_qkv) k_rmsnorm_prep_q4h(st, s->xb, h, L->attn_norm, dim, s->norm_eps, s->xprep);
+    else k_rmsnorm(st, s->xb, h, L->attn_norm, n, dim, s->norm_eps);
     hook(hk, l, LMP_RT_QKV, s->xb, n, dim);
-    if ((e = lin(s, s->q, s->xb, &L->m[CU_WQ], n, 0, &c, err)) ||
-        (e = lin(s, s->k, s->xb, &L->m[CU_WK], n, 0, &c, err)) ||
-        (e = lin(s, s->v, s->xb, &L->m[CU_WV], n, 0, &c, err)))
+    if (fuse_qkv) {
+        float *ys[3] = {s->q, s->k, s->v};
+        if ((e = k_gemv_multi(st, qkv, ys, NULL, 3, 0, s->xb, s->xprep, s->exact_gemv, err)))
+            return e;
+    } else if ((e = lin(s, s->q, s->xb, &L->m[CU_WQ], n, 0, &c, err)) ||
+               (e = lin(s, s->k, s->xb, &L->m[CU_WK], n, 0, &c, err)) ||
+               (e = lin(s, s->v, s->xb, &L->m[CU_WV], n, 0, &c, err)))
         return e;
     k_rope_store(st, s->q, s->k, s->v, kc, vc, n, L->nh, L->nkv, hd, s->rope_cs, s->d_pos);
     if ((e = k_attention(st, s->att, s->q, kc, vc, n, s->d_pos, s->max_ctx, L->nh, L->nkv, hd,
                          s->smem_max, err)))
         return e;
     hook(hk, l, LMP_RT_O, s->att, n, qd);
+    c.x = NULL; /* xprep may hold another input now */
     if ((e = lin(s, h, s->att, &L->m[CU_WO], n, 1, &c, err))) return e;
-    k_rmsnorm(st, s->xb, h, L->ffn_norm, n, dim, s->norm_eps);
+    if (q4h_gu) k_rmsnorm_prep_q4h(st, s->xb, h, L->ffn_norm, dim, s->norm_eps, s->xprep);
+    else k_rmsnorm(st, s->xb, h, L->ffn_norm, n, dim, s->norm_eps);
     c.x = NULL; /* xb changed */
     hook(hk, l, LMP_RT_GATE_UP, s->xb, n, dim);
-    if ((e = lin(s, s->g, s->xb, &L->m[CU_WGATE], n, 0, &c, err)) ||
-        (e = lin(s, s->u, s->xb, &L->m[CU_WUP], n, 0, &c, err)))
-        return e;
-    k_swiglu(st, s->g, s->u, (long)n * L->ffn);
+    if (fuse_gu) {
+        float *ys[2] = {s->g, NULL};
+        if ((e = k_gemv_multi(st, gu, ys, NULL, 2, 1, s->xb, s->xprep, s->exact_gemv, err)))
+            return e;
+    } else {
+        if ((e = lin(s, s->g, s->xb, &L->m[CU_WGATE], n, 0, &c, err)) ||
+            (e = lin(s, s->u, s->xb, &L->m[CU_WUP], n, 0, &c, err)))
+            return e;
+        k_swiglu(st, s->g, s->u, (long)n * L->ffn);
+    }
     hook(hk, l, LMP_RT_DOWN, s->g, n, L->ffn);
+    c.x = NULL;
     if ((e = lin(s, h, s->g, &L->m[CU_WDOWN], n, 1, &c, err))) return e;
     CU_LAUNCHED("layer kernels");
     return LMP_OK;
@@ -929,7 +953,7 @@ extern "C" enum lmp_status lmp_cuda_eval_ppl(const struct lmp_model *m, const in
     if (o->protocol == LMP_EVAL_LLAMACPP && bos >= 0)
         for (int c = 0; c < n_chunks; c++) toks[(size_t)c * ctx] = bos;
 
-    struct lmp_cuda_opts co = {device, 0, 1, 0}; /* exact fp32 kernels everywhere */
+    struct lmp_cuda_opts co = {device, 0, 1, 0, 0}; /* exact fp32 kernels everywhere */
     double s_nll = 0.0, s_nll2 = 0.0, t0 = 0.0, t1 = 0.0;
     st = lmp_cuda_state_create(m, ctx, ctx < 512 ? ctx : 512, &co, &s, err);
     if (!st) st = cu_state_alloc(s, (void **)&d_nll, (size_t)ctx * sizeof(double), "NLL", err);

@@ -55,6 +55,8 @@ struct lmp_cuda_opts {
     int weights_f16;  /* store F32 linear weights (and the output head) as fp16 */
     int exact_gemv;   /* decode through the fp32 matrix-vector kernels only (no fp16 Q4 path) */
     int no_graph;     /* decode without CUDA graphs (launch every kernel) */
+    int no_fuse;      /* decode one matrix-vector product per launch (no q/k/v, gate/up+SwiGLU
+                         or RMSNorm+Q4-input fusion): for comparisons */
 };
 
 struct lmp_cuda_state;

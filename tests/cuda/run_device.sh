@@ -17,17 +17,22 @@ export LD_LIBRARY_PATH
     ldd "$C/lmpress-cuda-tests" | grep -E "not found|cublas|cusolver"
 } 2>&1 | tee "$OUT/machine.txt"
 echo "== tests"
-timeout 240 "$C/lmpress-cuda-tests" 2>&1 | tee "$OUT/tests.log"
+timeout 180 "$C/lmpress-cuda-tests" 2>&1 | tee "$OUT/tests.log"
 echo "== decode benchmark"
-timeout 150 "$C/cuda_decode" 2>&1 | tee "$OUT/decode.log"
+timeout 120 "$C/cuda_decode" 2>&1 | tee "$OUT/decode.log"
 echo "== GPTQ timing"
-timeout 170 "$C/cuda_gptq" 2>&1 | tee "$OUT/gptq.log"
+timeout 200 "$C/cuda_gptq" 2>&1 | tee "$OUT/gptq.log"
 echo "== CLI"
 {
     for d in cpu cuda; do
         "$C/lmpress" ppl models/stories260K.bin --text data/tinystories/eval.txt --ctx 256 --device $d
         echo "rc=$?"
         "$C/lmpress" run models/stories260K.bin -p "Once upon a time" -n 40 --temp 0 --device $d
+        echo "rc=$?"
+    done
+    for d in cpu cuda; do
+        "$C/lmpress" quantize models/stories260K.bin /tmp/q4-$d.lmp --bits 4 --group 32 --calib data/tinystories/calib.txt --device $d
+        "$C/lmpress" ppl /tmp/q4-$d.lmp --text data/tinystories/eval.txt --ctx 256 --device $d
         echo "rc=$?"
     done
     "$C/lmpress" ppl models/stories260K.bin --text data/tinystories/eval.txt --device cuda --save-logits /tmp/x.bin

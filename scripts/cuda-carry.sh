@@ -1,0 +1,18 @@
+#!/bin/sh
+# Packs what the GPU machine needs to run the CUDA build made here (`make cuda`): the
+# binaries and the non-CUDA shared libraries they link (OpenBLAS, LAPACKE, cJSON, PCRE2,
+# gfortran, gomp), which the GPU machine's image lacks. cuBLAS/cuSOLVER come from its CUDA
+# toolkit. Output: build-cuda/carry/ (git-ignored); tests/cuda/run_device.sh uses it.
+set -e
+B=${BUILD:-build}
+C=build-cuda/carry
+rm -rf "$C"; mkdir -p "$C/lib/lib"
+cp "$B/cuda/lmpress-cuda-tests" "$B/cuda/cuda_decode" "$B/cuda/cuda_gptq" "$B/cuda/lmpress" "$C/"
+for l in libopenblas.so.0 liblapacke.so.3 liblapack.so.3 libblas.so.3 libtmglib.so.3 \
+         libcjson.so.1 libpcre2-8.so.0 libgfortran.so.5 libquadmath.so.0 libgomp.so.1; do
+    p=$(ldd "$B/cuda/lmpress-cuda-tests" | awk -v l="$l" '$1 == l {print $3}')
+    [ -n "$p" ] && cp -L "$p" "$C/lib/lib/$l"
+done
+tar cJf "$C/libs.tar.xz" -C "$C/lib" lib
+rm -rf "$C/lib"
+du -sh "$C"
