@@ -36,6 +36,11 @@ static void help(void)
         "  --fp-target        quantize each matrix toward the unquantized model's outputs on its\n"
         "                     own activations (corrects the error of earlier layers; one more\n"
         "                     pass per layer); --fp-alpha F scales the correction (default 1)\n"
+        "  --tune N           after quantizing, train the fp16 group scales for N Adam steps so\n"
+        "                     the quantized model's next-token distributions match the\n"
+        "                     original's on the calibration windows (KL; codes and zeros fixed,\n"
+        "                     format unchanged); --tune-lr F (2e-3), --tune-batch N (8 windows),\n"
+        "                     --tune-norms also trains the RMSNorm weights\n"
         "  --no-shortcut      run the separate output pass of each layer instead of updating\n"
         "                     the down stage's outputs by linearity (same result, slower)\n"
         "  --damp F           dampening, fraction of the mean Hessian diagonal (default 0.01)\n"
@@ -62,6 +67,35 @@ static void on_progress(void *user, int layer, int n_layers, const char *stage)
     else if (p->tty) cli_progress_update(p, layer, n_layers, stage);
 }
 
+static void on_tune(void *user, int step, int steps, double loss)
+{
+    struct cli_progress *p = user;
+    (void)loss;
+    cli_progress_update(p, step, steps, "tune");
+}
+
+/* Scale tuning against the unquantized model, loaded again from IN. */
+static enum lmp_status tune(const char *in, const struct lmp_load_opts *lo, struct lmp_model *m,
+                            const int32_t *ids, int64_t n_ids, const struct lmp_quant_model_opts *o,
+                            struct lmp_quant_tune_opts *to, double *kl0, double *kl1,
+                            struct lmp_err *err)
+{
+    struct lmp_model *teacher = NULL;
+    int32_t *win = NULL;
+    struct cli_progress pr;
+    cli_progress_init(&pr, "tune", "steps");
+    to->progress = on_tune;
+    to->progress_user = &pr;
+    to->n_threads = o->n_threads;
+    to->seed = o->seed;
+    enum lmp_status st = lmp_ckpt_load(in, lo, &teacher, err);
+    if (!st) st = lmp_quant_model_windows(teacher, ids, n_ids, o, &win, err);
+    if (!st) st = lmp_quant_tune(m, teacher, win, o->nsamples, o->seqlen, to, kl0, kl1, err);
+    free(win);
+    lmp_model_free(teacher);
+    return st;
+}
+
 int cmd_quantize(int argc, char **argv)
 {
     const char *in = NULL, *outp = NULL, *calib = NULL;
@@ -69,6 +103,8 @@ int cmd_quantize(int argc, char **argv)
     lmp_quant_model_opts_default(&o);
     o.q.group = 128;
     struct lmp_load_opts lo = {0};
+    struct lmp_quant_tune_opts to;
+    lmp_quant_tune_opts_default(&to);
     long v;
     double d;
     int use_cuda = 0;
@@ -122,6 +158,21 @@ int cmd_quantize(int argc, char **argv)
             if (!cli_parse_double(nx, 0, 2, &d))
                 return cli_usage_error(CMD, "--fp-residual %s: expected a number in [0, 2]", nx);
             o.fp_residual = (float)d;
+        } else if (!strcmp(a, "--tune")) {
+            NEED();
+            if (!cli_parse_int(nx, 0, 1 << 20, &v)) return cli_usage_error(CMD, "--tune %s: expected a number of steps >= 0", nx);
+            to.steps = (int)v;
+        } else if (!strcmp(a, "--tune-lr")) {
+            NEED();
+            if (!cli_parse_double(nx, 0, 1, &d) || d <= 0)
+                return cli_usage_error(CMD, "--tune-lr %s: expected a number in (0, 1]", nx);
+            to.lr = (float)d;
+        } else if (!strcmp(a, "--tune-batch")) {
+            NEED();
+            if (!cli_parse_int(nx, 1, 4096, &v)) return cli_usage_error(CMD, "--tune-batch %s: expected a positive integer", nx);
+            to.batch = (int)v;
+        } else if (!strcmp(a, "--tune-norms")) {
+            to.norms = 1;
         } else if (!strcmp(a, "--no-shortcut")) {
             o.no_shortcut = 1;
         } else if (!strcmp(a, "--damp")) {
@@ -189,6 +240,8 @@ int cmd_quantize(int argc, char **argv)
         return cli_usage_error(CMD, "%s: output must end in .lmp", outp);
     if (o.method == LMP_QUANT_GPTQ && !calib)
         return cli_usage_error(CMD, "--method gptq needs --calib FILE (calibration text)");
+    if (to.steps > 0 && !calib)
+        return cli_usage_error(CMD, "--tune needs --calib FILE (calibration text)");
 
     struct lmp_err err = {{0}};
     struct lmp_model *m = NULL;
@@ -197,7 +250,7 @@ int cmd_quantize(int argc, char **argv)
     struct lmp_quant_report *rep = calloc(1, sizeof *rep);
     enum lmp_status st = rep ? LMP_OK : lmp_err_set(&err, LMP_ERR_NOMEM, "out of memory");
     if (!st) st = lmp_ckpt_load(in, &lo, &m, &err);
-    if (!st && calib && o.method == LMP_QUANT_GPTQ) {
+    if (!st && calib && (o.method == LMP_QUANT_GPTQ || to.steps > 0)) {
         st = cli_tokenize_file(m, calib, &ids, &n_ids, &err);
         if (!st && n_ids < (int64_t)o.seqlen + 1)
             st = lmp_err_set(&err, LMP_ERR_ARG,
@@ -214,6 +267,8 @@ int cmd_quantize(int argc, char **argv)
     else
 #endif
     if (!st) st = lmp_quant_model(m, ids, n_ids, &o, rep, &err);
+    double kl0 = 0, kl1 = 0;
+    if (!st && to.steps > 0) st = tune(in, &lo, m, ids, n_ids, &o, &to, &kl0, &kl1, &err);
     if (!st) st = lmp_ckpt_save_lmp(m, outp, &err);
     if (st) {
         int rc = cli_fail(CMD, st, &err);
@@ -231,6 +286,9 @@ int cmd_quantize(int argc, char **argv)
         qbytes += t->nbytes + 4 * (uint64_t)t->shape[0] * ng + (t->q.perm ? 4 * (uint64_t)t->shape[1] : 0);
         qn += (uint64_t)lmp_tensor_nelem(t);
     }
+    if (to.steps > 0)
+        fprintf(stderr, "lmpress quantize: scale tuning, %d steps of %d windows: KL %.5f -> %.5f nats/token\n",
+                to.steps, to.batch, kl0, kl1);
     if (rep->n_damp_retries)
         fprintf(stderr, "lmpress quantize: Cholesky failed %d time%s; retried with 10x more damping\n",
                 rep->n_damp_retries, rep->n_damp_retries > 1 ? "s" : "");

@@ -155,6 +155,29 @@ enum lmp_status lmp_quant_calib_windows(const int32_t *ids, int64_t n_ids, int n
     return LMP_OK;
 }
 
+enum lmp_status lmp_quant_model_windows(const struct lmp_model *m, const int32_t *calib,
+                                        int64_t n_calib, const struct lmp_quant_model_opts *o,
+                                        int32_t **out, struct lmp_err *err)
+{
+    enum lmp_status st;
+    if (o->python_sampler)
+        st = lmp_quant_calib_windows_python(calib, n_calib, o->nsamples, o->seqlen, o->seed,
+                                            m->vocab.bos, out, err);
+    else
+        st = lmp_quant_calib_windows(calib, n_calib, o->nsamples, o->seqlen, o->seed,
+                                     o->calib_bos ? m->vocab.bos : -1, out, err);
+    if (st) return st;
+    for (int64_t i = 0; i < (int64_t)o->nsamples * o->seqlen; i++)
+        if ((*out)[i] < 0 || (*out)[i] >= m->cfg.vocab) {
+            st = lmp_err_set(err, LMP_ERR_ARG, "calibration token %d outside the vocabulary",
+                             (*out)[i]);
+            free(*out);
+            *out = NULL;
+            return st;
+        }
+    return LMP_OK;
+}
+
 /* ---- calibration passes through the runtime hook ---------------------------------------- */
 
 /* One pass of layer l over the calibration windows. The hook sees every linear's input:
@@ -515,18 +538,7 @@ enum lmp_status lmp_quant_model(struct lmp_model *m, const int32_t *calib, int64
     }
 
     /* GPTQ: calibration windows and per-thread runtime states */
-    if (o->python_sampler)
-        st = lmp_quant_calib_windows_python(calib, n_calib, o->nsamples, o->seqlen, o->seed,
-                                            m->vocab.bos, &win, err);
-    else
-        st = lmp_quant_calib_windows(calib, n_calib, o->nsamples, o->seqlen, o->seed,
-                                     o->calib_bos ? m->vocab.bos : -1, &win, err);
-    if (st) goto done;
-    for (int64_t i = 0; i < (int64_t)o->nsamples * o->seqlen; i++)
-        if (win[i] < 0 || win[i] >= c->vocab) {
-            st = lmp_err_set(err, LMP_ERR_ARG, "calibration token %d outside the vocabulary", win[i]);
-            goto done;
-        }
+    if ((st = lmp_quant_model_windows(m, calib, n_calib, o, &win, err))) goto done;
     if (o->seqlen > c->max_ctx) {
         st = lmp_err_set(err, LMP_ERR_ARG, "--seqlen %d is above the model's context %d", o->seqlen, c->max_ctx);
         goto done;

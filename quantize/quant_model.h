@@ -66,4 +66,37 @@ enum lmp_status lmp_quant_model(struct lmp_model *m, const int32_t *calib, int64
                                 const struct lmp_quant_model_opts *o,
                                 struct lmp_quant_report *rep, struct lmp_err *err);
 
+/* The calibration windows lmp_quant_model draws for model m and options o (same sampler,
+ * seed and BOS rule): *out (o->nsamples * o->seqlen) malloc'd, every id checked against the
+ * vocabulary. */
+enum lmp_status lmp_quant_model_windows(const struct lmp_model *m, const int32_t *calib,
+                                        int64_t n_calib, const struct lmp_quant_model_opts *o,
+                                        int32_t **out, struct lmp_err *err);
+
+/* ---- end-to-end scale tuning (quantize/tune.c) --------------------------------------------
+ * After GPTQ/RTN: codes and zero points fixed, every fp16 group scale s = s0 (1 + theta) (and,
+ * with norms, every RMSNorm weight w = w0 (1 + phi)) trained by Adam (warm-up 10 %, cosine
+ * decay) to minimise the mean KL(teacher || quantized) of the next-token distributions over
+ * the calibration windows, through runtime/backward.h. The format is unchanged. */
+struct lmp_quant_tune_opts {
+    int steps;      /* optimizer steps; 0 = off */
+    int batch;      /* windows per step (8) */
+    float lr;       /* peak Adam step on the relative parameters theta, phi (2e-3) */
+    int norms;      /* also train the RMSNorm weights */
+    int n_threads;  /* <= 0: OpenMP default */
+    uint64_t seed;  /* window order (a fresh shuffle of the windows per pass) */
+    void (*progress)(void *user, int step, int steps, double loss);
+    void *progress_user;
+};
+void lmp_quant_tune_opts_default(struct lmp_quant_tune_opts *o);
+/* q: the quantized model (its packed tensors' scales, and norms, are changed in place);
+ * teacher: the unquantized model of the same shape; win (n_win, len) calibration windows.
+ * loss_first / loss_last (may be NULL): mean KL per position at the first and last step.
+ * Errors: LMP_ERR_ARG (no packed weights, other shapes, bad options, divergence),
+ * LMP_ERR_NOMEM. */
+enum lmp_status lmp_quant_tune(struct lmp_model *q, const struct lmp_model *teacher,
+                               const int32_t *win, int n_win, int len,
+                               const struct lmp_quant_tune_opts *o, double *loss_first,
+                               double *loss_last, struct lmp_err *err);
+
 #endif
