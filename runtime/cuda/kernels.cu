@@ -775,19 +775,68 @@ __global__ void gemv_q4h_kernel(float *y, const float *hdr, const uint4 *xp, con
 
 static __device__ __forceinline__ float silu_f(float g) { return g / (1.0f + expf(-g)); }
 
-template <typename T, int R, bool PAIR>
-__global__ void gemv_dense_multi_kernel(struct gv_jobs J, const float *x, int cols)
+/* The warps of a block share the block's R rows and split their columns (8 warps, each a
+ * 1/8 of the 8-column slices or 32-code chunks), so even a matrix of few rows fills the GPU
+ * with independent loads; the block sums the warps' partial sums in shared memory. */
+#define GV_WARPS 8
+
+template <int NR>
+static __device__ __forceinline__ void block_reduce_rows(float a[NR], float (*red)[GV_WARPS])
+{
+    const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+#pragma unroll
+    for (int r = 0; r < NR; r++) {
+        float v = warp_sum(a[r]);
+        if (lane == 0) red[r][w] = v;
+    }
+    __syncthreads();
+    if (w == 0) {
+#pragma unroll
+        for (int r = 0; r < NR; r++) {
+            float v = lane < GV_WARPS ? red[r][lane] : 0.0f;
+#pragma unroll
+            for (int o = GV_WARPS / 2; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+            a[r] = v;
+        }
+    }
+}
+
+static __device__ __forceinline__ int gv_job_of(const struct gv_jobs &J)
 {
     int jb = 0;
 #pragma unroll
     for (int k = 1; k < GV_MAX_JOBS; k++)
         if (k < J.n && (int)blockIdx.x >= J.j[k].block0) jb = k;
-    const struct gv_job &jo = J.j[jb];
-    const int warp = (int)(((blockIdx.x - jo.block0) * (size_t)blockDim.x + threadIdx.x) >> 5);
-    const int lane = threadIdx.x & 31;
-    const int r0 = warp * R, rows = jo.rows;
-    if (r0 >= rows) return;
+    return jb;
+}
+
+template <int R, bool PAIR>
+static __device__ __forceinline__ void gv_store(const struct gv_job &jo, const float a[], int r0,
+                                                float yscale)
+{
+    if (threadIdx.x != 0) return;
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+        if (r0 + r >= jo.rows) break;
+        float v = a[r] * yscale;
+        if (PAIR) {
+            jo.y[r0 + r] = silu_f(v) * (a[R + r] * yscale);
+        } else {
+            if (jo.bias) v += jo.bias[r0 + r];
+            jo.y[r0 + r] = jo.acc ? jo.y[r0 + r] + v : v;
+        }
+    }
+}
+
+template <typename T, int R, bool PAIR>
+__global__ void __launch_bounds__(GV_WARPS * 32)
+gemv_dense_multi_kernel(struct gv_jobs J, const float *x, int cols)
+{
+    const struct gv_job &jo = J.j[gv_job_of(J)];
+    const int w = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int r0 = (int)(blockIdx.x - jo.block0) * R, rows = jo.rows;
     constexpr int NR = PAIR ? 2 * R : R;
+    __shared__ float red[NR][GV_WARPS];
     float a[NR];
     const T *wr[NR];
 #pragma unroll
@@ -798,7 +847,7 @@ __global__ void gemv_dense_multi_kernel(struct gv_jobs J, const float *x, int co
     }
     if ((cols & 7) == 0) {
 #pragma unroll 2
-        for (int c = lane * 8; c < cols; c += 256) {
+        for (int c = (w * 32 + lane) * 8; c < cols; c += GV_WARPS * 256) {
             float xv[8];
             load8(x + c, xv);
 #pragma unroll
@@ -810,39 +859,27 @@ __global__ void gemv_dense_multi_kernel(struct gv_jobs J, const float *x, int co
             }
         }
     } else {
-        for (int c = lane; c < cols; c += 32) {
+        for (int c = w * 32 + lane; c < cols; c += GV_WARPS * 32) {
             float xv = x[c];
 #pragma unroll
             for (int r = 0; r < NR; r++) a[r] += ld1(wr[r] + c) * xv;
         }
     }
-#pragma unroll
-    for (int r = 0; r < R; r++) {
-        float v = warp_sum(a[r]);
-        if (PAIR) {
-            float u = warp_sum(a[R + r]);
-            if (lane == 0 && r0 + r < rows) jo.y[r0 + r] = silu_f(v) * u;
-        } else if (lane == 0 && r0 + r < rows) {
-            if (jo.bias) v += jo.bias[r0 + r];
-            jo.y[r0 + r] = jo.acc ? jo.y[r0 + r] + v : v;
-        }
-    }
+    block_reduce_rows<NR>(a, red);
+    gv_store<R, PAIR>(jo, a, r0, 1.0f);
 }
 
 template <int R, bool PAIR>
-__global__ void gemv_q4h_multi_kernel(struct gv_jobs J, const float *hdr, const uint4 *xp, int cols)
+__global__ void __launch_bounds__(GV_WARPS * 32)
+gemv_q4h_multi_kernel(struct gv_jobs J, const float *hdr, const uint4 *xp, int cols)
 {
-    int jb = 0;
-#pragma unroll
-    for (int k = 1; k < GV_MAX_JOBS; k++)
-        if (k < J.n && (int)blockIdx.x >= J.j[k].block0) jb = k;
-    const struct gv_job &jo = J.j[jb];
+    const struct gv_job &jo = J.j[gv_job_of(J)];
     const int nch = (cols + 31) / 32;
-    const int lane = threadIdx.x & 31;
-    const int r0 = (int)(((blockIdx.x - jo.block0) * (size_t)blockDim.x + threadIdx.x) >> 5) * R;
+    const int w = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int r0 = (int)(blockIdx.x - jo.block0) * R;
     const int rows = jo.rows, ng = jo.ng, gshift = jo.gshift;
-    if (r0 >= rows) return;
     constexpr int NR = PAIR ? 2 * R : R;
+    __shared__ float red[NR][GV_WARPS];
     float a[NR];
     int rr[R];
 #pragma unroll
@@ -850,7 +887,7 @@ __global__ void gemv_q4h_multi_kernel(struct gv_jobs J, const float *hdr, const 
 #pragma unroll
     for (int r = 0; r < R; r++) rr[r] = min(r0 + r, rows - 1);
     const uint8_t *cw = (const uint8_t *)jo.w, *cw2 = (const uint8_t *)jo.w2;
-    for (int ch = lane; ch < nch; ch += 32) {
+    for (int ch = w * 32 + lane; ch < nch; ch += GV_WARPS * 32) {
         uint4 w0[R], w1[R], xq[4];
 #pragma unroll
         for (int r = 0; r < R; r++) {
@@ -863,18 +900,8 @@ __global__ void gemv_q4h_multi_kernel(struct gv_jobs J, const float *hdr, const 
         q4h_chunk<R>(a, w0, xq, jo.s, jo.z, rr, ng, g);
         if (PAIR) q4h_chunk<R>(a + R, w1, xq, jo.s2, jo.z2, rr, ng, g);
     }
-    const float yscale = __ldg(hdr);
-#pragma unroll
-    for (int r = 0; r < R; r++) {
-        float v = warp_sum(a[r]) * yscale;
-        if (PAIR) {
-            float u = warp_sum(a[R + r]) * yscale;
-            if (lane == 0 && r0 + r < rows) jo.y[r0 + r] = silu_f(v) * u;
-        } else if (lane == 0 && r0 + r < rows) {
-            if (jo.bias) v += jo.bias[r0 + r];
-            jo.y[r0 + r] = jo.acc ? jo.y[r0 + r] + v : v;
-        }
-    }
+    block_reduce_rows<NR>(a, red);
+    gv_store<R, PAIR>(jo, a, r0, __ldg(hdr));
 }
 
 /* RMSNorm of one row and, from its output, the Q4H input layout (prep_q4h_kernel) in the
@@ -924,8 +951,9 @@ enum lmp_status k_gemv_multi(cudaStream_t st, const struct cu_mat *const *m, flo
                              const int *acc, int n, int pair, const float *x, const void *xprep,
                              int exact, struct lmp_err *err)
 {
-    /* 4 rows per warp alone, 2 + 2 in a pair: 4 independent 16-byte loads per lane in flight */
-    const int threads = 256, R = pair ? 2 : 4, rows_per_block = (threads / 32) * R;
+    /* a block per R rows (4 alone, 2 + 2 in a pair: 4 independent 16-byte weight loads per
+     * lane in flight), its warps splitting the columns */
+    const int threads = GV_WARPS * 32, R = pair ? 2 : 4, rows_per_block = R;
     const int mode = k_gemv_mode(m[0], exact);
     struct gv_jobs J;
     memset(&J, 0, sizeof J);

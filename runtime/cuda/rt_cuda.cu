@@ -638,6 +638,8 @@ static enum lmp_status lin(struct lmp_cuda_state *s, float *y, const float *x,
         c->mode = mode;
         c->perm = m->perm;
     }
+    if (!s->no_fuse && k_gemv_multi_ok(&m, 1, s->exact_gemv, 0)) /* the column-split kernel */
+        return k_gemv_multi(s->stream, &m, &y, &accumulate, 1, 0, x, s->xprep, s->exact_gemv, err);
     return k_gemv(s->stream, y, x, s->xprep, m, accumulate, mode, err);
 }
 
