@@ -49,8 +49,8 @@ deps:
 demo: deps all
 	@sh scripts/demo.sh $(BUILD)/lmpress
 
-bench: all
-	@sh bench/run.sh $(BUILD)/lmpress
+bench: all $(BUILD)/gptq_layer
+	@BUILD=$(BUILD) sh bench/run.sh $(BUILD)/lmpress
 
 install: all
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib

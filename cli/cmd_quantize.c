@@ -153,11 +153,6 @@ int cmd_quantize(int argc, char **argv)
             if (!cli_parse_double(nx, 0, 2, &d))
                 return cli_usage_error(CMD, "--fp-alpha %s: expected a number in [0, 2]", nx);
             o.fp_alpha = (float)d;
-        } else if (!strcmp(a, "--fp-residual")) {
-            NEED();
-            if (!cli_parse_double(nx, 0, 2, &d))
-                return cli_usage_error(CMD, "--fp-residual %s: expected a number in [0, 2]", nx);
-            o.fp_residual = (float)d;
         } else if (!strcmp(a, "--tune")) {
             NEED();
             if (!cli_parse_int(nx, 0, 1 << 20, &v)) return cli_usage_error(CMD, "--tune %s: expected a number of steps >= 0", nx);
