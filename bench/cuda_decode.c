@@ -3,7 +3,7 @@
  * the bandwidth it implies (weight bytes read per token x tokens/s) as a percentage of a
  * device-to-device cudaMemcpy measured in the same run (bytes read + bytes written).
  *
- *   build/cuda/cuda_decode [--layers N] [--tokens N] [--runs N] [--only f16|q4|f16-unfused|q4-unfused|q4exact|f32]
+ *   build/cuda/cuda_decode [--layers N] [--tokens N] [--runs N] [--only NAME: f16, q4, f16-wN, q4-wN, f16-unfused, q4-unfused, q4exact, f32]
  *
  * Timing: CUDA events around `tokens` decode steps (positions 0..tokens-1, each step one
  * small kernel writing token and position plus one graph launch), after a warm-up of 16
@@ -73,12 +73,12 @@ struct row {
     int ok;
 };
 
-static int run_one(const char *name, enum lmp_cuda_wtype wt, int bits, int group, int exact, int nofuse,
+static int run_one(const char *name, enum lmp_cuda_wtype wt, int bits, int group, int exact, int nofuse, int warps,
                    struct lmp_config *c, int tokens, int runs, double copy_gbs, struct row *r)
 {
     struct lmp_cuda_state *s = NULL;
     struct lmp_err err = {{0}};
-    struct lmp_cuda_opts o = {0, 0, exact, 0, nofuse};
+    struct lmp_cuda_opts o = {0, 0, exact, 0, nofuse, warps};
     memset(r, 0, sizeof *r);
     r->name = name;
     enum lmp_status st =
@@ -137,7 +137,7 @@ int main(int argc, char **argv)
         else if (!strcmp(argv[i], "--runs") && i + 1 < argc) runs = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--only") && i + 1 < argc) only = argv[++i];
         else {
-            fprintf(stderr, "usage: cuda_decode [--layers N] [--tokens N] [--runs N] [--only f16|q4|f16-unfused|q4-unfused|q4exact|f32]\n");
+            fprintf(stderr, "usage: cuda_decode [--layers N] [--tokens N] [--runs N] [--only NAME: f16, q4, f16-wN, q4-wN, f16-unfused, q4-unfused, q4exact, f32]\n");
             return 2;
         }
     }
@@ -175,13 +175,18 @@ int main(int argc, char **argv)
     static const struct {
         const char *name;
         enum lmp_cuda_wtype wt;
-        int bits, group, exact, nofuse;
-    } modes[] = {{"f16", LMP_CUDA_W_F16, 0, 0, 0, 0},
-                 {"q4", LMP_CUDA_W_PACKED, 4, 128, 0, 0},
-                 {"f16-unfused", LMP_CUDA_W_F16, 0, 0, 0, 1},
-                 {"q4-unfused", LMP_CUDA_W_PACKED, 4, 128, 0, 1},
-                 {"q4exact", LMP_CUDA_W_PACKED, 4, 128, 1, 0},
-                 {"f32", LMP_CUDA_W_F32, 0, 0, 0, 0}};
+        int bits, group, exact, nofuse, warps;
+    } modes[] = {{"f16", LMP_CUDA_W_F16, 0, 0, 0, 0, 0},
+                 {"q4", LMP_CUDA_W_PACKED, 4, 128, 0, 0, 0},
+                 {"f16-w4", LMP_CUDA_W_F16, 0, 0, 0, 0, 4},
+                 {"f16-w2", LMP_CUDA_W_F16, 0, 0, 0, 0, 2},
+                 {"q4-w1", LMP_CUDA_W_PACKED, 4, 128, 0, 0, 1},
+                 {"q4-w4", LMP_CUDA_W_PACKED, 4, 128, 0, 0, 4},
+                 {"q4-w8", LMP_CUDA_W_PACKED, 4, 128, 0, 0, 8},
+                 {"f16-unfused", LMP_CUDA_W_F16, 0, 0, 0, 1, 0},
+                 {"q4-unfused", LMP_CUDA_W_PACKED, 4, 128, 0, 1, 0},
+                 {"q4exact", LMP_CUDA_W_PACKED, 4, 128, 1, 0, 0},
+                 {"f32", LMP_CUDA_W_F32, 0, 0, 0, 0, 0}};
     enum { N_MODES = sizeof modes / sizeof modes[0] };
     struct row rows[N_MODES];
     int nr = 0, rc = 0;
@@ -191,7 +196,7 @@ int main(int argc, char **argv)
     for (int k = 0; k < N_MODES; k++) {
         if (only ? strcmp(only, modes[k].name) != 0 : k == N_MODES - 1) continue; /* f32 on request */
         int e = run_one(modes[k].name, modes[k].wt, modes[k].bits, modes[k].group, modes[k].exact,
-                        modes[k].nofuse, &c, tokens, runs, copy_gbs, &rows[nr]);
+                        modes[k].nofuse, modes[k].warps, &c, tokens, runs, copy_gbs, &rows[nr]);
         if (e) rc = e;
         else nr++;
     }

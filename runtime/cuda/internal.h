@@ -72,7 +72,8 @@ struct lmp_cuda_state {
     float norm_eps;
     int max_q, max_kv, max_ffn, max_in;
     int exact_gemv, no_graph;
-    int no_fuse;             /* decode one product per launch (LMP_CUDA_NO_FUSE=1; comparisons) */
+    int no_fuse;             /* decode one product per launch (comparisons) */
+    int gemv_warps;          /* warps per matrix-vector block (0: the default per mode) */
     struct cu_layer *L;      /* (n_layers), host array of device pointers */
     float *tok_embd;         /* (vocab, dim) */
     float *out_norm;         /* (dim) */
@@ -158,9 +159,13 @@ struct gv_jobs {
     int n;
 };
 int k_gemv_multi_ok(const struct cu_mat *const *m, int n, int exact, int pair);
+/* warps: per block, splitting the columns (1, 2, 4, 8; other: the default of the mode) */
+#define GV_WARPS_DENSE 8
+#define GV_WARPS_Q4 2
+int k_gemv_warps(int mode, int warps);
 enum lmp_status k_gemv_multi(cudaStream_t st, const struct cu_mat *const *m, float *const *y,
                              const int *acc, int n, int pair, const float *x, const void *xprep,
-                             int exact, struct lmp_err *err);
+                             int exact, int warps, struct lmp_err *err);
 /* y (dim) = rmsnorm(x) * w for one row, and xp = its GEMV_Q4H preparation (no perm) */
 void k_rmsnorm_prep_q4h(cudaStream_t st, float *y, const float *x, const float *w, int dim,
                         float eps, void *xp);

@@ -778,25 +778,26 @@ static __device__ __forceinline__ float silu_f(float g) { return g / (1.0f + exp
 /* The warps of a block share the block's R rows and split their columns (8 warps, each a
  * 1/8 of the 8-column slices or 32-code chunks), so even a matrix of few rows fills the GPU
  * with independent loads; the block sums the warps' partial sums in shared memory. */
-#define GV_WARPS 8
 
-template <int NR>
-static __device__ __forceinline__ void block_reduce_rows(float a[NR], float (*red)[GV_WARPS])
+template <int NR, int W>
+static __device__ __forceinline__ void block_reduce_rows(float a[NR], float (*red)[8])
 {
     const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
 #pragma unroll
-    for (int r = 0; r < NR; r++) {
-        float v = warp_sum(a[r]);
-        if (lane == 0) red[r][w] = v;
-    }
-    __syncthreads();
-    if (w == 0) {
+    for (int r = 0; r < NR; r++) a[r] = warp_sum(a[r]);
+    if constexpr (W > 1) {
 #pragma unroll
-        for (int r = 0; r < NR; r++) {
-            float v = lane < GV_WARPS ? red[r][lane] : 0.0f;
+        for (int r = 0; r < NR; r++)
+            if (lane == 0) red[r][w] = a[r];
+        __syncthreads();
+        if (w == 0) {
 #pragma unroll
-            for (int o = GV_WARPS / 2; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-            a[r] = v;
+            for (int r = 0; r < NR; r++) {
+                float v = lane < W ? red[r][lane] : 0.0f;
+#pragma unroll
+                for (int o = W / 2; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+                a[r] = v;
+            }
         }
     }
 }
@@ -828,26 +829,26 @@ static __device__ __forceinline__ void gv_store(const struct gv_job &jo, const f
     }
 }
 
-template <typename T, int R, bool PAIR>
-__global__ void __launch_bounds__(GV_WARPS * 32)
+template <typename T, int R, bool PAIR, int W>
+__global__ void __launch_bounds__(W * 32)
 gemv_dense_multi_kernel(struct gv_jobs J, const float *x, int cols)
 {
     const struct gv_job &jo = J.j[gv_job_of(J)];
     const int w = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int r0 = (int)(blockIdx.x - jo.block0) * R, rows = jo.rows;
     constexpr int NR = PAIR ? 2 * R : R;
-    __shared__ float red[NR][GV_WARPS];
+    __shared__ float red[NR][8];
     float a[NR];
     const T *wr[NR];
 #pragma unroll
     for (int r = 0; r < NR; r++) {
         a[r] = 0.0f;
-        const T *W = (const T *)(PAIR && r >= R ? jo.w2 : jo.w);
-        wr[r] = W + (size_t)min(r0 + r % R, rows - 1) * cols;
+        const T *Wm = (const T *)(PAIR && r >= R ? jo.w2 : jo.w);
+        wr[r] = Wm + (size_t)min(r0 + r % R, rows - 1) * cols;
     }
     if ((cols & 7) == 0) {
 #pragma unroll 2
-        for (int c = (w * 32 + lane) * 8; c < cols; c += GV_WARPS * 256) {
+        for (int c = (w * 32 + lane) * 8; c < cols; c += W * 256) {
             float xv[8];
             load8(x + c, xv);
 #pragma unroll
@@ -859,18 +860,18 @@ gemv_dense_multi_kernel(struct gv_jobs J, const float *x, int cols)
             }
         }
     } else {
-        for (int c = w * 32 + lane; c < cols; c += GV_WARPS * 32) {
+        for (int c = w * 32 + lane; c < cols; c += W * 32) {
             float xv = x[c];
 #pragma unroll
             for (int r = 0; r < NR; r++) a[r] += ld1(wr[r] + c) * xv;
         }
     }
-    block_reduce_rows<NR>(a, red);
+    block_reduce_rows<NR, W>(a, red);
     gv_store<R, PAIR>(jo, a, r0, 1.0f);
 }
 
-template <int R, bool PAIR>
-__global__ void __launch_bounds__(GV_WARPS * 32)
+template <int R, bool PAIR, int W>
+__global__ void __launch_bounds__(W * 32)
 gemv_q4h_multi_kernel(struct gv_jobs J, const float *hdr, const uint4 *xp, int cols)
 {
     const struct gv_job &jo = J.j[gv_job_of(J)];
@@ -879,7 +880,7 @@ gemv_q4h_multi_kernel(struct gv_jobs J, const float *hdr, const uint4 *xp, int c
     const int r0 = (int)(blockIdx.x - jo.block0) * R;
     const int rows = jo.rows, ng = jo.ng, gshift = jo.gshift;
     constexpr int NR = PAIR ? 2 * R : R;
-    __shared__ float red[NR][GV_WARPS];
+    __shared__ float red[NR][8];
     float a[NR];
     int rr[R];
 #pragma unroll
@@ -887,7 +888,7 @@ gemv_q4h_multi_kernel(struct gv_jobs J, const float *hdr, const uint4 *xp, int c
 #pragma unroll
     for (int r = 0; r < R; r++) rr[r] = min(r0 + r, rows - 1);
     const uint8_t *cw = (const uint8_t *)jo.w, *cw2 = (const uint8_t *)jo.w2;
-    for (int ch = w * 32 + lane; ch < nch; ch += GV_WARPS * 32) {
+    for (int ch = w * 32 + lane; ch < nch; ch += W * 32) {
         uint4 w0[R], w1[R], xq[4];
 #pragma unroll
         for (int r = 0; r < R; r++) {
@@ -900,7 +901,7 @@ gemv_q4h_multi_kernel(struct gv_jobs J, const float *hdr, const uint4 *xp, int c
         q4h_chunk<R>(a, w0, xq, jo.s, jo.z, rr, ng, g);
         if (PAIR) q4h_chunk<R>(a + R, w1, xq, jo.s2, jo.z2, rr, ng, g);
     }
-    block_reduce_rows<NR>(a, red);
+    block_reduce_rows<NR, W>(a, red);
     gv_store<R, PAIR>(jo, a, r0, __ldg(hdr));
 }
 
@@ -947,14 +948,41 @@ void k_rmsnorm_prep_q4h(cudaStream_t st, float *y, const float *x, const float *
 
 static int log2_exact(int v);
 
+template <int W>
+static void launch_multi(cudaStream_t st, const struct gv_jobs &J, int blocks, int pair, int mode,
+                         int f16, const float *x, const void *xprep, int cols)
+{
+    const char *base = (const char *)xprep;
+    const int threads = W * 32;
+    if (mode == GEMV_Q4H) {
+        const float *hdr = (const float *)base;
+        const uint4 *xp = (const uint4 *)(base + 16);
+        if (pair) gemv_q4h_multi_kernel<2, true, W><<<blocks, threads, 0, st>>>(J, hdr, xp, cols);
+        else gemv_q4h_multi_kernel<4, false, W><<<blocks, threads, 0, st>>>(J, hdr, xp, cols);
+    } else if (f16) {
+        if (pair) gemv_dense_multi_kernel<__half, 2, true, W><<<blocks, threads, 0, st>>>(J, x, cols);
+        else gemv_dense_multi_kernel<__half, 4, false, W><<<blocks, threads, 0, st>>>(J, x, cols);
+    } else {
+        if (pair) gemv_dense_multi_kernel<float, 2, true, W><<<blocks, threads, 0, st>>>(J, x, cols);
+        else gemv_dense_multi_kernel<float, 4, false, W><<<blocks, threads, 0, st>>>(J, x, cols);
+    }
+}
+
+int k_gemv_warps(int mode, int warps)
+{
+    if (warps == 1 || warps == 2 || warps == 4 || warps == 8) return warps;
+    return mode == GEMV_Q4H ? GV_WARPS_Q4 : GV_WARPS_DENSE;
+}
+
 enum lmp_status k_gemv_multi(cudaStream_t st, const struct cu_mat *const *m, float *const *y,
                              const int *acc, int n, int pair, const float *x, const void *xprep,
-                             int exact, struct lmp_err *err)
+                             int exact, int warps, struct lmp_err *err)
 {
     /* a block per R rows (4 alone, 2 + 2 in a pair: 4 independent 16-byte weight loads per
-     * lane in flight), its warps splitting the columns */
-    const int threads = GV_WARPS * 32, R = pair ? 2 : 4, rows_per_block = R;
+     * lane in flight), its W warps splitting the columns */
+    const int R = pair ? 2 : 4;
     const int mode = k_gemv_mode(m[0], exact);
+    const int W = k_gemv_warps(mode, warps);
     struct gv_jobs J;
     memset(&J, 0, sizeof J);
     J.n = pair ? 1 : n;
@@ -979,23 +1007,14 @@ enum lmp_status k_gemv_multi(cudaStream_t st, const struct cu_mat *const *m, flo
         j->ng = a->n_groups;
         j->gshift = a->n_groups == 1 ? 0 : log2_exact(a->group / 32);
         j->block0 = blocks;
-        blocks += (a->rows + rows_per_block - 1) / rows_per_block;
+        blocks += (a->rows + R - 1) / R;
     }
-    const int cols = m[0]->cols;
-    if (mode == GEMV_Q4H) {
-        const char *base = (const char *)xprep;
-        if (pair)
-            gemv_q4h_multi_kernel<2, true><<<blocks, threads, 0, st>>>(J, (const float *)base,
-                                                                       (const uint4 *)(base + 16), cols);
-        else
-            gemv_q4h_multi_kernel<4, false><<<blocks, threads, 0, st>>>(J, (const float *)base,
-                                                                        (const uint4 *)(base + 16), cols);
-    } else if (m[0]->kind == CU_F16) {
-        if (pair) gemv_dense_multi_kernel<__half, 2, true><<<blocks, threads, 0, st>>>(J, x, cols);
-        else gemv_dense_multi_kernel<__half, 4, false><<<blocks, threads, 0, st>>>(J, x, cols);
-    } else {
-        if (pair) gemv_dense_multi_kernel<float, 2, true><<<blocks, threads, 0, st>>>(J, x, cols);
-        else gemv_dense_multi_kernel<float, 4, false><<<blocks, threads, 0, st>>>(J, x, cols);
+    const int cols = m[0]->cols, f16 = m[0]->kind == CU_F16;
+    switch (W) {
+    case 1: launch_multi<1>(st, J, blocks, pair, mode, f16, x, xprep, cols); break;
+    case 2: launch_multi<2>(st, J, blocks, pair, mode, f16, x, xprep, cols); break;
+    case 4: launch_multi<4>(st, J, blocks, pair, mode, f16, x, xprep, cols); break;
+    default: launch_multi<8>(st, J, blocks, pair, mode, f16, x, xprep, cols); break;
     }
     CU_LAUNCHED("fused matrix-vector kernel");
     return LMP_OK;

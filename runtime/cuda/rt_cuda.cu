@@ -363,7 +363,7 @@ extern "C" enum lmp_status lmp_cuda_state_create(const struct lmp_model *m, int 
                                                  struct lmp_err *err)
 {
     *out = NULL;
-    struct lmp_cuda_opts dflt = {0, 0, 0, 0, 0};
+    struct lmp_cuda_opts dflt = {0, 0, 0, 0, 0, 0};
     if (!o) o = &dflt;
     const struct lmp_config *c = &m->cfg;
     if (!m->layers || !m->tok_embd || !m->out || !m->out_norm || !c->layer)
@@ -388,6 +388,7 @@ extern "C" enum lmp_status lmp_cuda_state_create(const struct lmp_model *m, int 
     s->exact_gemv = o->exact_gemv;
     s->no_graph = o->no_graph;
     s->no_fuse = o->no_fuse;
+    s->gemv_warps = o->gemv_warps;
     s->L = (struct cu_layer *)calloc((size_t)c->n_layers, sizeof *s->L);
     if (!s->L) {
         st = lmp_err_set(err, LMP_ERR_NOMEM, "out of memory");
@@ -515,7 +516,7 @@ extern "C" enum lmp_status lmp_cuda_state_create_random(const struct lmp_config 
                                                         struct lmp_err *err)
 {
     *out = NULL;
-    struct lmp_cuda_opts dflt = {0, 0, 0, 0, 0};
+    struct lmp_cuda_opts dflt = {0, 0, 0, 0, 0, 0};
     if (!o) o = &dflt;
     if (c->dim < 1 || c->n_layers < 1 || c->head_dim < 2 || c->head_dim % 2 || c->vocab < 1 ||
         !c->layer || max_ctx < 1 || max_batch < 1)
@@ -542,6 +543,7 @@ extern "C" enum lmp_status lmp_cuda_state_create_random(const struct lmp_config 
     s->exact_gemv = o->exact_gemv;
     s->no_graph = o->no_graph;
     s->no_fuse = o->no_fuse;
+    s->gemv_warps = o->gemv_warps;
     s->L = (struct cu_layer *)calloc((size_t)c->n_layers, sizeof *s->L);
     /* the stream exists before cu_state_finish so the random fills can run on it */
     if (!s->L) {
@@ -639,7 +641,8 @@ static enum lmp_status lin(struct lmp_cuda_state *s, float *y, const float *x,
         c->perm = m->perm;
     }
     if (!s->no_fuse && k_gemv_multi_ok(&m, 1, s->exact_gemv, 0)) /* the column-split kernel */
-        return k_gemv_multi(s->stream, &m, &y, &accumulate, 1, 0, x, s->xprep, s->exact_gemv, err);
+        return k_gemv_multi(s->stream, &m, &y, &accumulate, 1, 0, x, s->xprep, s->exact_gemv,
+                            s->gemv_warps, err);
     return k_gemv(s->stream, y, x, s->xprep, m, accumulate, mode, err);
 }
 
@@ -673,7 +676,7 @@ static enum lmp_status layer_fwd(struct lmp_cuda_state *s, int l, float *h, int 
     hook(hk, l, LMP_RT_QKV, s->xb, n, dim);
     if (fuse_qkv) {
         float *ys[3] = {s->q, s->k, s->v};
-        if ((e = k_gemv_multi(st, qkv, ys, NULL, 3, 0, s->xb, s->xprep, s->exact_gemv, err)))
+        if ((e = k_gemv_multi(st, qkv, ys, NULL, 3, 0, s->xb, s->xprep, s->exact_gemv, s->gemv_warps, err)))
             return e;
     } else if ((e = lin(s, s->q, s->xb, &L->m[CU_WQ], n, 0, &c, err)) ||
                (e = lin(s, s->k, s->xb, &L->m[CU_WK], n, 0, &c, err)) ||
@@ -692,7 +695,7 @@ static enum lmp_status layer_fwd(struct lmp_cuda_state *s, int l, float *h, int 
     hook(hk, l, LMP_RT_GATE_UP, s->xb, n, dim);
     if (fuse_gu) {
         float *ys[2] = {s->g, NULL};
-        if ((e = k_gemv_multi(st, gu, ys, NULL, 2, 1, s->xb, s->xprep, s->exact_gemv, err)))
+        if ((e = k_gemv_multi(st, gu, ys, NULL, 2, 1, s->xb, s->xprep, s->exact_gemv, s->gemv_warps, err)))
             return e;
     } else {
         if ((e = lin(s, s->g, s->xb, &L->m[CU_WGATE], n, 0, &c, err)) ||
@@ -955,7 +958,7 @@ extern "C" enum lmp_status lmp_cuda_eval_ppl(const struct lmp_model *m, const in
     if (o->protocol == LMP_EVAL_LLAMACPP && bos >= 0)
         for (int c = 0; c < n_chunks; c++) toks[(size_t)c * ctx] = bos;
 
-    struct lmp_cuda_opts co = {device, 0, 1, 0, 0}; /* exact fp32 kernels everywhere */
+    struct lmp_cuda_opts co = {device, 0, 1, 0, 0, 0}; /* exact fp32 kernels everywhere */
     double s_nll = 0.0, s_nll2 = 0.0, t0 = 0.0, t1 = 0.0;
     st = lmp_cuda_state_create(m, ctx, ctx < 512 ? ctx : 512, &co, &s, err);
     if (!st) st = cu_state_alloc(s, (void **)&d_nll, (size_t)ctx * sizeof(double), "NLL", err);

@@ -344,7 +344,7 @@ TEST(cuda_forward_odd_shapes_vs_cpu)
         for (int i = 0; i < 40; i++) tok[i] = (int32_t)((lmp_test_randf(&s) + 1.0f) * 0.5f * 100);
         float *lc = cpu_logits(m, tok, 40);
         REQUIRE(lc);
-        struct lmp_cuda_opts o = {0, 0, 1, 0, 0};
+        struct lmp_cuda_opts o = {0, 0, 1, 0, 0, 0};
         for (int graph = 0; graph < 2; graph++) {
             o.no_graph = !graph;
             float *lg = gpu_logits(m, tok, 40, 13, 5, &o);
@@ -414,7 +414,7 @@ TEST(cuda_forward_packed_vs_cpu)
     float *lc = cpu_logits(m, tok, 30);
     REQUIRE(lc);
     const float mx = max_abs(lc, 30L * 211);
-    struct lmp_cuda_opts exact = {0, 0, 1, 0, 0}, fast = {0, 0, 0, 0, 0};
+    struct lmp_cuda_opts exact = {0, 0, 1, 0, 0, 0}, fast = {0, 0, 0, 0, 0, 0};
     float *lg = gpu_logits(m, tok, 30, 10, 8, &exact);
     REQUIRE(lg);
     CHECK_CLOSE("Q4 g32 logits, fp32 kernels", lg, lc, 30L * 211, 1e-4 * mx, 1e-4);
@@ -594,7 +594,7 @@ TEST(cuda_errors_are_clean)
     struct lmp_cuda_state *s = NULL;
     struct lmp_model *m = load_260k();
     REQUIRE(m);
-    struct lmp_cuda_opts o = {99, 0, 0, 0, 0};
+    struct lmp_cuda_opts o = {99, 0, 0, 0, 0, 0};
     enum lmp_status st = lmp_cuda_state_create(m, 64, 8, &o, &s, &err);
     fprintf(stderr, "    device 99: %s\n", err.msg);
     CHECK(st == LMP_ERR_UNSUPPORTED && !s && strstr(err.msg, "CUDA device"));
