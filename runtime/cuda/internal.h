@@ -160,8 +160,8 @@ struct gv_jobs {
 };
 int k_gemv_multi_ok(const struct cu_mat *const *m, int n, int exact, int pair);
 /* warps: per block, splitting the columns (1, 2, 4, 8; other: the default of the mode) */
-#define GV_WARPS_DENSE 8
-#define GV_WARPS_Q4 2
+#define GV_WARPS_DENSE 4
+#define GV_WARPS_Q4 4
 int k_gemv_warps(int mode, int warps);
 enum lmp_status k_gemv_multi(cudaStream_t st, const struct cu_mat *const *m, float *const *y,
                              const int *acc, int n, int pair, const float *x, const void *xprep,
