@@ -47,7 +47,9 @@ static void help(void)
         "  --seed N           data order and adapter initialisation (default 0)\n"
         "  --mode M           auto (default: lora when the student has packed weights, else\n"
         "                     full), full (train every float tensor), lora (adapters + norms)\n"
-        "  --rank R           adapter rank (default 8)\n"
+        "  --rank R           adapter rank (default 32); with the grid, f16 and f32 merges the\n"
+        "                     rank costs no file size (the adapters are merged), only memory\n"
+        "                     and a little time\n"
         "  --merge M          how adapters on packed weights end up in OUT.lmp:\n"
         "                       grid       (default) the forward trains through the tensor's own\n"
         "                                  quantization grid (straight-through), the learnt codes\n"
@@ -86,7 +88,7 @@ static void on_signal(int sig)
 struct prog {
     struct cli_progress bar;
     int started;
-    double tok_per_step;
+    double tok_per_step, t_start;
     char label[64];
 };
 
@@ -99,6 +101,7 @@ static int on_progress(void *user, const struct lmp_distill_progress *p)
         else
             snprintf(pr->label, sizeof pr->label, "distill");
         cli_progress_init(&pr->bar, pr->label, "steps");
+        pr->bar.t0 = pr->t_start; /* the first step is done by now */
         pr->started = 1;
     }
     const int done = p->step - p->first_step, total = p->steps - p->first_step;
@@ -282,6 +285,7 @@ int cmd_distill(int argc, char **argv)
     sigaction(SIGINT, &sa, &old_int);
     sigaction(SIGTERM, &sa, &old_term);
     struct lmp_distill_report rep = {0};
+    pr.t_start = cli_now();
     if (!st) st = lmp_distill(teacher, student, ids, n_ids, &o, &rep, &err);
     sigaction(SIGINT, &old_int, NULL);
     sigaction(SIGTERM, &old_term, NULL);

@@ -104,7 +104,7 @@ struct lmp_distill_opts {
     int topk;               /* 0 (or >= vocab): full vocabulary; else teacher's top-k + rest */
     uint64_t seed;          /* data order, adapter init */
     enum lmp_distill_mode mode;
-    int rank;               /* adapter rank, >= 1 (8) */
+    int rank;               /* adapter rank, >= 1 (32) */
     int train_embd;         /* LORA: also train the token embedding and a float output head */
     enum lmp_distill_merge merge;
     int n_threads;          /* <= 0: OpenMP's default */

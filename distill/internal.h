@@ -82,7 +82,8 @@ enum lmp_status lmp_distill_ctx_grad(struct lmp_distill_ctx *c, const int32_t *t
 /* Merges the adapters into the student (o.merge); FULL: nothing to do. */
 enum lmp_status lmp_distill_ctx_merge(struct lmp_distill_ctx *c, struct lmp_err *err);
 
-/* 64-bit FNV-1a over bytes, continuing from h (start with LMP_DISTILL_FNV0). */
+/* A 64-bit FNV-1a-style hash of n bytes (8-byte words, then the tail), continuing from h
+ * (start with LMP_DISTILL_FNV0); identifies runs in checkpoints, not cryptographic. */
 #define LMP_DISTILL_FNV0 0xcbf29ce484222325ull
 uint64_t lmp_distill_fnv(uint64_t h, const void *p, size_t n);
 

@@ -52,17 +52,21 @@ void lmp_distill_opts_default(struct lmp_distill_opts *o)
     o->adam_eps = 1e-8;
     o->clip = 1.0;
     o->temperature = 1.0;
-    o->rank = 8;
+    o->rank = 32;
     o->ckpt_every = 100;
 }
 
 uint64_t lmp_distill_fnv(uint64_t h, const void *p, size_t n)
 {
     const unsigned char *b = p;
-    for (size_t i = 0; i < n; i++) {
-        h ^= b[i];
-        h *= 0x100000001b3ull;
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) { /* FNV-1a over little-endian 8-byte words, then bytes */
+        uint64_t w = 0;
+        for (int k = 7; k >= 0; k--) w = w << 8 | b[i + k];
+        h = (h ^ w) * 0x100000001b3ull;
+        h ^= h >> 29;
     }
+    for (; i < n; i++) h = (h ^ b[i]) * 0x100000001b3ull;
     return h;
 }
 

@@ -355,7 +355,8 @@ static int tensors_equal(const struct lmp_model *a, const struct lmp_model *b)
     return 1;
 }
 
-/* 6 steps in one go == 3 steps, checkpoint, a fresh process state resuming for 3 more. */
+/* 4 steps in one go (2 threads) == 2 steps, checkpoint, a fresh student resuming for 2 more
+ * (1 thread). */
 TEST(distill_resume_bit_identical)
 {
     int64_t n_ids = 0;
@@ -371,24 +372,27 @@ TEST(distill_resume_bit_identical)
         struct lmp_distill_opts o;
         small_opts(&o);
         o.merge = k == 2 ? LMP_DISTILL_MERGE_F32 : LMP_DISTILL_MERGE_GRID;
-        o.warmup = 2;
+        o.steps = 4;
+        o.warmup = 1;
+        o.seqlen = 24;
+        o.batch = 3;
         struct lmp_err err = {{0}};
         struct lmp_distill_report rep;
-        o.n_threads = 1; /* and a thread count that differs from the resumed run's */
+        o.n_threads = 2; /* and a thread count that differs from the resumed run's */
         REQUIRE(lmp_distill(t, a, ids, n_ids, &o, &rep, &err) == LMP_OK);
-        CHECK(!rep.stopped && rep.steps_done == 6);
-        o.n_threads = 2;
+        CHECK(!rep.stopped && rep.steps_done == 4);
+        o.n_threads = 1;
         o.ckpt_path = ck;
-        o.stop_at = 3;
+        o.stop_at = 2;
         remove(ck);
         REQUIRE(lmp_distill(t, b, ids, n_ids, &o, &rep, &err) == LMP_OK);
-        CHECK(rep.stopped && rep.steps_done == 3 && rep.n_ckpt == 1);
+        CHECK(rep.stopped && rep.steps_done == 2 && rep.n_ckpt == 1);
         CHECK(!tensors_equal(a, b));
         o.stop_at = 0;
         o.resume = 1;
         enum lmp_status st = lmp_distill(t, c2, ids, n_ids, &o, &rep, &err);
         CHECK_MSG(st == LMP_OK, "resume: %s", err.msg);
-        CHECK(rep.resumed && rep.first_step == 3 && rep.steps_done == 6 && !rep.stopped);
+        CHECK(rep.resumed && rep.first_step == 2 && rep.steps_done == 4 && !rep.stopped);
         CHECK_MSG(tensors_equal(a, c2), "case %d: resumed run differs from the uninterrupted one", k);
         /* a checkpoint of other settings is refused */
         o.lr *= 2;
