@@ -41,7 +41,8 @@ void cli_progress_update(struct cli_progress *p, int done, int total, const char
         int pct = (int)(100.0 * done / total);
         if (pct / 10 == p->last_pct / 10 && done != total) return;
         p->last_pct = pct;
-        fprintf(stderr, "%s: %d/%d %s, %.1f s, ETA %.1f s\n", p->label, done, total, p->unit, el, eta);
+        fprintf(stderr, "%s: %d/%d %s, %.1f s, ETA %.1f s%s%s\n", p->label, done, total, p->unit,
+                el, eta, note ? ", " : "", note ? note : "");
     }
     fflush(stderr);
 }

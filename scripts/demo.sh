@@ -1,6 +1,6 @@
 #!/bin/sh
 # `make demo`: the bundled stories260K model through the toolkit, end to end:
-# convert -> ppl -> quantize -> ppl -> prune -> ppl -> run.
+# convert -> ppl -> quantize -> ppl -> run -> prune -> ppl -> distill -> ppl.
 set -e
 LMP=${1:-build/lmpress}
 OUT=${DEMO_DIR:-build/demo}
@@ -23,12 +23,17 @@ $LMP quantize "$OUT/stories260K.lmp" "$OUT/q4.lmp" --bits 4 --group 32 --mse $CA
 ppl "$OUT/q4.lmp"
 echo "size: fp32 $(size "$OUT/stories260K.lmp") bytes, 4-bit $(size "$OUT/q4.lmp") bytes (embeddings stay fp32)"
 
+step "generate a story with the 4-bit model"
+$LMP run "$OUT/q4.lmp" -p "Once upon a time" -n 120 --temp 0.8 --seed 42
+
 if $LMP prune --help >/dev/null 2>&1 && ! $LMP prune --help 2>&1 | grep -q "not implemented"; then
     step "structured pruning: 20 % of the block parameters (heads and MLP channels)"
     $LMP prune "$OUT/stories260K.lmp" "$OUT/pruned.lmp" --ratio 0.2 --importance taylor1 $CALIB 2>&1 | tail -2
     ppl "$OUT/pruned.lmp"
     echo "size: $(size "$OUT/pruned.lmp") bytes"
-fi
 
-step "generate a story with the 4-bit model"
-$LMP run "$OUT/q4.lmp" -p "Once upon a time" -n 120 --temp 0.8 --seed 42
+    step "distillation: the pruned model learns the fp32 model's next-token distributions (60 steps)"
+    $LMP distill --teacher "$OUT/stories260K.lmp" --student "$OUT/pruned.lmp" --out "$OUT/distilled.lmp" \
+        --data data/tinystories/calib.txt --steps 60
+    ppl "$OUT/distilled.lmp"
+fi
