@@ -123,7 +123,8 @@ static void print_gguf_report(const struct lmp_gguf_report *r)
         case LMP_GGUF_NEAR:
             fprintf(stderr,
                     "  %4d %s tensors -> %s: re-quantized: codes and scales exact, block "
-                    "minimum rounded to fp16 (%lld of %lld blocks exact); max error %.3g\n",
+                    "minimum rounded to fp16 (%lld of %lld blocks exact); max error %.3g; "
+                    "`lmpress quantize --gguf-exact` makes every block exact\n",
                     n, what, tn, (long long)ne, (long long)nb, max_err);
             break;
         case LMP_GGUF_REQUANT:

@@ -247,9 +247,11 @@ int cmd_quantize(int argc, char **argv)
     if (rep->n_damp_retries)
         fprintf(stderr, "lmpress quantize: Cholesky failed %d time%s; retried with 10x more damping\n",
                 rep->n_damp_retries, rep->n_damp_retries > 1 ? "s" : "");
+    char gname[32];
+    if (o.q.group) snprintf(gname, sizeof gname, "g%d", o.q.group);
+    else snprintf(gname, sizeof gname, "per-channel");
     fprintf(stderr, "lmpress quantize: %s %d-bit %s%s%s%s%s%s: %d matrices in %.2f s, %.3f bits/weight -> %s\n",
-            o.method == LMP_QUANT_GPTQ ? "gptq" : "rtn", o.q.bits,
-            o.q.group ? "" : "per-channel", o.q.sym ? " sym" : "", o.q.act_order ? " act-order" : "",
+            o.method == LMP_QUANT_GPTQ ? "gptq" : "rtn", o.q.bits, gname, o.q.sym ? " sym" : "", o.q.act_order ? " act-order" : "",
             o.q.static_groups ? " static-groups" : "", o.q.mse ? " mse" : "",
             o.q.gguf_exact ? " gguf-exact" : "", rep->n_tensors,
             rep->seconds, qn ? 8.0 * (double)qbytes / (double)qn : 0, outp);
