@@ -182,6 +182,20 @@ static struct lmp_model *packed_model(const struct lmp_model *stories, int nl, c
     return m;
 }
 
+/* A random float model of width 256 (rows fit K-quant super-blocks) with stories' vocab. */
+static struct lmp_model *wide_model(const struct lmp_model *stories, unsigned long long seed)
+{
+    static const struct tl ls[2] = {{8, 4, 512}, {8, 2, 256}};
+    struct lmp_model *m = build_model(256, 32, stories->cfg.vocab, 2, ls, 0, 1, 10000.0f, 1e-5f,
+                                      256, NULL, seed);
+    struct lmp_err err;
+    if (m && lmp_vocab_copy(&m->vocab, &stories->vocab, &err) != LMP_OK) {
+        lmp_model_free(m);
+        return NULL;
+    }
+    return m;
+}
+
 /* packed_model's random model, every linear quantized by GPTQ (gptq_tensor). */
 static struct lmp_model *gptq_model(const struct lmp_model *stories, int nl, const struct tl *ls,
                                     int bits, int group, int sym, int gguf_exact,
@@ -356,9 +370,11 @@ static float *expected_gguf(const struct lmp_tensor *t, int type)
 {
     int64_t rows = t->n_dims == 2 ? t->shape[0] : 1, cols = t->n_dims == 2 ? t->shape[1] : t->shape[0];
     if (t->n_dims == 1) type = LMP_GGML_TYPE_F32;
+    if ((type == LMP_GGML_TYPE_Q4_K || type == LMP_GGML_TYPE_Q6_K) && cols % 256)
+        type = LMP_GGML_TYPE_Q8_0; /* the documented fallbacks */
     if ((type == LMP_GGML_TYPE_Q8_0 || type == LMP_GGML_TYPE_Q4_0 || type == LMP_GGML_TYPE_Q4_1) &&
         cols % 32)
-        type = LMP_GGML_TYPE_F16; /* the documented fallback */
+        type = LMP_GGML_TYPE_F16;
     float *x = tensor_values(t), *y = malloc((size_t)(rows * cols) * 4);
     unsigned char *blk = malloc(lmp_gguf_nbytes(type, cols));
     for (int64_t r = 0; x && y && blk && r < rows; r++) {
@@ -564,6 +580,68 @@ TEST(export_gguf_gptq_mapping)
     lmp_model_free(s);
 }
 
+/* Q4_K / Q6_K from float weights: our reader finds our quantizer's values, the error is that
+ * of a 4-bit / 6-bit grid, rows that are not a multiple of 256 fall back to Q8_0, packed
+ * tensors are re-quantized and say so. */
+TEST(export_gguf_kquants)
+{
+    struct lmp_model *s = load_stories();
+    REQUIRE(s);
+    struct lmp_model *m = wide_model(s, 5);
+    REQUIRE(m);
+    const int types[2] = {LMP_GGML_TYPE_Q4_K, LMP_GGML_TYPE_Q6_K};
+    const double bound[2] = {0.09, 0.025}; /* relative RMS error of uniform weights */
+    for (int k = 0; k < 2; k++) {
+        char path[600];
+        snprintf(path, sizeof path, "%s/w_%s.gguf", lmp_test_tmpdir(), lmp_gguf_type_name(types[k]));
+        struct lmp_err err;
+        struct lmp_gguf_write_opts o = {.type = types[k]};
+        struct lmp_gguf_report rep;
+        struct lmp_model *g = NULL;
+        REQUIRE(lmp_ckpt_save_gguf(m, path, &o, &rep, &err) == LMP_OK);
+        int nk = 0;
+        for (int i = 0; i < rep.n; i++) nk += rep.t[i].ggml_type == types[k];
+        CHECK_EQ_INT(nk, 1 + 2 * 7); /* token_embd and every linear */
+        lmp_gguf_report_free(&rep);
+        REQUIRE(lmp_ckpt_load_gguf(path, &g, &err) == LMP_OK);
+        double e2 = 0, x2 = 0;
+        for (int i = 0; i < m->n_tensors; i++) {
+            const struct lmp_tensor *t = &m->tensors[i], *u = lmp_model_find(g, t->name);
+            REQUIRE(u);
+            int64_t n = lmp_tensor_nelem(t);
+            float *want = expected_gguf(t, types[k]);
+            CHECK_MSG(want && memcmp(u->data, want, (size_t)n * 4) == 0,
+                      "%s: %s differs from our quantizer + dequantizer", path, t->name);
+            free(want);
+            for (int64_t j = 0; t->n_dims == 2 && j < n; j++) {
+                double x = ((float *)t->data)[j], d = ((float *)u->data)[j] - x;
+                e2 += d * d;
+                x2 += x * x;
+            }
+        }
+        printf("  %s: relative RMS error %.4f\n", lmp_gguf_type_name(types[k]), sqrt(e2 / x2));
+        CHECK(sqrt(e2 / x2) < bound[k]);
+        lmp_model_free(g);
+    }
+    /* stories260K: width 64, no row fits: Q8_0 (and F16 for the 172-wide rows) */
+    char path[600];
+    snprintf(path, sizeof path, "%s/s_q4_k.gguf", lmp_test_tmpdir());
+    struct lmp_err err;
+    struct lmp_gguf_write_opts o = {.type = LMP_GGML_TYPE_Q4_K};
+    struct lmp_gguf_report rep;
+    REQUIRE(lmp_ckpt_save_gguf(s, path, &o, &rep, &err) == LMP_OK);
+    int n80 = 0, nf16 = 0;
+    for (int i = 0; i < rep.n; i++) {
+        n80 += rep.t[i].ggml_type == LMP_GGML_TYPE_Q8_0 && rep.t[i].fallback;
+        nf16 += rep.t[i].ggml_type == LMP_GGML_TYPE_F16 && rep.t[i].fallback;
+    }
+    CHECK_EQ_INT(n80, 31);
+    CHECK_EQ_INT(nf16, 5);
+    lmp_gguf_report_free(&rep);
+    lmp_model_free(m);
+    lmp_model_free(s);
+}
+
 TEST(export_gguf_reference_reader)
 {
     if (!have_gguf_py()) lmp_test_skip("python3 package gguf not installed (/usr/bin/python3 -m pip install gguf; .ci/run does)");
@@ -589,6 +667,24 @@ TEST(export_gguf_reference_reader)
         lmp_model_free(g);
         p += snprintf(p, 2000, " %s:%s:src=%s", path, exp, src);
     }
+    /* K-quants (a width-256 model): gguf-py's dequantizer against ours */
+    struct lmp_model *w = wide_model(s, 6);
+    REQUIRE(w);
+    const char *knames[] = {"q4_k", "q6_k"};
+    for (int k = 0; k < 2; k++) {
+        char path[600], exp[600];
+        snprintf(path, sizeof path, "%s/w_%s.gguf", tmp, knames[k]);
+        snprintf(exp, sizeof exp, "%s/wexp_%s", tmp, knames[k]);
+        struct lmp_err err;
+        struct lmp_gguf_write_opts o = {.type = lmp_gguf_type_from_name(knames[k])};
+        struct lmp_model *g = NULL;
+        REQUIRE(lmp_ckpt_save_gguf(w, path, &o, NULL, &err) == LMP_OK);
+        REQUIRE(lmp_ckpt_load_gguf(path, &g, &err) == LMP_OK);
+        REQUIRE(dump_model(g, exp));
+        lmp_model_free(g);
+        p += snprintf(p, 2000, " %s:%s", path, exp);
+    }
+    lmp_model_free(w);
     /* packed models, per-layer shapes (a pruned model) and an untied head: our dequantized
      * weights are the expectation where the report says exact, else what our reader finds
      * (itself checked against our weights in export_gguf_gptq_mapping); gguf-py's distance
@@ -635,6 +731,7 @@ TEST(export_gguf_reference_reader)
     int rc = lmp_test_sh(out, sizeof out, "%s", cmd);
     printf("%s", out);
     CHECK_MSG(rc == 0, "check_gguf_export.py failed");
+    CHECK_MSG(strstr(out, "Q4_K=15") && strstr(out, "Q6_K=15"), "K-quant files not checked");
     for (int k = 0; k < 4 && rc == 0; k++) {
         char key[64];
         snprintf(key, sizeof key, "p%d.gguf against lmpress's weights: maxerr=", k);
