@@ -90,24 +90,41 @@ for comp in "" "--compensate"; do
     $LMP prune "$M" "$f" --ratio 0.2 $comp --calib "$VALID" --threads "$T" >/dev/null 2>&1
     t1=$(date +%s)
     row "prune 0.2 hessian${comp:+ $comp}" "$f" "$(params "$f") params" "$((t1 - t0))" \
-        "prune --ratio 0.2 $comp --calib $VALID"
+        "prune --ratio 0.2${comp:+ $comp} --calib $VALID"
 done
-if $LMP distill --help >/dev/null 2>&1 && ! $LMP distill --help 2>&1 | grep -qi "not implemented\|planned"; then
-    # PLACEHOLDER until lmpress distill lands: the pruned model distilled from the baseline
+# distillation of the compensated pruned model from the baseline, once `lmpress distill`
+# (developed on another branch: --teacher T --student S --out O --data FILE --steps N) is in
+# this build; SMOLLM2_DISTILL_STEPS (default 100) optimiser steps on WikiText-2 valid
+if $LMP distill --help 2>&1 | grep -q -- "--student"; then
     f="$D/pruned_distilled.lmp"
     t0=$(date +%s)
-    if $LMP distill "$D/pruned_c.lmp" "$f" --teacher "$M" --calib "$VALID" --threads "$T" >/dev/null 2>&1; then
+    dcmd="distill --teacher $M --student $D/pruned_c.lmp --out OUT.lmp --data $VALID --steps ${SMOLLM2_DISTILL_STEPS:-100}"
+    if $LMP distill --teacher "$M" --student "$D/pruned_c.lmp" --out "$f" --data "$VALID" \
+        --steps "${SMOLLM2_DISTILL_STEPS:-100}" >/dev/null 2>&1; then
         t1=$(date +%s)
-        row "prune 0.2 --compensate + distill" "$f" "$(params "$f") params" "$((t1 - t0))" \
-            "distill OUT.lmp --teacher MODEL --calib $VALID"
+        row "prune 0.2 --compensate + distill" "$f" "$(params "$f") params" "$((t1 - t0))" "$dcmd"
     else
-        rows="$rows| prune 0.2 --compensate + distill | (lmpress distill failed) | | | | |
+        rows="$rows| prune 0.2 --compensate + distill | (lmpress distill failed) | | | | \`$dcmd\` |
 "
     fi
 else
     rows="$rows| prune 0.2 + distill | not run: \`lmpress distill\` is not in this build | | | | |
 "
 fi
+
+# greedy samples (chat template of the Instruct model): is the text still coherent?
+CHAT1=$(printf '<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n')
+CHAT2=$(printf '<|im_start|>user\nWrite two sentences about the sea.<|im_end|>\n<|im_start|>assistant\n')
+sample() { # label, model
+    printf '%s:\n\n```\n' "$1"
+    for pr in "$CHAT1" "$CHAT2"; do
+        $LMP run "$2" -p "$pr" -n 64 --temp 0 --threads "$T" 2>/dev/null | sed '/^$/d'
+    done
+    printf '```\n\n'
+}
+samples=$(sample "baseline (dequantized Q4_1 GGUF)" "$M"
+          sample "GPTQ w4 g128 --gguf-exact, from its GGUF export" "$gg"
+          sample "pruned 20 % --compensate" "$D/pruned_c.lmp")
 
 {
     echo "# SmolLM2-135M-Instruct benchmarks"
@@ -122,8 +139,8 @@ fi
     echo "run in fp32)**: the original bf16 weights are not available here, so every row below"
     echo "re-quantizes or prunes weights that were already 4-bit. Read the rows relative to it."
     echo
-    echo "Perplexity: \`lmpress ppl MODEL --text $TEST --ctx 512\` (llama.cpp's protocol: chunks of"
-    echo "512 tokens, each from BOS... as llama-perplexity, the second half of each chunk scored)."
+    echo "Perplexity: \`lmpress ppl MODEL --text $TEST --ctx 512\`, llama-perplexity's protocol (the"
+    echo "tokenized text cut in chunks of 512, each starting with BOS, the second half of each scored)."
     printf 'Baseline on the **whole test set** (%s chunks): **PPL %.4f ± %.4f** (%.0f tokens/s).\n' \
         "$full_n" "$full" "$full_err" "$full_tps"
     printf 'For time, every row below (and the baseline again) is measured on the **first %s chunks** of\n' "$CHUNKS"
@@ -135,7 +152,7 @@ fi
     echo
     echo "Calibration: \`$CAL\` (WikiText-2 valid; never the test text)."
     echo "bits/weight counts the quantized matrices with their fp16 scales and zeros; embeddings and"
-    echo "norms stay as loaded (fp32)."
+    echo "norms stay as loaded (fp32: the tied 49152 x 576 embedding alone is 113 MB of each .lmp)."
     echo
     echo "| method | PPL (first $CHUNKS chunks) | bits/weight | file MB | seconds | command |"
     echo "| --- | ---: | ---: | ---: | ---: | --- |"
@@ -148,11 +165,21 @@ fi
     echo "## Structured pruning, 20 %"
     echo
     echo "\`lmpress prune MODEL OUT.lmp --ratio 0.2 [--compensate] --calib $VALID\` (Hessian importance,"
-    echo "32 activation windows of 512 tokens), then the same perplexity. Baseline: $base_params parameters."
+    echo "32 activation windows of 512 tokens), then the same perplexity. R = 0.2 of the parameters of"
+    echo "the blocks is $(echo "100 * ($base_params - $(params "$D/pruned.lmp")) / $base_params" | bc -l | xargs printf '%.1f') % of the whole model ($base_params parameters; embeddings"
+    echo "are not pruned). Files are fp32 .lmp."
     echo
     echo "| model | PPL (first $CHUNKS chunks) | size | file MB | seconds | command |"
     echo "| --- | ---: | ---: | ---: | ---: | --- |"
     printf '%s' "$rows"
+    echo
+    echo "## Greedy samples"
+    echo
+    echo "\`lmpress run MODEL -p PROMPT -n 64 --temp 0\` with the model's chat template"
+    echo "(\`<|im_start|>user\\n...<|im_end|>\\n<|im_start|>assistant\\n\`; control tokens print as"
+    echo "nothing; generation stops at <|im_end|>)."
+    echo
+    printf '%s\n' "$samples"
 } > "$tmd"
 mv "$tmd" "$OUT"
 mv "$tpts" "$PTS"
