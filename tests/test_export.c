@@ -798,7 +798,7 @@ static void llamacpp_case(const struct lmp_model *m, const char *name, int type,
 TEST(export_gguf_llamacpp)
 {
     if (lmp_test_sh(NULL, 0, PY " -c 'import llama_cpp, gguf' >/dev/null 2>&1") != 0)
-        lmp_test_skip("llama-cpp-python not installed (optional: pip install llama-cpp-python)");
+        lmp_test_skip("llama-cpp-python not installed for " PY " (optional; .ci/run builds it)");
     struct lmp_model *s = load_stories();
     REQUIRE(s);
     llamacpp_case(s, "stories_f32", -1, 2e-3);
