@@ -1044,6 +1044,16 @@ TEST(export_bad_inputs)
     CHECK(dir_is_empty_of(tmp, ".tmp."));
     CHECK(dir_is_empty_of(tmp, "x.gguf"));
     CHECK(dir_is_empty_of(tmp, "g\n"));
+    /* quantize --gguf-exact only where a Q4_1 mapping can exist */
+    const char *gx[] = {"--sym", "--bits 3", "--group 48", "--act-order"};
+    for (int k = 0; k < 4; k++) {
+        char out[1024];
+        int rc = lmp_test_sh(out, sizeof out, "%s quantize %s %s/gx.lmp --method rtn --gguf-exact %s",
+                             lmp_test_bin(), STORIES, tmp, gx[k]);
+        CHECK_MSG(rc == 2 && strstr(out, "--gguf-exact") && strchr(out, '\n') == out + strlen(out) - 1,
+                  "quantize --gguf-exact %s: exit %d: %s", gx[k], rc, out);
+    }
+    CHECK(dir_is_empty_of(tmp, "gx.lmp"));
 
     /* library-level refusals */
     struct lmp_model *s = load_stories();
