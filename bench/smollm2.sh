@@ -128,6 +128,7 @@ samples=$(sample "baseline (dequantized Q4_1 GGUF)" "$M"
 # the same GGUF export in llama.cpp itself, when llama-cpp-python is installed
 if /usr/bin/python3 -c 'import llama_cpp' 2>/dev/null; then
     samples="$samples
+
 $(printf 'llama.cpp (llama-cpp-python), the same GGUF export of GPTQ w4 g128 --gguf-exact:\n\n```\n'
   /usr/bin/python3 bench/llamacpp_sample.py "$gg" 64 "$CHAT1" "$CHAT2" 2>/dev/null | sed '/^$/d'
   printf '```\n')"
