@@ -1,6 +1,6 @@
 #!/bin/sh
 # SmolLM2-135M-Instruct (issue 7): the tables of docs/BENCHMARKS-smollm2.md, which
-# bench/smollm2.sh writes (about an hour on 2 cores, so only with BENCH_SMOLLM2=1; the
+# bench/smollm2.sh writes (about 1.5 hours on 2 cores, so only with BENCH_SMOLLM2=1; the
 # model comes from `sh scripts/get-smollm2.sh`).
 set -e
 LMP=${LMP:-build/lmpress}

@@ -5,7 +5,7 @@
 # distillation once `lmpress distill` exists). Writes docs/BENCHMARKS-smollm2.md and the
 # plot points docs/bench/smollm2_points.txt (bench/plot.sh reads them).
 #   sh bench/smollm2.sh [build/lmpress]      or   make bench BENCH_SMOLLM2=1
-# Needs models/SmolLM2-135M-Instruct.Q4_1.gguf (sh scripts/get-smollm2.sh). About an hour on
+# Needs models/SmolLM2-135M-Instruct.Q4_1.gguf (sh scripts/get-smollm2.sh). About 1.5 hours on
 # 2 cores. SMOLLM2_CHUNKS (default 100) sets the evaluated prefix of the test set (chunks of
 # 512 tokens; the baseline is also measured on the whole set, once: $D/baseline_full.json is
 # reused while it is newer than the model and the binary), SMOLLM2_NSAMPLES (128: each GPTQ
@@ -70,6 +70,8 @@ quant "RTN w4 g128" --method rtn --bits 4 --group 128
 quant "GPTQ w4 g128" --bits 4 --group 128 $CAL
 quant "RTN w3 g128" --method rtn --bits 3 --group 128
 quant "GPTQ w3 g128" --bits 3 --group 128 $CAL
+quant "GPTQ w4 g128 act-order" --bits 4 --group 128 --act-order $CAL
+quant "GPTQ w3 g128 act-order" --bits 3 --group 128 --act-order $CAL
 
 # GPTQ for llama.cpp: scales on the Q4_1-exact set, exported to GGUF, evaluated from the .gguf
 g="$D/gptq_w4g128_exact.lmp"; gg="$D/gptq_w4g128_exact.gguf"
