@@ -81,6 +81,15 @@ cout=$($LMP convert "$g" "$gg" 2>&1)
 exact=$(echo "$cout" | grep 'packed tensors' | sed 's/^ *//')
 row "GPTQ w4 g128 --gguf-exact, as GGUF" "$gg" "5.0 (Q4_1)" "$sec" "quantize --gguf-exact, then convert OUT.lmp OUT.gguf"
 echo "GPTQ-w4-g128-GGUF-Q4_1 5.0 $p" >> "$tpts"
+# the same with act-order: static groups keep GGUF's natural column order
+ga="$D/gptq_w4g128_ao_exact.lmp"; gga="$D/gptq_w4g128_ao_exact.gguf"
+qout=$($LMP quantize "$M" "$ga" --bits 4 --group 128 --act-order --static-groups --gguf-exact $CAL 2>&1 | tail -1)
+sec=$(echo "$qout" | sed -n 's/.* in \([0-9.]*\) s,.*/\1/p')
+cout=$($LMP convert "$ga" "$gga" 2>&1)
+exact_ao=$(echo "$cout" | grep 'packed tensors' | sed 's/^ *//')
+row "GPTQ w4 g128 act-order static-groups --gguf-exact, as GGUF" "$gga" "5.0 (Q4_1)" "$sec" \
+    "quantize --act-order --static-groups --gguf-exact, then convert OUT.lmp OUT.gguf"
+echo "GPTQ-w4-g128-act-order-GGUF-Q4_1 5.0 $p" >> "$tpts"
 rows_q="$rows"; rows=""
 
 # structured pruning, 20 % of the block parameters, Hessian importance
@@ -169,8 +178,10 @@ fi
     printf '| baseline: dequantized Q4_1 GGUF | %.3f ± %.3f | 5.0 (Q4_1) | %s | | `ppl %s` |\n' "$base" "$base_err" "$(mb "$M")" "$M"
     printf '%s' "$rows_q"
     echo
-    echo "The GGUF export of the \`--gguf-exact\` GPTQ model: $exact."
-    echo "It holds our weights bit for bit, so llama.cpp users get the GPTQ model itself."
+    echo "The GGUF exports of the \`--gguf-exact\` GPTQ models: $exact; with act-order: $exact_ao."
+    echo "They hold our weights bit for bit, so llama.cpp users get the GPTQ models themselves"
+    echo "(their .lmp files give the same perplexity). \`--act-order\` alone stores a column"
+    echo "permutation, which GGUF blocks cannot follow: \`--static-groups\` keeps the natural order."
     echo
     echo "## Structured pruning, 20 %"
     echo
