@@ -22,11 +22,13 @@ static void help(void)
            "quantize_config.json, or .lmp) and writes OUT, chosen by --to or OUT's name:\n"
            "  OUT.lmp          lmpress's format; --type f32|f16|bf16 sets the storage of float\n"
            "                   weight matrices (default f32; packed weights stay packed)\n"
-           "  OUT.gguf         GGUF v3 for llama.cpp; --type f32|f16|bf16|q8_0|q4_0|q4_1 for the\n"
-           "                   weight matrices (default: float weights keep their type; GPTQ-\n"
-           "                   packed weights map exactly onto Q4_0/Q4_1/Q8_0 blocks where the\n"
-           "                   grids agree, else are re-quantized to q8_0; the output says which).\n"
-           "                   Norms are f32; rows not a multiple of 32 fall back to f16;\n"
+           "  OUT.gguf         GGUF v3 for llama.cpp; --type f32|f16|bf16|q8_0|q4_0|q4_1|q4_k|q6_k\n"
+           "                   for the weight matrices (default: float weights keep their type;\n"
+           "                   GPTQ-packed weights map exactly onto Q4_0/Q4_1/Q8_0 blocks where\n"
+           "                   the grids agree (4-bit asymmetric: quantize with --gguf-exact),\n"
+           "                   else are re-quantized to q8_0; the output says which). Norms are\n"
+           "                   f32; rows not a multiple of 32 fall back to f16, K-quant rows not\n"
+           "                   a multiple of 256 to q8_0;\n"
            "                   a pruned model (per-layer shapes) is written as arch \"deci\".\n"
            "  OUTDIR --to gptq AutoGPTQ/GPTQModel safetensors directory of a quantized model\n"
            "                   (qweight/qzeros/scales/g_idx, config.json, tokenizer.json);\n"
@@ -123,7 +125,8 @@ static void print_gguf_report(const struct lmp_gguf_report *r)
         case LMP_GGUF_NEAR:
             fprintf(stderr,
                     "  %4d %s tensors -> %s: re-quantized: codes and scales exact, block "
-                    "minimum rounded to fp16 (%lld of %lld blocks exact); max error %.3g\n",
+                    "minimum rounded to fp16 (%lld of %lld blocks exact); max error %.3g; "
+                    "`lmpress quantize --gguf-exact` makes every block exact\n",
                     n, what, tn, (long long)ne, (long long)nb, max_err);
             break;
         case LMP_GGUF_REQUANT:
@@ -182,8 +185,8 @@ int cmd_convert(int argc, char **argv)
     if (type_s && to == TO_GGUF) {
         gtype = lmp_gguf_type_from_name(type_s);
         if (gtype < 0)
-            return cli_usage_error("convert", "--type %s: expected f32, f16, bf16, q8_0, q4_0 or "
-                                   "q4_1 for GGUF", type_s);
+            return cli_usage_error("convert", "--type %s: expected f32, f16, bf16, q8_0, q4_0, "
+                                   "q4_1, q4_k or q6_k for GGUF", type_s);
     } else if (type_s) {
         if (!strcmp(type_s, "f32")) ft = LMP_TYPE_F32;
         else if (!strcmp(type_s, "f16")) ft = LMP_TYPE_F16;

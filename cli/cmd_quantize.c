@@ -30,6 +30,10 @@ static void help(void)
         "                     (with --act-order: no permutation needed at inference)\n"
         "  --mse              MSE-optimal clipping search per group (scale shrink, norm 2.4)\n"
         "  --refine           refit each group's scale to the Hessian-weighted error after GPTQ\n"
+        "  --gguf-exact       4-bit asymmetric: pick fp16 scales (within a few ulp) for which\n"
+        "                     every group of 32 is exactly a GGUF Q4_1 block, so that `convert\n"
+        "                     OUT.lmp X.gguf` holds these weights bit for bit (needs a group that\n"
+        "                     is a multiple of 32 or per-channel, and no stored act-order perm)\n"
         "  --ref-quirks       reproduce the reference code's quirks bit for bit (group params from\n"
         "                     the block-start weights, sym grids of one-signed groups, per-channel\n"
         "                     params before dead columns are zeroed); for comparisons only\n"
@@ -144,6 +148,8 @@ int cmd_quantize(int argc, char **argv)
             o.q.mse = 1;
         } else if (!strcmp(a, "--refine")) {
             o.q.refine = 1;
+        } else if (!strcmp(a, "--gguf-exact")) {
+            o.q.gguf_exact = 1;
         } else if (!strcmp(a, "--ref-quirks")) {
             o.q.ref_quirks = 1;
         } else if (!strcmp(a, "--fp-target")) {
@@ -233,6 +239,13 @@ int cmd_quantize(int argc, char **argv)
     size_t ol = strlen(outp);
     if (ol < 4 || strcmp(outp + ol - 4, ".lmp"))
         return cli_usage_error(CMD, "%s: output must end in .lmp", outp);
+    if (o.q.gguf_exact && (o.q.sym || o.q.bits != 4))
+        return cli_usage_error(CMD, "--gguf-exact is for 4-bit asymmetric grids (symmetric and "
+                                    "2/3-bit grids map exactly onto GGUF blocks already)");
+    if (o.q.gguf_exact && (o.q.group % 32 || (o.q.act_order && !o.q.static_groups)))
+        return cli_usage_error(CMD, "--gguf-exact needs --group a multiple of 32 (or -1) and, "
+                                    "with --act-order, --static-groups (GGUF blocks are 32 "
+                                    "consecutive input columns)");
     if (o.method == LMP_QUANT_GPTQ && !calib)
         return cli_usage_error(CMD, "--method gptq needs --calib FILE (calibration text)");
     if (to.steps > 0 && !calib)
@@ -287,10 +300,13 @@ int cmd_quantize(int argc, char **argv)
     if (rep->n_damp_retries)
         fprintf(stderr, "lmpress quantize: Cholesky failed %d time%s; retried with 10x more damping\n",
                 rep->n_damp_retries, rep->n_damp_retries > 1 ? "s" : "");
-    fprintf(stderr, "lmpress quantize: %s %d-bit %s%s%s%s%s: %d matrices in %.2f s, %.3f bits/weight -> %s\n",
-            o.method == LMP_QUANT_GPTQ ? "gptq" : "rtn", o.q.bits,
-            o.q.group ? "" : "per-channel", o.q.sym ? " sym" : "", o.q.act_order ? " act-order" : "",
-            o.q.static_groups ? " static-groups" : "", o.q.mse ? " mse" : "", rep->n_tensors,
+    char gname[32];
+    if (o.q.group) snprintf(gname, sizeof gname, "g%d", o.q.group);
+    else snprintf(gname, sizeof gname, "per-channel");
+    fprintf(stderr, "lmpress quantize: %s %d-bit %s%s%s%s%s%s: %d matrices in %.2f s, %.3f bits/weight -> %s\n",
+            o.method == LMP_QUANT_GPTQ ? "gptq" : "rtn", o.q.bits, gname, o.q.sym ? " sym" : "", o.q.act_order ? " act-order" : "",
+            o.q.static_groups ? " static-groups" : "", o.q.mse ? " mse" : "",
+            o.q.gguf_exact ? " gguf-exact" : "", rep->n_tensors,
             rep->seconds, qn ? 8.0 * (double)qbytes / (double)qn : 0, outp);
     free(ids);
     free(rep);

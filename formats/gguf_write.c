@@ -17,6 +17,7 @@
 #include <string.h>
 
 #define QK LMP_GGML_QK
+#define QK_K LMP_GGML_QK_K
 #define ALIGN 32
 
 /* The quantizers must round x*id and the addition separately, as ggml's C reference and the
@@ -110,6 +111,108 @@ NO_CONTRACT void lmp_gguf_quantize_q4_1_ref(const float *x, void *dst, int64_t n
     }
 }
 
+/* Q4_K / Q6_K: our own scalar quantizers (ggml's reference searches the sub-block scales
+ * iteratively; readers only need the layout, gguf.h). Two levels, as the format has them:
+ * per sub-block a float scale (and for Q4_K a minimum), then those quantized to 6 / 8 bits
+ * against the fp16 super-block scale(s), then every code computed against the scale the
+ * reader will actually use. */
+static int clampi(int v, int lo, int hi)
+{
+    return v < lo ? lo : v > hi ? hi : v;
+}
+
+void lmp_gguf_quantize_q4_K(const float *x, void *dst, int64_t n)
+{
+    unsigned char *out = dst;
+    for (int64_t b = 0; b < n / QK_K; b++) {
+        const float *xb = x + b * QK_K;
+        float scale[8], mnv[8], max_scale = 0.0f, max_min = 0.0f;
+        for (int s = 0; s < 8; s++) { /* x ~ scale * q - mnv, q in 0..15, mnv >= 0 */
+            float lo = 0.0f, hi = 0.0f;
+            for (int j = 0; j < 32; j++) {
+                if (xb[32 * s + j] < lo) lo = xb[32 * s + j];
+                if (xb[32 * s + j] > hi) hi = xb[32 * s + j];
+            }
+            scale[s] = (hi - lo) / 15.0f;
+            mnv[s] = -lo;
+            if (scale[s] > max_scale) max_scale = scale[s];
+            if (mnv[s] > max_min) max_min = mnv[s];
+        }
+        struct lmp_ggml_block_q4_K blk;
+        memset(&blk, 0, sizeof blk);
+        blk.d = lmp_f32_to_f16(max_scale / 63.0f);
+        blk.dmin = lmp_f32_to_f16(max_min / 63.0f);
+        const float d = lmp_f16_to_f32(blk.d), dmin = lmp_f16_to_f32(blk.dmin);
+        int sc[8], mn[8];
+        for (int s = 0; s < 8; s++) {
+            sc[s] = d > 0.0f ? clampi((int)nearbyintf(scale[s] / d), 0, 63) : 0;
+            mn[s] = dmin > 0.0f ? clampi((int)nearbyintf(mnv[s] / dmin), 0, 63) : 0;
+            if (s < 4) {
+                blk.scales[s] = (uint8_t)sc[s];
+                blk.scales[s + 4] = (uint8_t)mn[s];
+            } else { /* low 4 bits in bytes 8..11, top 2 bits in the spare bits of 0..7 */
+                blk.scales[s + 4] = (uint8_t)((sc[s] & 0x0f) | ((mn[s] & 0x0f) << 4));
+                blk.scales[s - 4] |= (uint8_t)((sc[s] >> 4) << 6);
+                blk.scales[s] |= (uint8_t)((mn[s] >> 4) << 6);
+            }
+        }
+        for (int k = 0; k < 4; k++) /* sub-blocks 2k (low nibbles) and 2k+1 (high) */
+            for (int l = 0; l < 32; l++) {
+                int q[2];
+                for (int h = 0; h < 2; h++) {
+                    int s = 2 * k + h;
+                    float ds = d * (float)sc[s], m = dmin * (float)mn[s];
+                    q[h] = ds > 0.0f ? clampi((int)nearbyintf((xb[32 * s + l] + m) / ds), 0, 15) : 0;
+                }
+                blk.qs[32 * k + l] = (uint8_t)(q[0] | (q[1] << 4));
+            }
+        memcpy(out + b * (int64_t)sizeof blk, &blk, sizeof blk);
+    }
+}
+
+void lmp_gguf_quantize_q6_K(const float *x, void *dst, int64_t n)
+{
+    unsigned char *out = dst;
+    for (int64_t b = 0; b < n / QK_K; b++) {
+        const float *xb = x + b * QK_K;
+        float scale[16], amax_s = 0.0f, big = 0.0f; /* big: the scale of largest magnitude */
+        for (int s = 0; s < 16; s++) { /* x ~ scale * q, q in -32..31: the extreme at -32 */
+            float amax = 0.0f, ext = 0.0f;
+            for (int j = 0; j < 16; j++)
+                if (fabsf(xb[16 * s + j]) > amax) {
+                    amax = fabsf(xb[16 * s + j]);
+                    ext = xb[16 * s + j];
+                }
+            scale[s] = ext / -32.0f;
+            if (fabsf(scale[s]) > amax_s) {
+                amax_s = fabsf(scale[s]);
+                big = scale[s];
+            }
+        }
+        struct lmp_ggml_block_q6_K blk;
+        memset(&blk, 0, sizeof blk);
+        blk.d = lmp_f32_to_f16(big / -128.0f);
+        const float d = lmp_f16_to_f32(blk.d);
+        int q[QK_K];
+        for (int s = 0; s < 16; s++) {
+            int sc = d != 0.0f ? clampi((int)nearbyintf(scale[s] / d), -128, 127) : 0;
+            blk.scales[s] = (int8_t)sc;
+            float ds = d * (float)sc;
+            for (int j = 0; j < 16; j++)
+                q[16 * s + j] = ds != 0.0f ? clampi((int)nearbyintf(xb[16 * s + j] / ds), -32, 31) + 32 : 32;
+        }
+        for (int h = 0; h < 2; h++) /* halves of 128: elements l, l+32, l+64, l+96 */
+            for (int l = 0; l < 32; l++) {
+                const int *qq = q + 128 * h;
+                blk.ql[64 * h + l] = (uint8_t)((qq[l] & 0x0f) | ((qq[l + 64] & 0x0f) << 4));
+                blk.ql[64 * h + l + 32] = (uint8_t)((qq[l + 32] & 0x0f) | ((qq[l + 96] & 0x0f) << 4));
+                blk.qh[32 * h + l] = (uint8_t)((qq[l] >> 4) | ((qq[l + 32] >> 4) << 2) |
+                                               ((qq[l + 64] >> 4) << 4) | ((qq[l + 96] >> 4) << 6));
+            }
+        memcpy(out + b * (int64_t)sizeof blk, &blk, sizeof blk);
+    }
+}
+
 int lmp_gguf_quantize(int ggml_type, const float *src, void *dst, int64_t n)
 {
     if (n < 0) return -1;
@@ -128,6 +231,12 @@ int lmp_gguf_quantize(int ggml_type, const float *src, void *dst, int64_t n)
         return 0;
     default: break;
     }
+    if (ggml_type == LMP_GGML_TYPE_Q4_K || ggml_type == LMP_GGML_TYPE_Q6_K) {
+        if (n % QK_K) return -1;
+        if (ggml_type == LMP_GGML_TYPE_Q4_K) lmp_gguf_quantize_q4_K(src, dst, n);
+        else lmp_gguf_quantize_q6_K(src, dst, n);
+        return 0;
+    }
     if (n % QK) return -1;
     switch (ggml_type) {
     case LMP_GGML_TYPE_Q8_0: lmp_gguf_quantize_q8_0_ref(src, dst, n); return 0;
@@ -144,7 +253,8 @@ int lmp_gguf_type_from_name(const char *s)
         int type;
     } tab[] = {{"f32", LMP_GGML_TYPE_F32},   {"f16", LMP_GGML_TYPE_F16},
                {"bf16", LMP_GGML_TYPE_BF16}, {"q8_0", LMP_GGML_TYPE_Q8_0},
-               {"q4_0", LMP_GGML_TYPE_Q4_0}, {"q4_1", LMP_GGML_TYPE_Q4_1}};
+               {"q4_0", LMP_GGML_TYPE_Q4_0}, {"q4_1", LMP_GGML_TYPE_Q4_1},
+               {"q4_k", LMP_GGML_TYPE_Q4_K}, {"q6_k", LMP_GGML_TYPE_Q6_K}};
     for (size_t i = 0; s && i < sizeof tab / sizeof tab[0]; i++)
         if (strcasecmp(s, tab[i].name) == 0) return tab[i].type;
     return -1;
@@ -152,7 +262,30 @@ int lmp_gguf_type_from_name(const char *s)
 
 static int is_block_type(int t)
 {
-    return t == LMP_GGML_TYPE_Q8_0 || t == LMP_GGML_TYPE_Q4_0 || t == LMP_GGML_TYPE_Q4_1;
+    return t == LMP_GGML_TYPE_Q8_0 || t == LMP_GGML_TYPE_Q4_0 || t == LMP_GGML_TYPE_Q4_1 ||
+           t == LMP_GGML_TYPE_Q4_K || t == LMP_GGML_TYPE_Q6_K;
+}
+
+static int is_k_type(int t)
+{
+    return t == LMP_GGML_TYPE_Q4_K || t == LMP_GGML_TYPE_Q6_K;
+}
+
+/* A block type for rows of cols elements: a K-quant needs rows of a multiple of 256 (else
+ * Q8_0, as llama.cpp's quantizer falls back), the others of 32 (else F16). Sets *why. */
+static int fit_type(int want, int64_t cols, int *fallback, const char **why)
+{
+    if (is_k_type(want) && cols % QK_K) {
+        *fallback = 1;
+        *why = "row length is not a multiple of 256";
+        want = LMP_GGML_TYPE_Q8_0;
+    }
+    if (is_block_type(want) && cols % QK) {
+        *fallback = 1;
+        *why = "row length is not a multiple of 32";
+        want = LMP_GGML_TYPE_F16;
+    }
+    return want;
 }
 
 void lmp_gguf_report_free(struct lmp_gguf_report *r)
@@ -522,11 +655,7 @@ static enum lmp_status plan_tensor(const struct lmp_tensor *t, int req, struct t
     int want = req;
     if (!packed) {
         if (want < 0) want = lmp_to_ggml(t->type);
-        if (is_block_type(want) && p->cols % QK) {
-            p->fallback = 1;
-            p->why = "row length is not a multiple of 32";
-            want = LMP_GGML_TYPE_F16;
-        }
+        want = fit_type(want, p->cols, &p->fallback, &p->why);
         p->type = want;
         p->how = want == lmp_to_ggml(t->type) ? LMP_GGUF_COPY : LMP_GGUF_CONVERT;
         return LMP_OK;
@@ -544,6 +673,12 @@ static enum lmp_status plan_tensor(const struct lmp_tensor *t, int req, struct t
         p->why = "row length is not a multiple of 32";
         p->type = LMP_GGML_TYPE_F16;
         p->how = LMP_GGUF_REQUANT;
+        return LMP_OK;
+    }
+    if (is_k_type(want)) { /* our grids never are K-quant sub-blocks: dequantize, quantize */
+        p->type = fit_type(want, p->cols, &p->fallback, &p->why);
+        p->how = LMP_GGUF_REQUANT;
+        if (!p->fallback) p->why = "K-quant requested";
         return LMP_OK;
     }
     if (want == LMP_GGML_TYPE_F32) {
@@ -701,6 +836,8 @@ static int ftype_of(int ggml_type)
     case LMP_GGML_TYPE_Q4_0: return 2;
     case LMP_GGML_TYPE_Q4_1: return 3;
     case LMP_GGML_TYPE_Q8_0: return 7;
+    case LMP_GGML_TYPE_Q4_K: return 14; /* LLAMA_FTYPE_MOSTLY_Q4_K_S */
+    case LMP_GGML_TYPE_Q6_K: return 18;
     case LMP_GGML_TYPE_BF16: return 32;
     default: return 0;
     }

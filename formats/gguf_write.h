@@ -1,5 +1,5 @@
 /* GGUF v3 writer: an lmp_model as a llama.cpp "llama" model file (metadata, tokenizer,
- * tensors F32 / F16 / BF16 / Q8_0 / Q4_0 / Q4_1), and the reference quantizers behind it.
+ * tensors F32 / F16 / BF16 / Q8_0 / Q4_0 / Q4_1 / Q4_K / Q6_K), and the quantizers behind it.
  *
  * Tensor names are already GGUF's and Q/K rows already in llama.cpp's interleaved RoPE
  * order (model.h), so float tensors are written as they are: our [out][in] matrix is GGUF
@@ -35,10 +35,18 @@
 void lmp_gguf_quantize_q8_0_ref(const float *x, void *dst, int64_t n);
 void lmp_gguf_quantize_q4_0_ref(const float *x, void *dst, int64_t n);
 void lmp_gguf_quantize_q4_1_ref(const float *x, void *dst, int64_t n);
-/* F32, F16, BF16, Q8_0, Q4_0, Q4_1: writes lmp_gguf_nbytes(type, n) bytes to dst.
+/* Q4_K and Q6_K (n a multiple of 256), our own quantizers: per sub-block min-max (Q4_K:
+ * scale (max - min)/15 and minimum; Q6_K: the value of largest magnitude at code -32), those
+ * scales rounded to 6 / 8 bits against the fp16 super-block scales, then each code rounded
+ * to nearest against the scale the reader uses. Not ggml's bytes (its reference searches the
+ * scales); the tests compare the dequantized values with the gguf package's. */
+void lmp_gguf_quantize_q4_K(const float *x, void *dst, int64_t n);
+void lmp_gguf_quantize_q6_K(const float *x, void *dst, int64_t n);
+/* F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K, Q6_K: writes lmp_gguf_nbytes(type, n) bytes to dst.
  * 0 on success, -1 for another type or an n that is not a multiple of the block size. */
 int lmp_gguf_quantize(int ggml_type, const float *src, void *dst, int64_t n);
-/* "f32", "f16", "bf16", "q8_0", "q4_0", "q4_1" (any case) -> ggml type id, else -1. */
+/* "f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q4_k", "q6_k" (any case) -> ggml type id,
+ * else -1. */
 int lmp_gguf_type_from_name(const char *s);
 
 enum lmp_gguf_how {
@@ -54,8 +62,9 @@ struct lmp_gguf_tensor_report {
     char name[LMP_NAME_MAX];
     int ggml_type;         /* type written */
     enum lmp_gguf_how how;
-    int fallback;          /* the requested block type needs rows of a multiple of 32:
-                              written as F16 (F32 when F32 was asked for) instead */
+    int fallback;          /* the requested block type does not fit the row length: a
+                              K-quant needs a multiple of 256 (else Q8_0), the others of 32
+                              (else F16; F32 when F32 was asked for) */
     int packed;            /* the source tensor is packed */
     double max_err;        /* packed sources: max |GGUF value - our dequantized value| */
     int64_t n_blocks;      /* NEAR: Q4_1 blocks written ... */
@@ -75,7 +84,8 @@ struct lmp_gguf_write_opts {
     /* ggml type of the 2-D weights: -1 = auto (float tensors keep F32/F16/BF16; packed
      * ones map exactly onto Q4_0/Q4_1/Q8_0 where they can, else are re-quantized to Q8_0),
      * or LMP_GGML_TYPE_F32/F16/BF16/Q8_0/Q4_0/Q4_1 (packed tensors then map exactly only
-     * onto that type, else are re-quantized to it). */
+     * onto that type, else are re-quantized to it), or Q4_K/Q6_K (always re-quantized; rows
+     * that are not a multiple of 256 fall back to Q8_0, as in llama.cpp's quantizer). */
     int type;
 };
 

@@ -551,8 +551,9 @@ static enum lmp_status refine_scales(const float *W, int rows, int cols,
     double *b = malloc(chunk * (size_t)ng * sizeof *b);
     double *Mc = malloc((size_t)ng * (size_t)ng * sizeof *Mc);
     double *x = malloc((size_t)ng * sizeof *x);
+    uint16_t *hx = malloc((size_t)ng * sizeof *hx);
     enum lmp_status st = LMP_OK;
-    if (!D || !P || !M || !b || !Mc || !x) {
+    if (!D || !P || !M || !b || !Mc || !x || !hx) {
         st = lmp_err_set(err, LMP_ERR_NOMEM, "gptq: out of memory for the scale refit");
         goto done;
     }
@@ -610,24 +611,31 @@ static enum lmp_status refine_scales(const float *W, int rows, int cols,
                 if (!isfinite(x[g]) || (hnew & 0x7fff) == 0 || (hnew & 0x7fff) >= 0x7c00) ok = 0;
             }
             if (!ok) continue;
+            /* the refit as stored: fp16, on the Q4_1-exact set with gguf_exact (quant.h) */
+            const uint16_t *zr = out->zeros + (r0 + rr) * (size_t)ng;
             for (int g = 0; g < ng; g++) {
-                double so = lmp_f16_to_f32(sc[g]), sn = lmp_f16_to_f32(lmp_f32_to_f16((float)x[g]));
+                hx[g] = lmp_f32_to_f16((float)x[g]);
+                if (o->gguf_exact && !o->sym)
+                    hx[g] = lmp_quant_q41_scale(hx[g], lmp_f16_to_f32(zr[g]), (1 << o->bits) - 1);
+            }
+            for (int g = 0; g < ng; g++) {
+                double so = lmp_f16_to_f32(sc[g]), sn = lmp_f16_to_f32(hx[g]);
                 double mo = 0.0, mn = 0.0;
                 for (int g2 = 0; g2 < ng; g2++) {
                     mo += m[(size_t)g * ng + g2] * lmp_f16_to_f32(sc[g2]);
-                    mn += m[(size_t)g * ng + g2] * lmp_f16_to_f32(lmp_f32_to_f16((float)x[g2]));
+                    mn += m[(size_t)g * ng + g2] * lmp_f16_to_f32(hx[g2]);
                 }
                 f_old += so * mo - 2.0 * so * bb[g];
                 f_new += sn * mn - 2.0 * sn * bb[g];
             }
             if (f_new < f_old) {
-                for (int g = 0; g < ng; g++) sc[g] = lmp_f32_to_f16((float)x[g]);
+                memcpy(sc, hx, (size_t)ng * sizeof *sc);
                 out->refined_rows++;
             }
         }
     }
-    (void)o;
 done:
+    free(hx);
     free(D);
     free(P);
     free(M);

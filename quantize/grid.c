@@ -125,6 +125,46 @@ static double mse_err(const float *x, int n, float sf, float z, int maxq, float 
     return e;
 }
 
+/* is v (a float holding an integer times an fp16 value) exact in fp16? */
+static int exact_in_f16(float v)
+{
+    uint16_t h = lmp_f32_to_f16(v);
+    return (h & 0x7fff) < 0x7c00 && lmp_f16_to_f32(h) == v;
+}
+
+static int q41_ok(uint16_t h, float z, int maxq)
+{
+    float s = lmp_f16_to_f32(h);
+    return exact_in_f16(z * s) || exact_in_f16(((float)maxq - z) * s);
+}
+
+uint16_t lmp_quant_q41_scale(uint16_t s16, float z, int maxq)
+{
+    if (maxq != 15 || (s16 & 0x8000) || (s16 & 0x7fff) == 0 || (s16 & 0x7fff) >= 0x7c00 ||
+        z != nearbyintf(z) || z < 0.0f || z > 15.0f || q41_ok(s16, z, maxq))
+        return s16;
+    /* positive fp16 patterns are ordered like their values: walk outwards, nearest first */
+    float s = lmp_f16_to_f32(s16);
+    for (int k = 1; k < 1024; k++) {
+        uint16_t up = (uint16_t)(s16 + k), dn = (uint16_t)(s16 - k);
+        int ok_up = up < 0x7c00 && q41_ok(up, z, maxq);
+        int ok_dn = dn > 0 && dn < s16 && q41_ok(dn, z, maxq);
+        if (ok_up && ok_dn)
+            return lmp_f16_to_f32(up) - s <= s - lmp_f16_to_f32(dn) ? up : dn;
+        if (ok_up) return up;
+        if (ok_dn) return dn;
+    }
+    return s16; /* not reached for normal scales: every 16th pattern qualifies */
+}
+
+/* the stored scale: fp16, moved onto the Q4_1-exact set when asked (quant.h gguf_exact) */
+static uint16_t scale16(float s, float z, int maxq, const struct lmp_quant_opts *o)
+{
+    uint16_t h = lmp_f32_to_f16(s);
+    if (o->gguf_exact && !o->sym && (h & 0x7fff) < 0x7c00) h = lmp_quant_q41_scale(h, z, maxq);
+    return h;
+}
+
 enum lmp_status lmp_quant_grid_params(const float *x, int n, const struct lmp_quant_opts *o,
                                       uint16_t *scale, uint16_t *zero, struct lmp_err *err)
 {
@@ -146,7 +186,7 @@ enum lmp_status lmp_quant_grid_params(const float *x, int n, const struct lmp_qu
     }
     float s, z;
     grid_point(xmin, xmax, maxq, o->sym, &s, &z);
-    uint16_t sh = lmp_f32_to_f16(s);
+    uint16_t sh = scale16(s, z, maxq, o);
     if ((sh & 0x7fff) >= 0x7c00)
         return lmp_err_set(err, LMP_ERR_ARG,
                            "quantize: weight range [%g, %g] needs a scale above fp16's 65504",
@@ -159,7 +199,7 @@ enum lmp_status lmp_quant_grid_params(const float *x, int n, const struct lmp_qu
             float p = (float)(1.0 - (double)i / o->mse_grid);
             float s1, z1;
             grid_point(p * xmin, p * xmax, maxq, o->sym, &s1, &z1);
-            uint16_t sh1 = lmp_f32_to_f16(s1);
+            uint16_t sh1 = scale16(s1, z1, maxq, o);
             float sf = lmp_f16_to_f32(sh1);
             double e = mse_err(x, n, sf, z1, maxq, norm);
             if (e < best) {

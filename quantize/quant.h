@@ -71,6 +71,12 @@ struct lmp_quant_opts {
                               about xmax/2) instead of xmin = -xmax;
                           (3) per-channel params are computed before dead columns are zeroed. */
     int max_retries;   /* Cholesky failures tolerated, damping x10 each time; default 4 */
+    int gguf_exact;    /* 4-bit asymmetric only: every fp16 scale s is moved to the nearest
+                          fp16 value (a few ulp at most) for which the group, with its integer
+                          zero z, is exactly a GGUF Q4_1 block: z*s or (15 - z)*s exact in
+                          fp16 (lmp_quant_q41_scale), so that a GGUF export of natural-order
+                          groups of a multiple of 32 holds our weights bit for bit. Codes are
+                          computed with the moved scale (GPTQ compensates for it). */
 };
 
 /* bits 4, per-channel, asymmetric, block 128, damp 0.01, mse grid 100/0.8/2.4, retries 4. */
@@ -85,6 +91,13 @@ enum lmp_status lmp_quant_opts_check(const struct lmp_quant_opts *o, int64_t row
  * a non-finite value or the scale overflows fp16. */
 enum lmp_status lmp_quant_grid_params(const float *x, int n, const struct lmp_quant_opts *o,
                                       uint16_t *scale, uint16_t *zero, struct lmp_err *err);
+
+/* For an asymmetric grid with maxq = 15 and integer zero z: the fp16 value nearest to s16
+ * (positive, finite) for which z*s or (15 - z)*s is exactly representable in fp16, i.e. the
+ * Q4_1 block minimum m = -z*s (codes c = q) or m = (15 - z)*s (d = -s, c = 15 - q) is exact
+ * and d*c + m equals s*(q - z) in float32. For z in {0, 1, 2, 4, 7, 8, 11, 13, 14, 15} that is
+ * s16 itself; otherwise at most a few ulp away. Other maxq: s16 unchanged. */
+uint16_t lmp_quant_q41_scale(uint16_t s16, float z, int maxq);
 
 static inline int lmp_quant_code(float w, float scale, float zero, int maxq)
 {

@@ -1,7 +1,7 @@
 #!/bin/sh
 # Checks the Debian packages lmpress needs; installs the missing ones when run as root,
 # otherwise prints the apt-get line and fails.
-PKGS="gcc make zlib1g-dev libopenblas-dev liblapacke-dev libcjson-dev libpcre2-dev python3-numpy gnuplot-nox bc"
+PKGS="gcc make zlib1g-dev libopenblas-dev liblapacke-dev libcjson-dev libpcre2-dev python3-numpy python3-pip gnuplot-nox bc"
 missing=""
 for p in $PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

@@ -539,9 +539,10 @@ static enum lmp_status gq_apply(struct gq *g, const float *W, int rows, int cols
     memset(out, 0, sizeof *out);
     enum lmp_status st = lmp_quant_opts_check(o, rows, cols, err);
     if (st) return st;
-    if (o->refine || o->ref_quirks)
+    if (o->refine || o->ref_quirks || o->gguf_exact)
         return lmp_err_set(err, LMP_ERR_UNSUPPORTED,
-                           "gptq: --refine and reference quirks are not implemented on CUDA");
+                           "gptq: --refine, --gguf-exact and reference quirks are not "
+                           "implemented on CUDA");
     const size_t n = (size_t)cols, R = (size_t)rows;
     const int group = o->group && o->group < cols ? o->group : cols;
     const int ng = (cols + group - 1) / group;
@@ -809,10 +810,10 @@ extern "C" enum lmp_status lmp_cuda_quant_model(struct lmp_model *m, const int32
             if ((st = own_f32(all[k], err))) return st;
         }
     }
-    if (o->q.refine || o->q.ref_quirks || o->fp_alpha > 0)
+    if (o->q.refine || o->q.ref_quirks || o->q.gguf_exact || o->fp_alpha > 0)
         return lmp_err_set(err, LMP_ERR_UNSUPPORTED,
-                           "gptq: --refine, reference quirks and the fp target are not "
-                           "implemented on CUDA");
+                           "gptq: --refine, --gguf-exact, reference quirks and the fp target "
+                           "are not implemented on CUDA");
     if (S > c->max_ctx)
         return lmp_err_set(err, LMP_ERR_ARG, "--seqlen %d is above the model's context %d", S,
                            c->max_ctx);
