@@ -193,6 +193,8 @@ struct pass {
     const float *ra, *rb; /* (NS, S, D) residual streams (unquantized, quantized model's layer
                              inputs): R = 2/N sum (ra - rb) x^T for `which`; or NULL */
     int n_windows;      /* windows 0 .. n_windows-1 */
+    const float *attn;  /* (NS, S, qd) attention outputs saved by this layer's "o" pass, or
+                           NULL: recomputed (lmp_rt_hooks.attn) */
 };
 
 struct hcollect {
@@ -294,6 +296,7 @@ static enum lmp_status run_layer(struct qctx *q, int l, const struct pass *p, fl
             if (io != x) memcpy(io, x, (size_t)S * D * sizeof(float));
             c.w = w;
             memset(c.row, 0, sizeof c.row);
+            hk.attn = p->attn ? p->attn + (size_t)w * S * c.width[1] : NULL;
             enum lmp_status s2 = lmp_rt_forward_layer(q->states[t], l, io, S, 0, &hk, &e);
             if (s2 && !c.st) {
                 c.st = s2;
@@ -522,7 +525,7 @@ enum lmp_status lmp_quant_model(struct lmp_model *m, const int32_t *calib, int64
     struct qctx q = {.m = m, .o = o, .S = o->seqlen, .D = D, .NS = o->nsamples};
     int32_t *win = NULL;
     float *H = NULL, *C = NULL, *X = NULL, *Y = NULL, *Xd = NULL, *Xf = NULL, *Wt = NULL;
-    float *dW = NULL, *Rm = NULL;
+    float *dW = NULL, *Rm = NULL, *Att = NULL;
     float *XT[4] = {NULL, NULL, NULL, NULL};
     int blas_prev = openblas_get_num_threads();
 
@@ -591,6 +594,10 @@ enum lmp_status lmp_quant_model(struct lmp_model *m, const int32_t *calib, int64
         st = lmp_err_set(err, LMP_ERR_NOMEM, "out of memory for calibration activations");
         goto done;
     }
+    /* the attention outputs of one layer, reused by its later stages (optional: when it
+     * fits, else recomputed) */
+    if (!o->no_shortcut && stream / D * (size_t)maxq * sizeof(float) <= SHORTCUT_MAX_BYTES)
+        Att = malloc(stream / D * (size_t)maxq * sizeof(float));
     if (shortcut) {
         Y = malloc(stream * sizeof(float));
         Xd = malloc(stream / D * maxffn * sizeof(float));
@@ -653,6 +660,10 @@ enum lmp_status lmp_quant_model(struct lmp_model *m, const int32_t *calib, int64
                 p.out = Y;
                 p.save[3] = Xd;
             }
+            /* q/k/v do not change after stage 0: the attention output of the "o" pass is
+             * reused by the gate/up and down passes instead of recomputed */
+            if (Att && sg == 1) p.save[1] = Att;
+            if (Att && sg >= 2) p.attn = Att;
             int done_h = 0;
             if (sg == 0 && !o->no_shortcut && (st = qkv_direct(&q, l, X, p.xf, H, C, &done_h, err)))
                 break;
@@ -736,6 +747,7 @@ done:
     free(X);
     free(Y);
     free(Xd);
+    free(Att);
     free(Xf);
     for (int k = 0; k < 4; k++) free(XT[k]);
     free(H);

@@ -368,7 +368,12 @@ enum lmp_status lmp_rt_forward_layer(struct lmp_rt_state *s, int layer, float *h
     const int qd = nh * hd, kvd = nkv * hd, ref = s->ref;
     float *kc = s->k_cache + s->kv_off[layer], *vc = s->v_cache + s->kv_off[layer];
 
-    /* attention */
+    /* attention (given by the caller in a calibration pass: hooks->attn) */
+    const float *att = s->att;
+    if (hooks && hooks->attn) {
+        att = hooks->attn;
+        goto have_attention;
+    }
     rmsnorm(s, s->xb, h, L->attn_norm, n);
     hook(hooks, layer, LMP_RT_QKV, s->xb, n, dim);
     matmul(s, s->q, s->xb, L->wq, L->bq, n);
@@ -382,8 +387,9 @@ enum lmp_status lmp_rt_forward_layer(struct lmp_rt_state *s, int layer, float *h
     s->n_cached[layer] = pos + n;
     (ref ? lmp_rt_attention_ref : lmp_rt_attention)(s->att, s->q, kc, vc, s->max_ctx, n, pos, nh,
                                                    nkv, hd, s->ascr, s->n_threads);
-    hook(hooks, layer, LMP_RT_O, s->att, n, qd);
-    matmul(s, s->xb, s->att, L->wo, NULL, n);
+have_attention:
+    hook(hooks, layer, LMP_RT_O, att, n, qd);
+    matmul(s, s->xb, att, L->wo, NULL, n);
     for (long i = 0; i < (long)n * dim; i++) h[i] += s->xb[i];
 
     /* MLP */

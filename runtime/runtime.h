@@ -43,6 +43,12 @@ struct lmp_rt_hooks {
      * NULL: no callback. */
     void (*linear_input)(void *user, int layer, enum lmp_rt_linear which, const float *x, int n,
                          int in);
+    /* Calibration passes only (lmp_rt_forward_layer): when not NULL, (n, n_heads*head_dim)
+     * taken as the layer's attention output instead of computing it: q/k/v, RoPE, the KV
+     * cache and attention are skipped (and the qkv hook is not called). For passes that re-run
+     * a layer whose input and q/k/v weights are those of a pass that saved this output (the
+     * "o" input seen by linear_input), e.g. GPTQ's later stages of the same layer. */
+    const float *attn;
 };
 
 /* ---- state and forward --------------------------------------------------------------- */

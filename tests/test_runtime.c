@@ -620,3 +620,52 @@ TEST(rt_cli_run)
     strcat(args, "'");
     run_bad(args);
 }
+
+/* hooks.attn: a layer re-run from the attention output another pass saved gives the same
+ * bits as computing it (GPTQ's later stages rely on this) and skips the q/k/v hook. */
+struct att_save {
+    float *o;  /* (n, qd) */
+    int layer, qkv_calls;
+};
+static void att_cb(void *user, int layer, enum lmp_rt_linear which, const float *x, int n, int in)
+{
+    struct att_save *a = user;
+    if (layer != a->layer) return;
+    if (which == LMP_RT_QKV) a->qkv_calls++;
+    if (which == LMP_RT_O && a->o) memcpy(a->o, x, sizeof(float) * (size_t)n * in);
+}
+
+TEST(rt_layer_from_saved_attention)
+{
+    struct lmp_model *m = odd_model(1);
+    REQUIRE(m);
+    const int n = 16, D = m->cfg.dim, l = 1;
+    const int qd = m->cfg.layer[l].n_heads * m->cfg.head_dim;
+    int32_t tok[16];
+    for (int i = 0; i < n; i++) tok[i] = (i * 29 + 3) % 101;
+    struct lmp_rt_state *s = NULL;
+    struct lmp_err err = {{0}};
+    REQUIRE(lmp_rt_state_create(m, 32, 16, NULL, &s, &err) == LMP_OK);
+    float *h0 = malloc(sizeof(float) * n * D), *h1 = malloc(sizeof(float) * n * D);
+    float *h2 = malloc(sizeof(float) * n * D), *att = malloc(sizeof(float) * n * qd);
+    REQUIRE(lmp_rt_forward_hidden(s, tok, n, 0, l, h0, NULL, &err) == LMP_OK);
+    memcpy(h1, h0, sizeof(float) * n * D);
+    memcpy(h2, h0, sizeof(float) * n * D);
+    struct att_save a = {.o = att, .layer = l};
+    struct lmp_rt_hooks hk = {.user = &a, .linear_input = att_cb};
+    REQUIRE(lmp_rt_forward_layer(s, l, h1, n, 0, &hk, &err) == LMP_OK);
+    CHECK_EQ_INT(a.qkv_calls, 1);
+    a.o = NULL;
+    hk.attn = att;
+    REQUIRE(lmp_rt_forward_layer(s, l, h2, n, 0, &hk, &err) == LMP_OK);
+    CHECK_EQ_INT(a.qkv_calls, 1); /* not called again */
+    CHECK(memcmp(h1, h2, sizeof(float) * n * D) == 0);
+    /* and a different attention output changes the result */
+    att[3] += 1.0f;
+    memcpy(h2, h0, sizeof(float) * n * D);
+    REQUIRE(lmp_rt_forward_layer(s, l, h2, n, 0, &hk, &err) == LMP_OK);
+    CHECK(memcmp(h1, h2, sizeof(float) * n * D) != 0);
+    free(h0), free(h1), free(h2), free(att);
+    lmp_rt_state_free(s);
+    lmp_model_free(m);
+}
