@@ -46,7 +46,7 @@ echo "Beyond the reference, each option alone and the best set (the reference co
 echo "reference GPTQ at the same bits and group; target for the best set: w4 g32 <= 4.40, w3 g32 <= 5.50)."
 echo "\`--tune N\` trains the fp16 group scales (codes and zeros fixed) for N Adam steps on the"
 echo "KL to the unquantized model over the calibration windows; \`--tune-norms\` adds the RMSNorm weights."
-echo "(seconds: the GPTQ/RTN part as quantize reports it; 64 tuning steps add about 30 s here.)"
+echo "(seconds: the GPTQ/RTN part as quantize reports it; 64 tuning steps add about 37 s here (2 cores).)"
 echo
 echo "| method | PPL | reference | bits/weight | seconds | command |"
 echo "| --- | ---: | ---: | ---: | ---: | --- |"
