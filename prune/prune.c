@@ -638,7 +638,9 @@ static enum lmp_status seq_run(struct seq *q, int l, double *Ho, double *Hd, str
     enum lmp_status st = LMP_OK;
     int failed = 0;
     int blas_prev = openblas_get_num_threads();
-    if (q->n_thr > 1) openblas_set_num_threads(1);
+    /* single-threaded BLAS inside each window whatever the thread count: OpenBLAS's
+     * partition of a product changes its rounding, and the result must not depend on it */
+    openblas_set_num_threads(1);
 #pragma omp parallel for ordered num_threads(q->n_thr) if (q->n_thr > 1) schedule(static, 1)
     for (int w = 0; w < q->nwin; w++) {
         int t = omp_get_thread_num(), stop;

@@ -745,9 +745,10 @@ enum lmp_status lmp_rt_train_forward(struct lmp_rt_train *tr, const int32_t *tok
     if (st) return st;
     int n_par = tr->n_thr < n_seq ? tr->n_thr : n_seq;
     /* OpenBLAS's thread count is process-wide: one per sequence-parallel thread, restored
-     * after */
+     * after; one also when a single sequence runs (n_par 1): OpenBLAS's partition of a
+     * product changes its rounding, and the result must not depend on the thread count */
     int blas_prev = openblas_get_num_threads();
-    if (n_par > 1) openblas_set_num_threads(1);
+    openblas_set_num_threads(1);
 #pragma omp parallel for num_threads(n_par) if (n_par > 1) schedule(static, 1)
     for (int b = 0; b < n_seq; b++)
         seq_forward(tr, &tr->ws[b], &tr->th[omp_get_thread_num()], tokens + (size_t)b * len, len,
@@ -770,7 +771,7 @@ enum lmp_status lmp_rt_train_backward(struct lmp_rt_train *tr, const float *dlog
     const int n_seq = tr->n_seq, len = tr->len, lowest = lowest_layer(tr, g);
     int n_par = tr->n_thr < n_seq ? tr->n_thr : n_seq;
     int blas_prev = openblas_get_num_threads();
-    if (n_par > 1) openblas_set_num_threads(1);
+    openblas_set_num_threads(1); /* as in lmp_rt_train_forward */
 #pragma omp parallel for ordered num_threads(n_par) if (n_par > 1) schedule(static, 1)
     for (int b = 0; b < n_seq; b++) {
         struct thr *th = &tr->th[omp_get_thread_num()];
@@ -799,7 +800,7 @@ enum lmp_status lmp_rt_train_step(struct lmp_rt_train *tr, const int32_t *tokens
     const int lowest = g ? lowest_layer(tr, g) : tr->nl, V = tr->vocab;
     int n_par = tr->n_thr < n_seq ? tr->n_thr : n_seq;
     int blas_prev = openblas_get_num_threads();
-    if (n_par > 1) openblas_set_num_threads(1);
+    openblas_set_num_threads(1); /* as in lmp_rt_train_forward */
     double total = 0;
     int failed = 0;
 #pragma omp parallel for ordered num_threads(n_par) if (n_par > 1) schedule(static, 1)

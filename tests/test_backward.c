@@ -126,7 +126,11 @@ TEST(bwd_train_forward_logits_equal_inference_forward)
             REQUIRE(lmp_rt_forward(s, tok + b * len, len, 0, ref, NULL, &err) == LMP_OK);
             char what[80];
             snprintf(what, sizeof what, "model %d sequence %d logits", k, b);
-            CHECK_CLOSE(what, lg + (size_t)b * len * V, ref, (long)len * V, 1e-6, 1e-6);
+            /* two code paths (OpenBLAS partitions the products differently): equal up to
+             * float rounding, a few ulp of the largest logit */
+            float mx = 0.0f;
+            for (long i = 0; i < (long)len * V; i++) mx = fmaxf(mx, fabsf(ref[i]));
+            CHECK_CLOSE(what, lg + (size_t)b * len * V, ref, (long)len * V, 2e-6 * mx + 1e-6, 1e-6);
         }
         lmp_rt_state_free(s);
         lmp_rt_train_free(tr);
