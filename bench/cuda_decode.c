@@ -3,7 +3,7 @@
  * the bandwidth it implies (weight bytes read per token x tokens/s) as a percentage of a
  * device-to-device cudaMemcpy measured in the same run (bytes read + bytes written).
  *
- *   build/cuda/cuda_decode [--layers N] [--tokens N] [--runs N] [--only NAME: f16, q4, f16-wN, q4-wN, f16-unfused, q4-unfused, q4exact, f32]
+ *   build/cuda/cuda_decode [--layers N] [--tokens N] [--runs N] [--only NAME: f16, q4, q4-w8, q4-w8-b1, q4-nopipe, q4-w8-nopipe, q4-layers, q4-layers-w8, q4-layers-nopipe, q4-layers-nopdl, q4-nograph, q4-legacy, q4-legacy-w1, q4-unfused, q4exact, f16-w4, f16-w2, f16-unfused, f32]
  *
  * Timing: CUDA events around `tokens` decode steps (positions 0..tokens-1, each step one
  * small kernel writing token and position plus one graph launch), after a warm-up of 16
@@ -73,16 +73,16 @@ struct row {
     int ok;
 };
 
-static int run_one(const char *name, enum lmp_cuda_wtype wt, int bits, int group, int exact, int nofuse, int warps,
-                   struct lmp_config *c, int tokens, int runs, double copy_gbs, struct row *r)
+static int run_one(const char *name, enum lmp_cuda_wtype wt, int bits, int group,
+                   const struct lmp_cuda_opts *o, struct lmp_config *c, int tokens, int runs,
+                   double copy_gbs, struct row *r)
 {
     struct lmp_cuda_state *s = NULL;
     struct lmp_err err = {{0}};
-    struct lmp_cuda_opts o = {0, 0, exact, 0, nofuse, warps};
     memset(r, 0, sizeof *r);
     r->name = name;
     enum lmp_status st =
-        lmp_cuda_state_create_random(c, tokens + 16, 1, wt, bits, group, 1234, &o, &s, &err);
+        lmp_cuda_state_create_random(c, tokens + 16, 1, wt, bits, group, 1234, o, &s, &err);
     if (st) {
         fprintf(stderr, "cuda_decode: %s: %s\n", name, err.msg);
         return st == LMP_ERR_UNSUPPORTED ? 2 : 1;
@@ -137,7 +137,7 @@ int main(int argc, char **argv)
         else if (!strcmp(argv[i], "--runs") && i + 1 < argc) runs = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--only") && i + 1 < argc) only = argv[++i];
         else {
-            fprintf(stderr, "usage: cuda_decode [--layers N] [--tokens N] [--runs N] [--only NAME: f16, q4, f16-wN, q4-wN, f16-unfused, q4-unfused, q4exact, f32]\n");
+            fprintf(stderr, "usage: cuda_decode [--layers N] [--tokens N] [--runs N] [--only NAME: f16, q4, q4-w8, q4-w8-b1, q4-nopipe, q4-w8-nopipe, q4-layers, q4-layers-w8, q4-layers-nopipe, q4-layers-nopdl, q4-nograph, q4-legacy, q4-legacy-w1, q4-unfused, q4exact, f16-w4, f16-w2, f16-unfused, f32]\n");
             return 2;
         }
     }
@@ -172,21 +172,32 @@ int main(int argc, char **argv)
     c.rope_theta = 10000.0f;
     c.norm_eps = 1e-5f;
     c.layer = lc;
+    /* q4: the fused streaming kernels (decode_q4.cu) with PDL, 16 warps per block; the
+     * rest are the comparisons docs/GPU.md reports */
     static const struct {
         const char *name;
         enum lmp_cuda_wtype wt;
-        int bits, group, exact, nofuse, warps;
-    } modes[] = {{"f16", LMP_CUDA_W_F16, 0, 0, 0, 0, 0},
-                 {"q4", LMP_CUDA_W_PACKED, 4, 128, 0, 0, 0},
-                 {"f16-w4", LMP_CUDA_W_F16, 0, 0, 0, 0, 4},
-                 {"f16-w2", LMP_CUDA_W_F16, 0, 0, 0, 0, 2},
-                 {"q4-w1", LMP_CUDA_W_PACKED, 4, 128, 0, 0, 1},
-                 {"q4-w4", LMP_CUDA_W_PACKED, 4, 128, 0, 0, 4},
-                 {"q4-w8", LMP_CUDA_W_PACKED, 4, 128, 0, 0, 8},
-                 {"f16-unfused", LMP_CUDA_W_F16, 0, 0, 0, 1, 0},
-                 {"q4-unfused", LMP_CUDA_W_PACKED, 4, 128, 0, 1, 0},
-                 {"q4exact", LMP_CUDA_W_PACKED, 4, 128, 1, 0, 0},
-                 {"f32", LMP_CUDA_W_F32, 0, 0, 0, 0, 0}};
+        int bits, group;
+        struct lmp_cuda_opts o;
+    } modes[] = {{"f16", LMP_CUDA_W_F16, 0, 0, {.device = 0}},
+                 {"q4", LMP_CUDA_W_PACKED, 4, 128, {.device = 0}},
+                 {"q4-w8", LMP_CUDA_W_PACKED, 4, 128, {.q4_warps = 8}},
+                 {"q4-w8-b1", LMP_CUDA_W_PACKED, 4, 128, {.q4_warps = 8, .q4_bps = 1}},
+                 {"q4-nopipe", LMP_CUDA_W_PACKED, 4, 128, {.q4_pipe = 2}},
+                 {"q4-w8-nopipe", LMP_CUDA_W_PACKED, 4, 128, {.q4_warps = 8, .q4_pipe = 2}},
+                 {"q4-layers", LMP_CUDA_W_PACKED, 4, 128, {.no_mega = 1}},
+                 {"q4-layers-w8", LMP_CUDA_W_PACKED, 4, 128, {.no_mega = 1, .q4_warps = 8}},
+                 {"q4-layers-nopipe", LMP_CUDA_W_PACKED, 4, 128, {.no_mega = 1, .q4_pipe = 2}},
+                 {"q4-layers-nopdl", LMP_CUDA_W_PACKED, 4, 128, {.no_mega = 1, .no_pdl = 1}},
+                 {"q4-nograph", LMP_CUDA_W_PACKED, 4, 128, {.no_graph = 1}},
+                 {"q4-legacy", LMP_CUDA_W_PACKED, 4, 128, {.legacy_decode = 1}},
+                 {"q4-legacy-w1", LMP_CUDA_W_PACKED, 4, 128, {.gemv_warps = 1, .legacy_decode = 1}},
+                 {"q4-unfused", LMP_CUDA_W_PACKED, 4, 128, {.no_fuse = 1}},
+                 {"q4exact", LMP_CUDA_W_PACKED, 4, 128, {.exact_gemv = 1}},
+                 {"f16-w4", LMP_CUDA_W_F16, 0, 0, {.gemv_warps = 4}},
+                 {"f16-w2", LMP_CUDA_W_F16, 0, 0, {.gemv_warps = 2}},
+                 {"f16-unfused", LMP_CUDA_W_F16, 0, 0, {.no_fuse = 1}},
+                 {"f32", LMP_CUDA_W_F32, 0, 0, {.device = 0}}};
     enum { N_MODES = sizeof modes / sizeof modes[0] };
     struct row rows[N_MODES];
     int nr = 0, rc = 0;
@@ -195,8 +206,8 @@ int main(int argc, char **argv)
     fflush(stdout);
     for (int k = 0; k < N_MODES; k++) {
         if (only ? strcmp(only, modes[k].name) != 0 : k == N_MODES - 1) continue; /* f32 on request */
-        int e = run_one(modes[k].name, modes[k].wt, modes[k].bits, modes[k].group, modes[k].exact,
-                        modes[k].nofuse, modes[k].warps, &c, tokens, runs, copy_gbs, &rows[nr]);
+        int e = run_one(modes[k].name, modes[k].wt, modes[k].bits, modes[k].group, &modes[k].o, &c,
+                        tokens, runs, copy_gbs, &rows[nr]);
         if (e) rc = e;
         else nr++;
     }

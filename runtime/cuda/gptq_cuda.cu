@@ -836,7 +836,10 @@ extern "C" enum lmp_status lmp_cuda_quant_model(struct lmp_model *m, const int32
         if (qd > maxin) maxin = qd;
         if (c->layer[l].ffn > maxin) maxin = c->layer[l].ffn;
     }
-    struct lmp_cuda_opts co = {device, 0, 1, 1, 0, 0};
+    struct lmp_cuda_opts co = {};
+    co.device = device;
+    co.exact_gemv = 1;
+    co.no_graph = 1;
     if (!pend || !pend_t) {
         st = lmp_err_set(err, LMP_ERR_NOMEM, "out of memory");
         goto done;

@@ -66,6 +66,57 @@ struct cu_layer {
 };
 enum { CU_WQ = 0, CU_WK, CU_WV, CU_WO, CU_WGATE, CU_WUP, CU_WDOWN };
 
+/* ---- the fused 4-bit decode kernels' arguments (decode_q4.cu; described below) ---- */
+enum { Q4F_PLAIN = 0, Q4F_GU = 1, Q4F_QKV = 2 };
+#define Q4F_MAX 3
+#define Q4F_WARPS 16 /* warps per block by default (8 or 16) */
+#define Q4F_PIPE 1   /* by default the next step's loads are in flight during a step */
+#define Q4F_BPS 0    /* blocks per SM by default (0: as many as fit) */
+struct q4f_mat {
+    const uint8_t *codes;
+    const __half *s, *z;
+    const float *bias;
+    float *y;
+    int rows, unit0;
+};
+struct q4f_args {
+    struct q4f_mat m[Q4F_MAX];
+    int n, units, cols, ng, gshift, acc, hd, kvd, bps;
+    size_t row_bytes;
+    const float *x, *norm, *cs;
+    const int *pos;
+    float *kc, *vc;
+    float eps;
+};
+struct q4f_extra {
+    const float *x, *norm; /* input (cols), RMSNorm weights or NULL */
+    float eps;
+    int acc;               /* PLAIN: y += */
+    const float *cs;       /* QKV: rope table (max_ctx, hd), position, caches at the layer */
+    const int *pos;
+    float *kc, *vc;
+    int hd, kvd;
+    int warps, pdl;        /* warps per block (8, 16), programmatic dependent launch */
+    int pipe;              /* a warp's next step loaded while the current one is computed */
+    int bps;               /* blocks per SM of the persistent grid (0: as many as fit) */
+};
+
+struct q4f_layer_args {
+    struct q4f_args qkv, o, gu, down;
+    const float *q;         /* attention: q (nh*hd) in, att (nh*hd) out, the layer's caches */
+    float *att;
+    const float *kc, *vc;
+    int nh, nkv;
+};
+struct q4f_mega_args {
+    const struct q4f_layer_args *L; /* (n_layers), device memory */
+    struct q4f_args head;
+    const int *pos;
+    unsigned *bar;          /* barrier counter, zeroed by k_q4f_mega before the launch */
+    float scale;            /* 1 / sqrt(hd) */
+    int n_layers, hd, has_head;
+};
+
 struct lmp_cuda_state {
     int device;
     int dim, n_layers, hd, vocab, max_ctx, max_batch;
@@ -74,6 +125,14 @@ struct lmp_cuda_state {
     int exact_gemv, no_graph;
     int no_fuse;             /* decode one product per launch (comparisons) */
     int gemv_warps;          /* warps per matrix-vector block (0: the default per mode) */
+    int q4f;                 /* 4-bit decode through the fused kernels where they apply */
+    int pdl, q4_warps;       /* their launch: programmatic dependent launch, warps per block */
+    int q4_bps;              /* and blocks per SM (0: as many as fit) */
+    int q4_pipe;             /* software-pipelined steps */
+    int q4_mega;             /* the whole decode step in one persistent kernel where it applies */
+    int mk_state;            /* 0 not yet looked at, 1 ready, -1 does not apply */
+    struct q4f_mega_args mk; /* its arguments (mk.L, mk.bar in device memory) */
+    size_t mk_smem;
     struct cu_layer *L;      /* (n_layers), host array of device pointers */
     float *tok_embd;         /* (vocab, dim) */
     float *out_norm;         /* (dim) */
@@ -119,10 +178,11 @@ void k_rope_store(cudaStream_t st, float *q, const float *k, const float *v, flo
 /* stores k, v (n, kvd) into the position-major caches (max_ctx, kvd) at *pos + i */
 void k_kv_store(cudaStream_t st, float *kc, float *vc, const float *k, const float *v, int n,
                 int kvd, const int *pos);
-/* causal GQA attention over the position-major cache; q, out (n, nh*hd) */
+/* causal GQA attention over the position-major cache; q, out (n, nh*hd); pdl: launched
+ * with programmatic dependent launch (after a kernel that triggers it) */
 enum lmp_status k_attention(cudaStream_t st, float *out, const float *q, const float *kc,
                             const float *vc, int n, const int *pos, int max_pos, int nh, int nkv,
-                            int hd, size_t smem_max, struct lmp_err *err);
+                            int hd, size_t smem_max, int pdl, struct lmp_err *err);
 void k_swiglu(cudaStream_t st, float *g, const float *u, long count);
 void k_add_bias(cudaStream_t st, float *y, const float *b, int n, int out);
 void k_embed(cudaStream_t st, float *h, const float *emb, const int32_t *tok, int n, int dim);
@@ -169,6 +229,34 @@ enum lmp_status k_gemv_multi(cudaStream_t st, const struct cu_mat *const *m, flo
 /* y (dim) = rmsnorm(x) * w for one row, and xp = its GEMV_Q4H preparation (no perm) */
 void k_rmsnorm_prep_q4h(cudaStream_t st, float *y, const float *x, const float *w, int dim,
                         float eps, void *xp);
+/* ---- decode of 4-bit models: fused streaming kernels (decode_q4.cu) ----
+ * Q4F_QKV: q, k, v = W{q,k,v} (rmsnorm(x) * norm) (+ bias), RoPE of q and k at *pos, k and v
+ * into the caches at *pos (y[0] = q; k, v go to kc, vc only); Q4F_GU: y[0] = silu(Wg xn) *
+ * (Wu xn); Q4F_PLAIN: y[0] (+)= W x' (+ bias), x' = x or rmsnorm(x) * norm. k_q4f_ok says
+ * whether the matrices qualify (4-bit GEMV_Q4H layout, no perm, equal cols and groups;
+ * QKV: 3 with even rows; GU: 2 of equal rows, no bias; the input fits shared memory).
+ * x and norm must be 16-byte aligned. */
+/* The whole decode step of a model whose layers all qualify in one cooperative launch
+ * (q4f_mega in decode_q4.cu): per layer Q4F_QKV, attention, o (PLAIN, acc into h), GU, down
+ * (PLAIN, acc into h), then the head (PLAIN with the output norm) when it qualifies; grid-wide
+ * barriers between the phases. Layer arguments live in device memory. */
+/* fills a as k_q4f launches it */
+void k_q4f_args(struct q4f_args *a, const struct cu_mat *const *m, float *const *y, int n,
+                int mode, const struct q4f_extra *x);
+/* shared memory of the persistent kernel for inputs up to max_cols and attention over
+ * max_ctx positions of head size hd; 0 when warps is not 8 or 16 */
+size_t k_q4f_mega_smem(int max_cols, int hd, int max_ctx, int warps);
+/* LMP_ERR_UNSUPPORTED when the device cannot run it (no cooperative launch, too much shared
+ * memory for one block per SM) */
+enum lmp_status k_q4f_mega(cudaStream_t st, const struct q4f_mega_args *P, int warps, int pipe,
+                           int bps, size_t smem, struct lmp_err *err);
+int k_q4f_mat_ok(const struct cu_mat *m);
+size_t k_q4f_smem(int cols);
+int k_q4f_ok(const struct cu_mat *const *m, int n, int mode, size_t smem_max);
+enum lmp_status k_q4f(cudaStream_t st, const struct cu_mat *const *m, float *const *y, int n,
+                      int mode, const struct q4f_extra *x, struct lmp_err *err);
+enum lmp_status k_q4f_init_attrs(size_t smem_max, struct lmp_err *err);
+
 /* nll (n) double */
 void k_nll(cudaStream_t st, double *nll, const float *logits, const int32_t *target, int n,
            int vocab);

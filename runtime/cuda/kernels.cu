@@ -12,62 +12,19 @@
  * sits in shared memory, swizzled so that the lanes of a warp, which read 32 consecutive
  * chunks, hit distinct banks; a perm (act-order) is applied while filling it. */
 #include "internal.h"
+#include "reduce.cuh"
+#include "attention.cuh"
 
 #include <math.h>
 #include <string.h>
 
 #define WARP 32
 
-static __device__ __forceinline__ float warp_sum(float v)
-{
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
 static __device__ __forceinline__ double warp_sum_d(double v)
 {
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
     return v;
-}
-static __device__ __forceinline__ float warp_max(float v)
-{
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-    return v;
-}
-
-/* Sum / max over the block (blockDim.x a multiple of 32, <= 1024); every thread gets it.
- * red: 33 floats of shared memory. */
-static __device__ float block_sum(float v, float *red)
-{
-    int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
-    v = warp_sum(v);
-    __syncthreads();
-    if (lane == 0) red[w] = v;
-    __syncthreads();
-    if (w == 0) {
-        float t = lane < nw ? red[lane] : 0.0f;
-        t = warp_sum(t);
-        if (lane == 0) red[32] = t;
-    }
-    __syncthreads();
-    return red[32];
-}
-static __device__ float block_max(float v, float *red)
-{
-    int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
-    v = warp_max(v);
-    __syncthreads();
-    if (lane == 0) red[w] = v;
-    __syncthreads();
-    if (w == 0) {
-        float t = lane < nw ? red[lane] : -INFINITY;
-        t = warp_max(t);
-        if (lane == 0) red[32] = t;
-    }
-    __syncthreads();
-    return red[32];
 }
 static __device__ double block_sum_d(double v, double *red)
 {
@@ -208,91 +165,57 @@ void k_rope_store(cudaStream_t st, float *q, const float *k, const float *v, flo
 
 #define ATT_THREADS 512
 
-/* One block per (query row i, head h): scores of the T = *pos + i + 1 visible positions
- * into shared memory (a warp per position, lanes over the head dimension, so every K row is
- * read coalesced), softmax in place, then out = P V with threads over (position slice,
- * head dimension). Caches are position-major (max_ctx, nkv*hd). Shared memory: hd + T +
- * ATT_THREADS + 33 floats. */
+/* One block per (query row i, head h): attention.cuh's att_row. Before waiting for its
+ * predecessor (programmatic dependent launch, decode) the block reads *pos and prefetches K
+ * and V rows 0 .. *pos - 1 of its head into L2: those rows come from earlier steps, and *pos
+ * is written before the step's first, normally launched kernel. */
+#define ATT_SMEM(hd, max_pos) ATT_ROW_SMEM(ATT_THREADS, hd, max_pos)
 __global__ void __launch_bounds__(ATT_THREADS)
 attention_kernel(float *out, const float *q, const float *kc, const float *vc, const int *pos,
                  int nh, int nkv, int hd, float scale)
 {
-    extern __shared__ float sm[];
+    extern __shared__ __align__(16) float sm[];
     const int i = blockIdx.x, h = blockIdx.y;
-    const int T = *pos + i + 1;
     const int kvd = nkv * hd, kh = h / (nh / nkv);
-    float *qs = sm, *s = sm + hd, *part = s + T, *red = part + ATT_THREADS;
-    const float *qi = q + ((size_t)i * nh + h) * hd;
-    const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5, nw = ATT_THREADS / 32;
-    for (int d = tid; d < hd; d += ATT_THREADS) qs[d] = qi[d];
-    __syncthreads();
-    /* two positions per warp and step: their loads are in flight together */
-    for (int t0 = w; t0 < T; t0 += 2 * nw) {
-        const int t1 = t0 + nw < T ? t0 + nw : t0;
-        const float *k0 = kc + (size_t)t0 * kvd + (size_t)kh * hd;
-        const float *k1 = kc + (size_t)t1 * kvd + (size_t)kh * hd;
-        float a0 = 0.0f, a1 = 0.0f;
-        for (int d = lane; d < hd; d += 32) {
-            a0 += qs[d] * k0[d];
-            a1 += qs[d] * k1[d];
-        }
-        a0 = warp_sum(a0);
-        a1 = warp_sum(a1);
-        if (lane == 0) {
-            s[t0] = a0 * scale;
-            s[t1] = a1 * scale; /* t1 == t0 when past the end: the same value */
+    pdl_trigger();
+    const int p0 = *pos;
+    {
+        const int lines = (hd * 4 + 127) / 128; /* 128-byte lines per row and head */
+        for (int t = threadIdx.x; t < p0 * lines; t += ATT_THREADS) {
+            const size_t off = (size_t)(t / lines) * kvd + (size_t)kh * hd + (size_t)(t % lines) * 32;
+            asm volatile("prefetch.global.L2 [%0];" ::"l"(kc + off));
+            asm volatile("prefetch.global.L2 [%0];" ::"l"(vc + off));
         }
     }
-    __syncthreads();
-    float mx = -INFINITY;
-    for (int t = tid; t < T; t += ATT_THREADS) mx = fmaxf(mx, s[t]);
-    mx = block_max(mx, red);
-    float sum = 0.0f;
-    for (int t = tid; t < T; t += ATT_THREADS) {
-        float e = expf(s[t] - mx);
-        s[t] = e;
-        sum += e;
-    }
-    sum = block_sum(sum, red); /* ends with a barrier: s[] is complete */
-    float *o = out + ((size_t)i * nh + h) * hd;
-    const float *vb = vc + (size_t)kh * hd;
-    if (hd <= ATT_THREADS) {
-        const int ng = ATT_THREADS / hd, gi = tid / hd, d = tid % hd;
-        float a = 0.0f;
-        if (gi < ng) {
-#pragma unroll 4
-            for (int t = gi; t < T; t += ng) a += s[t] * vb[(size_t)t * kvd + d];
-        }
-        part[tid] = a;
-        __syncthreads();
-        if (gi == 0) {
-            float acc = part[d];
-            for (int g = 1; g < ng; g++) acc += part[g * hd + d];
-            o[d] = acc / sum;
-        }
-    } else {
-        for (int d = tid; d < hd; d += ATT_THREADS) {
-            float a = 0.0f;
-            for (int t = 0; t < T; t++) a += s[t] * vb[(size_t)t * kvd + d];
-            o[d] = a / sum;
-        }
-    }
+    pdl_wait(); /* q and row *pos + i of the caches come from the previous kernel */
+    att_row<ATT_THREADS, false>(out + ((size_t)i * nh + h) * hd, q + ((size_t)i * nh + h) * hd, kc,
+                                vc, p0 + i + 1, kvd, kh, hd, scale, sm);
 }
 
 enum lmp_status k_attention(cudaStream_t st, float *out, const float *q, const float *kc,
                             const float *vc, int n, const int *pos, int max_pos, int nh, int nkv,
-                            int hd, size_t smem_max, struct lmp_err *err)
+                            int hd, size_t smem_max, int pdl, struct lmp_err *err)
 {
-    size_t smem = ((size_t)hd + (size_t)max_pos + ATT_THREADS + 33) * sizeof(float);
+    size_t smem = ATT_SMEM(hd, max_pos) * sizeof(float);
     if (smem > smem_max)
         return lmp_err_set(err, LMP_ERR_UNSUPPORTED,
                            "CUDA attention: context %d with head size %d needs %zu bytes of "
                            "shared memory, the device allows %zu",
                            max_pos, hd, smem, smem_max);
     if (n <= 0) return LMP_OK;
-    dim3 grid((unsigned)n, (unsigned)nh);
-    attention_kernel<<<grid, ATT_THREADS, smem, st>>>(out, q, kc, vc, pos, nh, nkv, hd,
-                                                      1.0f / sqrtf((float)hd));
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = dim3((unsigned)n, (unsigned)nh);
+    cfg.blockDim = dim3(ATT_THREADS);
+    cfg.dynamicSmemBytes = smem;
+    cfg.stream = st;
+    cudaLaunchAttribute at[1];
+    at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    at[0].val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = at;
+    cfg.numAttrs = pdl ? 1 : 0;
+    CU_TRY(cudaLaunchKernelEx(&cfg, attention_kernel, out, q, kc, vc, pos, nh, nkv, hd,
+                              1.0f / sqrtf((float)hd)),
+           "attention kernel");
     CU_LAUNCHED("attention kernel");
     return LMP_OK;
 }
@@ -1088,7 +1011,7 @@ enum lmp_status k_init_attrs(size_t smem_max, struct lmp_err *err)
     int v = (int)smem_max;
     CU_TRY(cudaFuncSetAttribute(attention_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, v),
            "attention kernel attributes");
-    return LMP_OK;
+    return k_q4f_init_attrs(smem_max, err);
 }
 
 /* ---- NLL ------------------------------------------------------------------------------ */

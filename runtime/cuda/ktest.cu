@@ -119,7 +119,8 @@ extern "C" enum lmp_status lmp_cuda_k_attention(float *out, const float *q, cons
     TRY(up(&b, (void **)&dpos, pz, sizeof pz, err));
     TRY(poison(dout, (size_t)n * n_heads * hd, err));
     TRY(k_init_attrs(smem_limit(), err));
-    TRY(k_attention(0, dout, dq, dk, dv, n, dpos, ld, n_heads, n_kv, hd, smem_limit(), err));
+    /* with the PDL attribute (its prefetch before the wait; no predecessor to overlap) */
+    TRY(k_attention(0, dout, dq, dk, dv, n, dpos, ld, n_heads, n_kv, hd, smem_limit(), 1, err));
     TRY(down(out, dout, qs, err));
 done:
     free(k2);
@@ -227,6 +228,24 @@ extern "C" enum lmp_status lmp_cuda_k_qmatmul(const struct lmp_qview *w, const f
     TRY(poison(dy, (size_t)n * w->rows, err));
     if (variant == 2) {
         TRY(cu_linear(&s, dy, dx, &m, n, 0, err));
+    } else if (variant == 3 || variant == 4) { /* the fused decode kernels, row by row */
+        const struct cu_mat *mm[2] = {&m, &m};
+        const int mode = variant == 3 ? Q4F_PLAIN : Q4F_GU;
+        if (!k_q4f_ok(mm, variant == 3 ? 1 : 2, mode, s.smem_max)) {
+            st = lmp_err_set(err, LMP_ERR_UNSUPPORTED, "matrix not eligible for the fused decode kernels");
+            goto done;
+        }
+        struct q4f_extra x;
+        memset(&x, 0, sizeof x);
+        x.warps = Q4F_WARPS;
+        x.pipe = Q4F_PIPE;
+        x.pdl = 1;
+        for (int i = 0; i < n; i++) {
+            float *yy[2] = {dy + (size_t)i * w->rows, NULL};
+            x.x = dx + (size_t)i * w->cols;
+            TRY(k_q4f(0, mm, yy, variant == 3 ? 1 : 2, mode, &x, err));
+        }
+        CU_TRY(cudaDeviceSynchronize(), "fused decode kernel");
     } else {
         const int mode = k_gemv_mode(&m, variant == 0);
         void *xp;

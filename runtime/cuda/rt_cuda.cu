@@ -363,7 +363,7 @@ extern "C" enum lmp_status lmp_cuda_state_create(const struct lmp_model *m, int 
                                                  struct lmp_err *err)
 {
     *out = NULL;
-    struct lmp_cuda_opts dflt = {0, 0, 0, 0, 0, 0};
+    struct lmp_cuda_opts dflt = {};
     if (!o) o = &dflt;
     const struct lmp_config *c = &m->cfg;
     if (!m->layers || !m->tok_embd || !m->out || !m->out_norm || !c->layer)
@@ -389,6 +389,12 @@ extern "C" enum lmp_status lmp_cuda_state_create(const struct lmp_model *m, int 
     s->no_graph = o->no_graph;
     s->no_fuse = o->no_fuse;
     s->gemv_warps = o->gemv_warps;
+    s->q4f = !o->no_fuse && !o->exact_gemv && !o->legacy_decode;
+    s->pdl = !o->no_pdl;
+    s->q4_warps = o->q4_warps == 8 || o->q4_warps == 16 ? o->q4_warps : Q4F_WARPS;
+    s->q4_bps = o->q4_bps > 0 ? o->q4_bps : Q4F_BPS;
+    s->q4_pipe = o->q4_pipe == 1 ? 1 : o->q4_pipe == 2 ? 0 : Q4F_PIPE;
+    s->q4_mega = s->q4f && !o->no_mega;
     s->L = (struct cu_layer *)calloc((size_t)c->n_layers, sizeof *s->L);
     if (!s->L) {
         st = lmp_err_set(err, LMP_ERR_NOMEM, "out of memory");
@@ -516,7 +522,7 @@ extern "C" enum lmp_status lmp_cuda_state_create_random(const struct lmp_config 
                                                         struct lmp_err *err)
 {
     *out = NULL;
-    struct lmp_cuda_opts dflt = {0, 0, 0, 0, 0, 0};
+    struct lmp_cuda_opts dflt = {};
     if (!o) o = &dflt;
     if (c->dim < 1 || c->n_layers < 1 || c->head_dim < 2 || c->head_dim % 2 || c->vocab < 1 ||
         !c->layer || max_ctx < 1 || max_batch < 1)
@@ -544,6 +550,12 @@ extern "C" enum lmp_status lmp_cuda_state_create_random(const struct lmp_config 
     s->no_graph = o->no_graph;
     s->no_fuse = o->no_fuse;
     s->gemv_warps = o->gemv_warps;
+    s->q4f = !o->no_fuse && !o->exact_gemv && !o->legacy_decode;
+    s->pdl = !o->no_pdl;
+    s->q4_warps = o->q4_warps == 8 || o->q4_warps == 16 ? o->q4_warps : Q4F_WARPS;
+    s->q4_bps = o->q4_bps > 0 ? o->q4_bps : Q4F_BPS;
+    s->q4_pipe = o->q4_pipe == 1 ? 1 : o->q4_pipe == 2 ? 0 : Q4F_PIPE;
+    s->q4_mega = s->q4f && !o->no_mega;
     s->L = (struct cu_layer *)calloc((size_t)c->n_layers, sizeof *s->L);
     /* the stream exists before cu_state_finish so the random fills can run on it */
     if (!s->L) {
@@ -652,6 +664,144 @@ static void hook(const struct lmp_cuda_hooks *hk, int layer, enum lmp_rt_linear 
     if (hk && hk->linear_input) hk->linear_input(hk->user, layer, w, x, n, in);
 }
 
+static int al16(const void *p) { return ((uintptr_t)p & 15) == 0; }
+
+/* Whether layer l decodes through the fused 4-bit kernels (decode_q4.cu). */
+static int layer_q4f(const struct lmp_cuda_state *s, const struct cu_layer *L)
+{
+    if (!s->q4f || s->hd % 2) return 0;
+    const struct cu_mat *qkv[3] = {&L->m[CU_WQ], &L->m[CU_WK], &L->m[CU_WV]};
+    const struct cu_mat *gu[2] = {&L->m[CU_WGATE], &L->m[CU_WUP]};
+    const struct cu_mat *wo = &L->m[CU_WO], *wd = &L->m[CU_WDOWN];
+    return k_q4f_ok(qkv, 3, Q4F_QKV, s->smem_max) && k_q4f_ok(&wo, 1, Q4F_PLAIN, s->smem_max) &&
+           k_q4f_ok(gu, 2, Q4F_GU, s->smem_max) && k_q4f_ok(&wd, 1, Q4F_PLAIN, s->smem_max) &&
+           al16(s->h) && al16(s->att) && al16(s->g) && al16(L->attn_norm) && al16(L->ffn_norm);
+}
+
+/* Decode of one layer (n == 1) through the fused 4-bit kernels: five launches. */
+static enum lmp_status layer_q4f_fwd(struct lmp_cuda_state *s, int l, float *h, struct lmp_err *err)
+{
+    const struct cu_layer *L = &s->L[l];
+    cudaStream_t st = s->stream;
+    const int hd = s->hd, kvd = L->nkv * hd;
+    enum lmp_status e;
+    struct q4f_extra x;
+    memset(&x, 0, sizeof x);
+    x.eps = s->norm_eps;
+    x.warps = s->q4_warps;
+    x.bps = s->q4_bps;
+    x.pipe = s->q4_pipe;
+    x.pdl = s->pdl;
+    x.cs = s->rope_cs;
+    x.pos = s->d_pos;
+    x.kc = s->k_cache + s->kv_off[l];
+    x.vc = s->v_cache + s->kv_off[l];
+    x.hd = hd;
+    x.kvd = kvd;
+    const struct cu_mat *qkv[3] = {&L->m[CU_WQ], &L->m[CU_WK], &L->m[CU_WV]};
+    const struct cu_mat *gu[2] = {&L->m[CU_WGATE], &L->m[CU_WUP]};
+    const struct cu_mat *wo = &L->m[CU_WO], *wd = &L->m[CU_WDOWN];
+    float *yq[3] = {s->q, s->k, s->v}, *yh[1] = {h}, *yg[2] = {s->g, NULL};
+    x.x = h;
+    x.norm = L->attn_norm;
+    if ((e = k_q4f(st, qkv, yq, 3, Q4F_QKV, &x, err))) return e;
+    if ((e = k_attention(st, s->att, s->q, x.kc, x.vc, 1, s->d_pos, s->max_ctx, L->nh, L->nkv, hd,
+                         s->smem_max, s->pdl, err)))
+        return e;
+    x.x = s->att;
+    x.norm = NULL;
+    x.acc = 1;
+    if ((e = k_q4f(st, &wo, yh, 1, Q4F_PLAIN, &x, err))) return e;
+    x.x = h;
+    x.norm = L->ffn_norm;
+    x.acc = 0;
+    if ((e = k_q4f(st, gu, yg, 2, Q4F_GU, &x, err))) return e;
+    x.x = s->g;
+    x.norm = NULL;
+    x.acc = 1;
+    return k_q4f(st, &wd, yh, 1, Q4F_PLAIN, &x, err);
+}
+
+/* Whether the decode step runs as one persistent kernel (q4f_mega): every layer through the
+ * fused kernels, the shared memory fits; builds its arguments once (the state's buffers do
+ * not move). */
+static int mega_ready(struct lmp_cuda_state *s)
+{
+    if (s->mk_state) return s->mk_state > 0;
+    s->mk_state = -1;
+    if (!s->q4_mega) return 0;
+    int max_cols = s->dim;
+    for (int l = 0; l < s->n_layers; l++) {
+        if (!layer_q4f(s, &s->L[l])) return 0;
+        if (s->L[l].m[CU_WO].cols > max_cols) max_cols = s->L[l].m[CU_WO].cols;
+        if (s->L[l].m[CU_WDOWN].cols > max_cols) max_cols = s->L[l].m[CU_WDOWN].cols;
+    }
+    const size_t smem = k_q4f_mega_smem(max_cols, s->hd, s->max_ctx, s->q4_warps);
+    if (!smem || smem + 1024 > s->smem_max) return 0;
+    struct q4f_layer_args *h = (struct q4f_layer_args *)calloc((size_t)s->n_layers, sizeof *h);
+    if (!h) return 0;
+    struct lmp_err err;
+    struct q4f_extra x;
+    memset(&x, 0, sizeof x);
+    x.eps = s->norm_eps;
+    x.cs = s->rope_cs;
+    x.pos = s->d_pos;
+    x.hd = s->hd;
+    for (int l = 0; l < s->n_layers; l++) {
+        const struct cu_layer *L = &s->L[l];
+        const struct cu_mat *qkv[3] = {&L->m[CU_WQ], &L->m[CU_WK], &L->m[CU_WV]};
+        const struct cu_mat *gu[2] = {&L->m[CU_WGATE], &L->m[CU_WUP]};
+        const struct cu_mat *wo = &L->m[CU_WO], *wd = &L->m[CU_WDOWN];
+        float *yq[3] = {s->q, s->k, s->v}, *yh[1] = {s->h}, *yg[2] = {s->g, NULL};
+        x.kc = s->k_cache + s->kv_off[l];
+        x.vc = s->v_cache + s->kv_off[l];
+        x.kvd = L->nkv * s->hd;
+        x.x = s->h, x.norm = L->attn_norm, x.acc = 0;
+        k_q4f_args(&h[l].qkv, qkv, yq, 3, Q4F_QKV, &x);
+        x.x = s->att, x.norm = NULL, x.acc = 1;
+        k_q4f_args(&h[l].o, &wo, yh, 1, Q4F_PLAIN, &x);
+        x.x = s->h, x.norm = L->ffn_norm, x.acc = 0;
+        k_q4f_args(&h[l].gu, gu, yg, 2, Q4F_GU, &x);
+        x.x = s->g, x.norm = NULL, x.acc = 1;
+        k_q4f_args(&h[l].down, &wd, yh, 1, Q4F_PLAIN, &x);
+        h[l].q = s->q;
+        h[l].att = s->att;
+        h[l].kc = x.kc;
+        h[l].vc = x.vc;
+        h[l].nh = L->nh;
+        h[l].nkv = L->nkv;
+    }
+    struct q4f_mega_args *P = &s->mk;
+    memset(P, 0, sizeof *P);
+    void *dl = NULL, *db = NULL;
+    const size_t bytes = (size_t)s->n_layers * sizeof *h;
+    if (cu_state_alloc(s, &dl, bytes, "decode kernel arguments", &err) ||
+        cu_state_alloc(s, &db, sizeof(unsigned), "decode kernel arguments", &err) ||
+        cudaMemcpy(dl, h, bytes, cudaMemcpyHostToDevice) != cudaSuccess) {
+        (void)cudaGetLastError();
+        free(h);
+        return 0;
+    }
+    free(h);
+    P->L = (const struct q4f_layer_args *)dl;
+    P->bar = (unsigned *)db;
+    P->pos = s->d_pos;
+    P->scale = 1.0f / sqrtf((float)s->hd);
+    P->n_layers = s->n_layers;
+    P->hd = s->hd;
+    const struct cu_mat *head = &s->out;
+    P->has_head = k_q4f_ok(&head, 1, Q4F_PLAIN, s->smem_max) && al16(s->out_norm) &&
+                  k_q4f_smem(head->cols) <= smem;
+    if (P->has_head) {
+        float *yl[1] = {s->logits};
+        x.x = s->h, x.norm = s->out_norm, x.acc = 0;
+        k_q4f_args(&P->head, &head, yl, 1, Q4F_PLAIN, &x);
+    }
+    s->mk_smem = smem;
+    s->mk_state = 1;
+    return 1;
+}
+
 /* One block on h (n, dim); the position is *s->d_pos on the device. */
 static enum lmp_status layer_fwd(struct lmp_cuda_state *s, int l, float *h, int n,
                                  const struct lmp_cuda_hooks *hk, struct lmp_err *err)
@@ -684,7 +834,7 @@ static enum lmp_status layer_fwd(struct lmp_cuda_state *s, int l, float *h, int 
         return e;
     k_rope_store(st, s->q, s->k, s->v, kc, vc, n, L->nh, L->nkv, hd, s->rope_cs, s->d_pos);
     if ((e = k_attention(st, s->att, s->q, kc, vc, n, s->d_pos, s->max_ctx, L->nh, L->nkv, hd,
-                         s->smem_max, err)))
+                         s->smem_max, 0, err)))
         return e;
     hook(hk, l, LMP_RT_O, s->att, n, qd);
     c.x = NULL; /* xprep may hold another input now */
@@ -716,10 +866,41 @@ static enum lmp_status batch_fwd(struct lmp_cuda_state *s, int n, int want_logit
 {
     enum lmp_status e;
     k_embed(s->stream, s->h, s->tok_embd, s->d_tok, n, s->dim);
+    if (n == 1 && mega_ready(s)) { /* the whole step in one launch */
+        if ((e = k_q4f_mega(s->stream, &s->mk, s->q4_warps, s->q4_pipe, s->q4_bps, s->mk_smem, err)))
+            return e;
+        if (!want_logits) return LMP_OK;
+        if (!s->mk.has_head) {
+            struct xp_cache c = {NULL, -1, NULL};
+            k_rmsnorm(s->stream, s->xb, s->h, s->out_norm, n, s->dim, s->norm_eps);
+            if ((e = lin(s, s->logits, s->xb, &s->out, n, 0, &c, err))) return e;
+        }
+        CU_LAUNCHED("head");
+        return LMP_OK;
+    }
     for (int l = 0; l < s->n_layers; l++)
-        if ((e = layer_fwd(s, l, s->h, n, NULL, err))) return e;
+        if ((e = n == 1 && layer_q4f(s, &s->L[l]) ? layer_q4f_fwd(s, l, s->h, err)
+                                                  : layer_fwd(s, l, s->h, n, NULL, err)))
+            return e;
     if (!want_logits) return LMP_OK;
     struct xp_cache c = {NULL, -1, NULL};
+    const struct cu_mat *head = &s->out;
+    if (n == 1 && s->q4f && k_q4f_ok(&head, 1, Q4F_PLAIN, s->smem_max) && al16(s->h) &&
+        al16(s->out_norm)) { /* RMSNorm fused into the head's product */
+        struct q4f_extra x;
+        memset(&x, 0, sizeof x);
+        x.x = s->h;
+        x.norm = s->out_norm;
+        x.eps = s->norm_eps;
+        x.warps = s->q4_warps;
+        x.bps = s->q4_bps;
+        x.pipe = s->q4_pipe;
+        x.pdl = s->pdl;
+        float *yl[1] = {s->logits};
+        if ((e = k_q4f(s->stream, &head, yl, 1, Q4F_PLAIN, &x, err))) return e;
+        CU_LAUNCHED("head");
+        return LMP_OK;
+    }
     k_rmsnorm(s->stream, s->xb, s->h, s->out_norm, n, s->dim, s->norm_eps);
     if ((e = lin(s, s->logits, s->xb, &s->out, n, 0, &c, err))) return e;
     CU_LAUNCHED("head");
@@ -958,7 +1139,9 @@ extern "C" enum lmp_status lmp_cuda_eval_ppl(const struct lmp_model *m, const in
     if (o->protocol == LMP_EVAL_LLAMACPP && bos >= 0)
         for (int c = 0; c < n_chunks; c++) toks[(size_t)c * ctx] = bos;
 
-    struct lmp_cuda_opts co = {device, 0, 1, 0, 0, 0}; /* exact fp32 kernels everywhere */
+    struct lmp_cuda_opts co = {}; /* exact fp32 kernels everywhere */
+    co.device = device;
+    co.exact_gemv = 1;
     double s_nll = 0.0, s_nll2 = 0.0, t0 = 0.0, t1 = 0.0;
     st = lmp_cuda_state_create(m, ctx, ctx < 512 ? ctx : 512, &co, &s, err);
     if (!st) st = cu_state_alloc(s, (void **)&d_nll, (size_t)ctx * sizeof(double), "NLL", err);

@@ -59,6 +59,15 @@ struct lmp_cuda_opts {
                          or RMSNorm+Q4-input fusion): for comparisons */
     int gemv_warps;   /* decode: warps per matrix-vector block splitting the columns (1, 2, 4
                          or 8; 0: the default, 4, the fastest measured) */
+    int legacy_decode; /* 4-bit decode through the per-product kernels above instead of the
+                         fused streaming kernels (decode_q4.cu): for comparisons */
+    int no_pdl;       /* launch the fused 4-bit decode kernels without programmatic
+                         dependent launch */
+    int q4_warps;     /* warps per block of the fused 4-bit decode kernels (8 or 16; 0: 16) */
+    int q4_bps;       /* their blocks per SM (0: as many as fit at once) */
+    int q4_pipe;      /* their software pipelining: 0 the default (on), 1 on, 2 off */
+    int no_mega;      /* 4-bit decode with five launches per layer instead of one persistent
+                         kernel for the whole step (grid-wide barriers between phases) */
 };
 
 struct lmp_cuda_state;
@@ -202,7 +211,10 @@ enum lmp_status lmp_cuda_k_swiglu(float *g, const float *u, long count, struct l
 enum lmp_status lmp_cuda_k_matmul(float *y, const float *x, const void *w, int w_f16,
                                   const float *b, int n, int in, int out, struct lmp_err *err);
 /* packed: y (n, rows) = X (n, cols) W^T; variant 0: fp32 matrix-vector kernel (n == 1),
- * 1: fp16 Q4 kernel (n == 1), 2: dequantise + sgemm (any n). */
+ * 1: fp16 Q4 kernel (n == 1), 2: dequantise + sgemm (any n), 3: the fused 4-bit decode
+ * kernel (Q4F_PLAIN, row by row), 4: its gate/up form with W as both, so Y = silu(XW^T) *
+ * (XW^T). 3 and 4 give LMP_ERR_UNSUPPORTED for a matrix they do not take (not 4-bit, perm,
+ * cols not a multiple of 32). */
 enum lmp_status lmp_cuda_k_qmatmul(const struct lmp_qview *w, const float *X, int n, float *Y,
                                    int variant, struct lmp_err *err);
 /* row-wise negative log-likelihood: nll[i] = logsumexp(logits[i]) - logits[i][target[i]] */

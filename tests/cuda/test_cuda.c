@@ -112,7 +112,8 @@ TEST(cuda_attention)
     static const struct {
         int n, pos, nh, nkv, hd;
     } cases[] = {{1, 0, 4, 4, 8},   {1, 37, 8, 2, 64}, {9, 0, 8, 4, 8},   {5, 100, 6, 3, 128},
-                 {3, 17, 2, 1, 160}, {16, 40, 4, 2, 32}, {1, 300, 32, 8, 128}};
+                 {3, 17, 2, 1, 160}, {16, 40, 4, 2, 32}, {1, 300, 32, 8, 128}, {1, 5, 4, 2, 16},
+                 {2, 70, 2, 2, 4},   {1, 2000, 4, 1, 128}, {4, 9, 3, 3, 12}};
     for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
         const int n = cases[c].n, pos = cases[c].pos, nh = cases[c].nh, nkv = cases[c].nkv,
                   hd = cases[c].hd, ld = pos + n + 3;
@@ -216,7 +217,8 @@ TEST(cuda_qmatmul_all_bits)
     static const struct {
         int rows, cols, group, perm;
     } shapes[] = {{64, 256, 32, 0},  {37, 256, 128, 1}, {50, 172, 172, 0}, {33, 172, 24, 0},
-                  {20, 4096, 128, 0}, {40, 1000, 200, 1}, {16, 64, 64, 0},  {300, 11008, 128, 0}};
+                  {20, 4096, 128, 0}, {40, 1000, 200, 1}, {16, 64, 64, 0},  {300, 11008, 128, 0},
+                  {33, 512, 512, 0}};
     static const int bits[] = {2, 3, 4, 8};
     for (size_t c = 0; c < sizeof shapes / sizeof shapes[0]; c++)
         for (size_t b = 0; b < 4; b++) {
@@ -230,15 +232,37 @@ TEST(cuda_qmatmul_all_bits)
             lmp_qgemm_ref(&q.v, X, n, Yr, scr);
             const double m = max_abs(Yr, (long)n * rows);
             char what[128];
-            for (int variant = 0; variant < 3; variant++) {
+            /* the fused kernels' reference for variant 4: silu(y) * y */
+            float *Yg = malloc((size_t)n * rows * 4);
+            for (long i = 0; i < (long)n * rows; i++) Yg[i] = Yr[i] / (1.0f + expf(-Yr[i])) * Yr[i];
+            const double mg = max_abs(Yg, (long)n * rows);
+            /* which matrices the fused decode kernels take: 4-bit, no perm, cols % 32 == 0,
+             * groups a power-of-two multiple of 32 or one per row */
+            const int g = shapes[c].group;
+            const int fused = bits[b] == 4 && !shapes[c].perm && cols % 32 == 0 &&
+                              (g == cols || (g % 32 == 0 && (g & (g - 1)) == 0));
+            static const char *names[] = {"matvec fp32", "matvec fp16", "sgemm", "fused decode",
+                                          "fused decode gate/up"};
+            for (int variant = 0; variant < 5; variant++) {
                 if (variant == 1 && bits[b] != 4) continue;
-                OKCALL(lmp_cuda_k_qmatmul(&q.v, X, n, Y, variant, &err));
                 snprintf(what, sizeof what, "Q%d %dx%d g%d%s %s", bits[b], rows, cols,
-                         shapes[c].group, shapes[c].perm ? " perm" : "",
-                         variant == 0 ? "matvec fp32" : variant == 1 ? "matvec fp16" : "sgemm");
-                double tol = variant == 1 ? 5e-3 * m : 2e-5 * m + 1e-6;
-                CHECK_CLOSE(what, Y, Yr, (long)n * rows, tol, variant == 1 ? 5e-3 : 1e-4);
+                         shapes[c].group, shapes[c].perm ? " perm" : "", names[variant]);
+                if (variant >= 3) {
+                    enum lmp_status r = lmp_cuda_k_qmatmul(&q.v, X, n, Y, variant, &err);
+                    /* declines exactly the matrices it should not take */
+                    CHECK_MSG(fused ? r == LMP_OK : r == LMP_ERR_UNSUPPORTED, "%s: status %d (%s)",
+                              what, (int)r, err.msg);
+                    if (r != LMP_OK) continue;
+                } else
+                    OKCALL(lmp_cuda_k_qmatmul(&q.v, X, n, Y, variant, &err));
+                const int fp16 = variant == 1 || variant == 3;
+                if (variant == 4)
+                    CHECK_CLOSE(what, Y, Yg, (long)n * rows, 5e-3 * mg + 1e-6, 5e-3);
+                else
+                    CHECK_CLOSE(what, Y, Yr, (long)n * rows, fp16 ? 5e-3 * m : 2e-5 * m + 1e-6,
+                                fp16 ? 5e-3 : 1e-4);
             }
+            free(Yg);
             free(X), free(Y), free(Yr), free(scr);
             qmat_free(&q);
         }
@@ -344,7 +368,7 @@ TEST(cuda_forward_odd_shapes_vs_cpu)
         for (int i = 0; i < 40; i++) tok[i] = (int32_t)((lmp_test_randf(&s) + 1.0f) * 0.5f * 100);
         float *lc = cpu_logits(m, tok, 40);
         REQUIRE(lc);
-        struct lmp_cuda_opts o = {0, 0, 1, 0, 0, 0};
+        struct lmp_cuda_opts o = {.exact_gemv = 1};
         for (int graph = 0; graph < 2; graph++) {
             o.no_graph = !graph;
             float *lg = gpu_logits(m, tok, 40, 13, 5, &o);
@@ -414,7 +438,7 @@ TEST(cuda_forward_packed_vs_cpu)
     float *lc = cpu_logits(m, tok, 30);
     REQUIRE(lc);
     const float mx = max_abs(lc, 30L * 211);
-    struct lmp_cuda_opts exact = {0, 0, 1, 0, 0, 0}, fast = {0, 0, 0, 0, 0, 0};
+    struct lmp_cuda_opts exact = {.exact_gemv = 1}, fast = {.device = 0};
     float *lg = gpu_logits(m, tok, 30, 10, 8, &exact);
     REQUIRE(lg);
     CHECK_CLOSE("Q4 g32 logits, fp32 kernels", lg, lc, 30L * 211, 1e-4 * mx, 1e-4);
@@ -423,6 +447,34 @@ TEST(cuda_forward_packed_vs_cpu)
     REQUIRE(lg);
     CHECK_CLOSE("Q4 g32 logits, fp16 decode kernel", lg, lc, 30L * 211, 1e-2 * mx, 1e-2);
     free(lg);
+    /* the fused streaming decode kernels (the default above) against the per-product ones,
+     * without programmatic dependent launch, and at each block size */
+    static const struct {
+        int legacy, no_pdl, warps, pipe, bps, no_mega;
+        const char *what;
+    } var[] = {{1, 0, 0, 0, 0, 0, "Q4 g32 logits, legacy decode kernels"},
+               {0, 0, 0, 0, 0, 1, "Q4 g32 logits, fused decode, five launches per layer"},
+               {0, 1, 0, 0, 0, 1, "Q4 g32 logits, fused decode without PDL"},
+               {0, 0, 8, 0, 0, 1, "Q4 g32 logits, fused decode 8 warps"},
+               {0, 0, 8, 2, 1, 1, "Q4 g32 logits, fused decode 8 warps, not pipelined, 1 block/SM"},
+               {0, 0, 16, 2, 0, 1, "Q4 g32 logits, fused decode 16 warps, not pipelined"},
+               {0, 0, 16, 1, 1, 1, "Q4 g32 logits, fused decode 16 warps, pipelined, 1 block/SM"},
+               {0, 0, 8, 0, 0, 0, "Q4 g32 logits, persistent decode kernel, 8 warps"},
+               {0, 0, 16, 2, 0, 0, "Q4 g32 logits, persistent decode kernel, not pipelined"},
+               {0, 0, 8, 0, 1, 0, "Q4 g32 logits, persistent decode kernel, 8 warps, 1 block/SM"}};
+    for (size_t v = 0; v < sizeof var / sizeof var[0]; v++) {
+        struct lmp_cuda_opts o = fast;
+        o.legacy_decode = var[v].legacy;
+        o.no_pdl = var[v].no_pdl;
+        o.q4_warps = var[v].warps;
+        o.q4_pipe = var[v].pipe;
+        o.q4_bps = var[v].bps;
+        o.no_mega = var[v].no_mega;
+        lg = gpu_logits(m, tok, 30, 10, 8, &o);
+        REQUIRE(lg);
+        CHECK_CLOSE(var[v].what, lg, lc, 30L * 211, 1e-2 * mx, 1e-2);
+        free(lg);
+    }
     free(lc);
     lmp_model_free(m);
 }
@@ -594,7 +646,7 @@ TEST(cuda_errors_are_clean)
     struct lmp_cuda_state *s = NULL;
     struct lmp_model *m = load_260k();
     REQUIRE(m);
-    struct lmp_cuda_opts o = {99, 0, 0, 0, 0, 0};
+    struct lmp_cuda_opts o = {.device = 99};
     enum lmp_status st = lmp_cuda_state_create(m, 64, 8, &o, &s, &err);
     fprintf(stderr, "    device 99: %s\n", err.msg);
     CHECK(st == LMP_ERR_UNSUPPORTED && !s && strstr(err.msg, "CUDA device"));
