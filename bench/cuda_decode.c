@@ -3,7 +3,7 @@
  * the bandwidth it implies (weight bytes read per token x tokens/s) as a percentage of a
  * device-to-device cudaMemcpy measured in the same run (bytes read + bytes written).
  *
- *   build/cuda/cuda_decode [--layers N] [--tokens N] [--runs N] [--only NAME: f16, q4, q4-w8, q4-w8-b1, q4-nopipe, q4-w8-nopipe, q4-layers, q4-layers-w8, q4-layers-nopipe, q4-layers-nopdl, q4-nograph, q4-legacy, q4-legacy-w1, q4-unfused, q4exact, f16-w4, f16-w2, f16-unfused, f32]
+ *   build/cuda/cuda_decode [--layers N] [--tokens N] [--runs N] [--only NAME: f16, q4, q4-w8, q4-w8-b1, q4-nopipe, q4-w8-nopipe, q4-nopdl, q4-mega, q4-mega-w8, q4-mega-nopipe, q4-nograph, q4-legacy, q4-legacy-w1, q4-unfused, q4exact, f16-w4, f16-w2, f16-unfused, f32]
  *
  * Timing: CUDA events around `tokens` decode steps (positions 0..tokens-1, each step one
  * small kernel writing token and position plus one graph launch), after a warm-up of 16
@@ -137,7 +137,7 @@ int main(int argc, char **argv)
         else if (!strcmp(argv[i], "--runs") && i + 1 < argc) runs = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--only") && i + 1 < argc) only = argv[++i];
         else {
-            fprintf(stderr, "usage: cuda_decode [--layers N] [--tokens N] [--runs N] [--only NAME: f16, q4, q4-w8, q4-w8-b1, q4-nopipe, q4-w8-nopipe, q4-layers, q4-layers-w8, q4-layers-nopipe, q4-layers-nopdl, q4-nograph, q4-legacy, q4-legacy-w1, q4-unfused, q4exact, f16-w4, f16-w2, f16-unfused, f32]\n");
+            fprintf(stderr, "usage: cuda_decode [--layers N] [--tokens N] [--runs N] [--only NAME: f16, q4, q4-w8, q4-w8-b1, q4-nopipe, q4-w8-nopipe, q4-nopdl, q4-mega, q4-mega-w8, q4-mega-nopipe, q4-nograph, q4-legacy, q4-legacy-w1, q4-unfused, q4exact, f16-w4, f16-w2, f16-unfused, f32]\n");
             return 2;
         }
     }
@@ -185,10 +185,10 @@ int main(int argc, char **argv)
                  {"q4-w8-b1", LMP_CUDA_W_PACKED, 4, 128, {.q4_warps = 8, .q4_bps = 1}},
                  {"q4-nopipe", LMP_CUDA_W_PACKED, 4, 128, {.q4_pipe = 2}},
                  {"q4-w8-nopipe", LMP_CUDA_W_PACKED, 4, 128, {.q4_warps = 8, .q4_pipe = 2}},
-                 {"q4-layers", LMP_CUDA_W_PACKED, 4, 128, {.no_mega = 1}},
-                 {"q4-layers-w8", LMP_CUDA_W_PACKED, 4, 128, {.no_mega = 1, .q4_warps = 8}},
-                 {"q4-layers-nopipe", LMP_CUDA_W_PACKED, 4, 128, {.no_mega = 1, .q4_pipe = 2}},
-                 {"q4-layers-nopdl", LMP_CUDA_W_PACKED, 4, 128, {.no_mega = 1, .no_pdl = 1}},
+                 {"q4-nopdl", LMP_CUDA_W_PACKED, 4, 128, {.no_pdl = 1}},
+                 {"q4-mega", LMP_CUDA_W_PACKED, 4, 128, {.q4_mega = 1}},
+                 {"q4-mega-w8", LMP_CUDA_W_PACKED, 4, 128, {.q4_mega = 1, .q4_warps = 8}},
+                 {"q4-mega-nopipe", LMP_CUDA_W_PACKED, 4, 128, {.q4_mega = 1, .q4_pipe = 2}},
                  {"q4-nograph", LMP_CUDA_W_PACKED, 4, 128, {.no_graph = 1}},
                  {"q4-legacy", LMP_CUDA_W_PACKED, 4, 128, {.legacy_decode = 1}},
                  {"q4-legacy-w1", LMP_CUDA_W_PACKED, 4, 128, {.gemv_warps = 1, .legacy_decode = 1}},

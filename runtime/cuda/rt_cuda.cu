@@ -394,7 +394,7 @@ extern "C" enum lmp_status lmp_cuda_state_create(const struct lmp_model *m, int 
     s->q4_warps = o->q4_warps == 8 || o->q4_warps == 16 ? o->q4_warps : Q4F_WARPS;
     s->q4_bps = o->q4_bps > 0 ? o->q4_bps : Q4F_BPS;
     s->q4_pipe = o->q4_pipe == 1 ? 1 : o->q4_pipe == 2 ? 0 : Q4F_PIPE;
-    s->q4_mega = s->q4f && !o->no_mega;
+    s->q4_mega = s->q4f && o->q4_mega;
     s->L = (struct cu_layer *)calloc((size_t)c->n_layers, sizeof *s->L);
     if (!s->L) {
         st = lmp_err_set(err, LMP_ERR_NOMEM, "out of memory");
@@ -555,7 +555,7 @@ extern "C" enum lmp_status lmp_cuda_state_create_random(const struct lmp_config 
     s->q4_warps = o->q4_warps == 8 || o->q4_warps == 16 ? o->q4_warps : Q4F_WARPS;
     s->q4_bps = o->q4_bps > 0 ? o->q4_bps : Q4F_BPS;
     s->q4_pipe = o->q4_pipe == 1 ? 1 : o->q4_pipe == 2 ? 0 : Q4F_PIPE;
-    s->q4_mega = s->q4f && !o->no_mega;
+    s->q4_mega = s->q4f && o->q4_mega;
     s->L = (struct cu_layer *)calloc((size_t)c->n_layers, sizeof *s->L);
     /* the stream exists before cu_state_finish so the random fills can run on it */
     if (!s->L) {

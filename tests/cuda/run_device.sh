@@ -35,6 +35,10 @@ echo "== CLI"
         "$C/lmpress" ppl /tmp/q4-$d.lmp --text data/tinystories/eval.txt --ctx 256 --device $d
         echo "rc=$?"
     done
+    for d in cpu cuda; do # the 4-bit model decoded through the fused kernels on the GPU
+        "$C/lmpress" run /tmp/q4-cpu.lmp -p "Once upon a time" -n 40 --temp 0 --device $d
+        echo "rc=$?"
+    done
     "$C/lmpress" ppl models/stories260K.bin --text data/tinystories/eval.txt --device cuda --save-logits /tmp/x.bin
     echo "rc=$? (expected 2: not supported on cuda)"
 } 2>&1 | tee "$OUT/cli.log"

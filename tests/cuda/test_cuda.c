@@ -450,18 +450,18 @@ TEST(cuda_forward_packed_vs_cpu)
     /* the fused streaming decode kernels (the default above) against the per-product ones,
      * without programmatic dependent launch, and at each block size */
     static const struct {
-        int legacy, no_pdl, warps, pipe, bps, no_mega;
+        int legacy, no_pdl, warps, pipe, bps, mega;
         const char *what;
     } var[] = {{1, 0, 0, 0, 0, 0, "Q4 g32 logits, legacy decode kernels"},
-               {0, 0, 0, 0, 0, 1, "Q4 g32 logits, fused decode, five launches per layer"},
-               {0, 1, 0, 0, 0, 1, "Q4 g32 logits, fused decode without PDL"},
-               {0, 0, 8, 0, 0, 1, "Q4 g32 logits, fused decode 8 warps"},
-               {0, 0, 8, 2, 1, 1, "Q4 g32 logits, fused decode 8 warps, not pipelined, 1 block/SM"},
-               {0, 0, 16, 2, 0, 1, "Q4 g32 logits, fused decode 16 warps, not pipelined"},
-               {0, 0, 16, 1, 1, 1, "Q4 g32 logits, fused decode 16 warps, pipelined, 1 block/SM"},
-               {0, 0, 8, 0, 0, 0, "Q4 g32 logits, persistent decode kernel, 8 warps"},
-               {0, 0, 16, 2, 0, 0, "Q4 g32 logits, persistent decode kernel, not pipelined"},
-               {0, 0, 8, 0, 1, 0, "Q4 g32 logits, persistent decode kernel, 8 warps, 1 block/SM"}};
+               {0, 0, 0, 0, 0, 1, "Q4 g32 logits, persistent decode kernel"},
+               {0, 1, 0, 0, 0, 0, "Q4 g32 logits, fused decode without PDL"},
+               {0, 0, 8, 0, 0, 0, "Q4 g32 logits, fused decode 8 warps"},
+               {0, 0, 8, 2, 1, 0, "Q4 g32 logits, fused decode 8 warps, not pipelined, 1 block/SM"},
+               {0, 0, 16, 2, 0, 0, "Q4 g32 logits, fused decode 16 warps, not pipelined"},
+               {0, 0, 16, 1, 1, 0, "Q4 g32 logits, fused decode 16 warps, pipelined, 1 block/SM"},
+               {0, 0, 8, 0, 0, 1, "Q4 g32 logits, persistent decode kernel, 8 warps"},
+               {0, 0, 16, 2, 0, 1, "Q4 g32 logits, persistent decode kernel, not pipelined"},
+               {0, 0, 8, 0, 1, 1, "Q4 g32 logits, persistent decode kernel, 8 warps, 1 block/SM"}};
     for (size_t v = 0; v < sizeof var / sizeof var[0]; v++) {
         struct lmp_cuda_opts o = fast;
         o.legacy_decode = var[v].legacy;
@@ -469,8 +469,40 @@ TEST(cuda_forward_packed_vs_cpu)
         o.q4_warps = var[v].warps;
         o.q4_pipe = var[v].pipe;
         o.q4_bps = var[v].bps;
-        o.no_mega = var[v].no_mega;
+        o.q4_mega = var[v].mega;
         lg = gpu_logits(m, tok, 30, 10, 8, &o);
+        REQUIRE(lg);
+        CHECK_CLOSE(var[v].what, lg, lc, 30L * 211, 1e-2 * mx, 1e-2);
+        free(lg);
+    }
+    free(lc);
+    lmp_model_free(m);
+}
+
+/* A g128 model whose matrices all take the fused kernels with 128-column groups (gshift 2):
+ * decode logits against the CPU, with and without PDL, as the persistent kernel. */
+TEST(cuda_forward_q4_g128_vs_cpu)
+{
+    need_gpu();
+    static const struct tl ls[] = {{4, 2, 256}, {4, 4, 384}};
+    struct lmp_model *m = build_model(128, 32, 211, 2, ls, 0, 0, 10000.0f, 1e-5f, 64, NULL, seed_now());
+    REQUIRE(m);
+    rtn_quantize(m, 4, 128);
+    int32_t tok[30];
+    unsigned long long s = seed_now();
+    for (int i = 0; i < 30; i++) tok[i] = (int32_t)((lmp_test_randf(&s) + 1.0f) * 0.5f * 210);
+    float *lc = cpu_logits(m, tok, 30);
+    REQUIRE(lc);
+    const float mx = max_abs(lc, 30L * 211);
+    static const struct {
+        int no_pdl, mega;
+        const char *what;
+    } var[] = {{0, 0, "Q4 g128 logits, fused decode kernels"},
+               {1, 0, "Q4 g128 logits, fused decode kernels without PDL"},
+               {0, 1, "Q4 g128 logits, persistent decode kernel"}};
+    for (size_t v = 0; v < sizeof var / sizeof var[0]; v++) {
+        struct lmp_cuda_opts o = {.no_pdl = var[v].no_pdl, .q4_mega = var[v].mega};
+        float *lg = gpu_logits(m, tok, 30, 10, 8, &o);
         REQUIRE(lg);
         CHECK_CLOSE(var[v].what, lg, lc, 30L * 211, 1e-2 * mx, 1e-2);
         free(lg);
