@@ -28,34 +28,9 @@
 #include "internal.h"
 #include "reduce.cuh"
 #include "attention.cuh"
+#include "q4dot.cuh"
 
 #include <string.h>
-
-static __device__ __forceinline__ float q4f_dot(const uint4 w, const uint4 *xq, __half2 zb)
-{
-    const uint32_t ww[4] = {w.x, w.y, w.z, w.w};
-    float d = 0.0f;
-#pragma unroll
-    for (int k2 = 0; k2 < 4; k2 += 2) {
-        __half2 hacc = __float2half2_rn(0.0f);
-#pragma unroll
-        for (int kk = 0; kk < 2; kk++) {
-            const int k = k2 + kk;
-            const uint32_t u = ww[k];
-            const uint4 xv = xq[k];
-            const __half2 *xp = (const __half2 *)&xv;
-#pragma unroll
-            for (int p = 0; p < 4; p++) {
-                uint32_t t = ((u >> (4 * p)) & 0x000F000Fu) | 0x64006400u;
-                __half2 qv = __hsub2(*(const __half2 *)&t, zb);
-                hacc = __hfma2(qv, xp[p], hacc);
-            }
-        }
-        float2 f = __half22float2(hacc);
-        d += f.x + f.y;
-    }
-    return d;
-}
 
 static __device__ __forceinline__ float q4f_silu(float g) { return g / (1.0f + expf(-g)); }
 
@@ -223,8 +198,8 @@ static __device__ __forceinline__ void q4f_stream(const struct q4f_args &A, int 
                 const __half2 b1024 = __float2half2_rn(1024.0f);
                 const __half2 zba = __hadd2(b1024, __half2half2(cur.za[k]));
                 const __half2 zbb = __hadd2(b1024, __half2half2(cur.zb[k]));
-                da += __half2float(cur.sa[k]) * q4f_dot(cur.wa[k], xq, zba);
-                db += __half2float(cur.sb[k]) * q4f_dot(cur.wb[k], xq, zbb);
+                da += __half2float(cur.sa[k]) * q4h_dot(cur.wa[k], xq, zba);
+                db += __half2float(cur.sb[k]) * q4h_dot(cur.wb[k], xq, zbb);
             }
         }
         if (it == ipu - 1) { /* the unit is complete */
@@ -381,6 +356,30 @@ int k_q4f_ok(const struct cu_mat *const *m, int n, int mode, size_t smem_max)
     return k_q4f_smem(m[0]->cols) + 1024 <= smem_max;
 }
 
+enum q4f_attr { NONE, PDL, COOPERATIVE };
+
+/* a launch of `blocks` blocks of nw warps with one attribute (or none) in *at */
+static cudaLaunchConfig_t q4f_config(int blocks, int nw, size_t smem, cudaStream_t st,
+                                     cudaLaunchAttribute *at, enum q4f_attr kind)
+{
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = dim3((unsigned)blocks);
+    cfg.blockDim = dim3((unsigned)nw * 32);
+    cfg.dynamicSmemBytes = smem;
+    cfg.stream = st;
+    memset(at, 0, sizeof *at);
+    if (kind == PDL) {
+        at->id = cudaLaunchAttributeProgrammaticStreamSerialization;
+        at->val.programmaticStreamSerializationAllowed = 1;
+    } else if (kind == COOPERATIVE) {
+        at->id = cudaLaunchAttributeCooperative;
+        at->val.cooperative = 1;
+    }
+    cfg.attrs = at;
+    cfg.numAttrs = kind == NONE ? 0 : 1;
+    return cfg;
+}
+
 template <int MODE, int NW, bool PIPE>
 static enum lmp_status q4f_launch(cudaStream_t st, const struct q4f_args *a, int pdl,
                                   struct lmp_err *err)
@@ -398,16 +397,8 @@ static enum lmp_status q4f_launch(cudaStream_t st, const struct q4f_args *a, int
     int blocks = grid;
     if ((long long)blocks * NW > warps_needed) blocks = (warps_needed + NW - 1) / NW;
     if (blocks < 1) blocks = 1;
-    cudaLaunchConfig_t cfg = {};
-    cfg.gridDim = dim3((unsigned)blocks);
-    cfg.blockDim = dim3(NW * 32);
-    cfg.dynamicSmemBytes = smem;
-    cfg.stream = st;
-    cudaLaunchAttribute at[1];
-    at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    at[0].val.programmaticStreamSerializationAllowed = 1;
-    cfg.attrs = at;
-    cfg.numAttrs = pdl ? 1 : 0;
+    cudaLaunchAttribute at;
+    cudaLaunchConfig_t cfg = q4f_config(blocks, NW, smem, st, &at, pdl ? PDL : NONE);
     CU_TRY(cudaLaunchKernelEx(&cfg, q4f_kernel<MODE, NW, PIPE>, *a), "q4 decode kernel");
     return LMP_OK;
 }
@@ -523,16 +514,8 @@ static enum lmp_status mega_launch(cudaStream_t st, const struct q4f_mega_args *
     /* every block resident at once (the barriers need it; the cooperative launch checks) */
     const int blocks = sms * (bps > 0 && bps < per ? bps : per);
     CU_TRY(cudaMemsetAsync(P->bar, 0, sizeof(unsigned), st), "q4 decode barrier");
-    cudaLaunchConfig_t cfg = {};
-    cfg.gridDim = dim3((unsigned)blocks);
-    cfg.blockDim = dim3(NW * 32);
-    cfg.dynamicSmemBytes = smem;
-    cfg.stream = st;
-    cudaLaunchAttribute at[1];
-    at[0].id = cudaLaunchAttributeCooperative;
-    at[0].val.cooperative = 1;
-    cfg.attrs = at;
-    cfg.numAttrs = 1;
+    cudaLaunchAttribute at;
+    cudaLaunchConfig_t cfg = q4f_config(blocks, NW, smem, st, &at, COOPERATIVE);
     CU_TRY(cudaLaunchKernelEx(&cfg, q4f_mega<NW, PIPE>, *P), "q4 persistent decode kernel");
     return LMP_OK;
 }

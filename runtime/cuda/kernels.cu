@@ -14,6 +14,7 @@
 #include "internal.h"
 #include "reduce.cuh"
 #include "attention.cuh"
+#include "q4dot.cuh"
 
 #include <math.h>
 #include <string.h>
@@ -620,27 +621,7 @@ static __device__ __forceinline__ void q4h_chunk(float a[R], const uint4 wv[R], 
     for (int r = 0; r < R; r++) {
         const float s = __half2float(scales[(size_t)rr[r] * ng + g]);
         const __half2 zb = __float2half2_rn(1024.0f + __half2float(zeros[(size_t)rr[r] * ng + g]));
-        const uint32_t ww[4] = {wv[r].x, wv[r].y, wv[r].z, wv[r].w};
-        float d = 0.0f;
-#pragma unroll
-        for (int k2 = 0; k2 < 4; k2 += 2) {
-            __half2 hacc = __float2half2_rn(0.0f);
-#pragma unroll
-            for (int kk = 0; kk < 2; kk++) {
-                const int k = k2 + kk;
-                const uint32_t u = ww[k];
-                const __half2 *xp = (const __half2 *)&xq[k];
-#pragma unroll
-                for (int p = 0; p < 4; p++) {
-                    uint32_t t = ((u >> (4 * p)) & 0x000F000Fu) | 0x64006400u;
-                    __half2 qv = __hsub2(*(const __half2 *)&t, zb);
-                    hacc = __hfma2(qv, xp[p], hacc);
-                }
-            }
-            float2 f = __half22float2(hacc);
-            d += f.x + f.y;
-        }
-        a[r] += s * d;
+        a[r] += s * q4h_dot(wv[r], xq, zb);
     }
 }
 

@@ -357,6 +357,21 @@ static struct lmp_cuda_state *state_new(int device)
     return s;
 }
 
+/* The decode options of o into s (the defaults where o leaves 0). */
+static void state_opts(struct lmp_cuda_state *s, const struct lmp_cuda_opts *o)
+{
+    s->exact_gemv = o->exact_gemv;
+    s->no_graph = o->no_graph;
+    s->no_fuse = o->no_fuse;
+    s->gemv_warps = o->gemv_warps;
+    s->q4f = !o->no_fuse && !o->exact_gemv && !o->legacy_decode;
+    s->pdl = !o->no_pdl;
+    s->q4_warps = o->q4_warps == 8 || o->q4_warps == 16 ? o->q4_warps : Q4F_WARPS;
+    s->q4_bps = o->q4_bps > 0 ? o->q4_bps : Q4F_BPS;
+    s->q4_pipe = o->q4_pipe == 1 ? 1 : o->q4_pipe == 2 ? 0 : Q4F_PIPE;
+    s->q4_mega = s->q4f && o->q4_mega;
+}
+
 extern "C" enum lmp_status lmp_cuda_state_create(const struct lmp_model *m, int max_ctx,
                                                  int max_batch, const struct lmp_cuda_opts *o,
                                                  struct lmp_cuda_state **out,
@@ -385,16 +400,7 @@ extern "C" enum lmp_status lmp_cuda_state_create(const struct lmp_model *m, int 
     s->max_ctx = max_ctx;
     s->max_batch = max_batch;
     s->norm_eps = c->norm_eps;
-    s->exact_gemv = o->exact_gemv;
-    s->no_graph = o->no_graph;
-    s->no_fuse = o->no_fuse;
-    s->gemv_warps = o->gemv_warps;
-    s->q4f = !o->no_fuse && !o->exact_gemv && !o->legacy_decode;
-    s->pdl = !o->no_pdl;
-    s->q4_warps = o->q4_warps == 8 || o->q4_warps == 16 ? o->q4_warps : Q4F_WARPS;
-    s->q4_bps = o->q4_bps > 0 ? o->q4_bps : Q4F_BPS;
-    s->q4_pipe = o->q4_pipe == 1 ? 1 : o->q4_pipe == 2 ? 0 : Q4F_PIPE;
-    s->q4_mega = s->q4f && o->q4_mega;
+    state_opts(s, o);
     s->L = (struct cu_layer *)calloc((size_t)c->n_layers, sizeof *s->L);
     if (!s->L) {
         st = lmp_err_set(err, LMP_ERR_NOMEM, "out of memory");
@@ -546,16 +552,7 @@ extern "C" enum lmp_status lmp_cuda_state_create_random(const struct lmp_config 
     s->max_ctx = max_ctx;
     s->max_batch = max_batch;
     s->norm_eps = c->norm_eps > 0 ? c->norm_eps : 1e-5f;
-    s->exact_gemv = o->exact_gemv;
-    s->no_graph = o->no_graph;
-    s->no_fuse = o->no_fuse;
-    s->gemv_warps = o->gemv_warps;
-    s->q4f = !o->no_fuse && !o->exact_gemv && !o->legacy_decode;
-    s->pdl = !o->no_pdl;
-    s->q4_warps = o->q4_warps == 8 || o->q4_warps == 16 ? o->q4_warps : Q4F_WARPS;
-    s->q4_bps = o->q4_bps > 0 ? o->q4_bps : Q4F_BPS;
-    s->q4_pipe = o->q4_pipe == 1 ? 1 : o->q4_pipe == 2 ? 0 : Q4F_PIPE;
-    s->q4_mega = s->q4f && o->q4_mega;
+    state_opts(s, o);
     s->L = (struct cu_layer *)calloc((size_t)c->n_layers, sizeof *s->L);
     /* the stream exists before cu_state_finish so the random fills can run on it */
     if (!s->L) {
@@ -678,6 +675,17 @@ static int layer_q4f(const struct lmp_cuda_state *s, const struct cu_layer *L)
            al16(s->h) && al16(s->att) && al16(s->g) && al16(L->attn_norm) && al16(L->ffn_norm);
 }
 
+/* The launch settings of the fused 4-bit kernels, the rest of x cleared. */
+static void q4f_extra_init(const struct lmp_cuda_state *s, struct q4f_extra *x)
+{
+    memset(x, 0, sizeof *x);
+    x->eps = s->norm_eps;
+    x->warps = s->q4_warps;
+    x->bps = s->q4_bps;
+    x->pipe = s->q4_pipe;
+    x->pdl = s->pdl;
+}
+
 /* Decode of one layer (n == 1) through the fused 4-bit kernels: five launches. */
 static enum lmp_status layer_q4f_fwd(struct lmp_cuda_state *s, int l, float *h, struct lmp_err *err)
 {
@@ -686,12 +694,7 @@ static enum lmp_status layer_q4f_fwd(struct lmp_cuda_state *s, int l, float *h, 
     const int hd = s->hd, kvd = L->nkv * hd;
     enum lmp_status e;
     struct q4f_extra x;
-    memset(&x, 0, sizeof x);
-    x.eps = s->norm_eps;
-    x.warps = s->q4_warps;
-    x.bps = s->q4_bps;
-    x.pipe = s->q4_pipe;
-    x.pdl = s->pdl;
+    q4f_extra_init(s, &x);
     x.cs = s->rope_cs;
     x.pos = s->d_pos;
     x.kc = s->k_cache + s->kv_off[l];
@@ -888,14 +891,9 @@ static enum lmp_status batch_fwd(struct lmp_cuda_state *s, int n, int want_logit
     if (n == 1 && s->q4f && k_q4f_ok(&head, 1, Q4F_PLAIN, s->smem_max) && al16(s->h) &&
         al16(s->out_norm)) { /* RMSNorm fused into the head's product */
         struct q4f_extra x;
-        memset(&x, 0, sizeof x);
+        q4f_extra_init(s, &x);
         x.x = s->h;
         x.norm = s->out_norm;
-        x.eps = s->norm_eps;
-        x.warps = s->q4_warps;
-        x.bps = s->q4_bps;
-        x.pipe = s->q4_pipe;
-        x.pdl = s->pdl;
         float *yl[1] = {s->logits};
         if ((e = k_q4f(s->stream, &head, yl, 1, Q4F_PLAIN, &x, err))) return e;
         CU_LAUNCHED("head");
