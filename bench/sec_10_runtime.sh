@@ -18,6 +18,11 @@ printf '| perplexity, eval.txt, ctx 256 | %.4f | `%s` |\n' "$ppl" "$cmd"
 printf '| perplexity throughput, %s threads | %.0f tokens/s (%.2f s) | same |\n' "$T" "$tps" "$sec"
 printf '| decode, batch 1, 1 thread, 256 tokens | %.0f tokens/s | `%s` |\n' "$dtps" "$dcmd"
 echo
+bcmd="$LMP bench models/stories260K.bin -p 512 -n 128 -r 5 --threads $T"
+echo "\`$bcmd\` (llama-bench's pp/tg tests):"
+echo
+$bcmd 2>/dev/null
+echo
 if [ -n "$LLAMA_CPP_DIR" ] && [ -x "$LLAMA_CPP_DIR/bin/llama-perplexity" ]; then
     lcmd="$LLAMA_CPP_DIR/bin/llama-perplexity -m tests/data/stories260K/stories260K.gguf -f data/tinystories/eval.txt -c 256 -t $T"
     t0=$(date +%s.%N)
@@ -34,5 +39,6 @@ if [ -n "$LLAMA_CPP_DIR" ] && [ -x "$LLAMA_CPP_DIR/bin/llama-perplexity" ]; then
 else
     echo "llama.cpp was not run here (set LLAMA_CPP_DIR to a llama.cpp build directory to"
     echo "measure it side by side). For reference, llama-perplexity measured 2,656 tokens/s for"
-    printf 'exactly this (stories260K GGUF, eval.txt, -c 256, 2 threads) on a 2-core machine of ours: lmpress is %.1fx that.\n' "$(echo "$tps / 2656" | bc -l)"
+    echo 'exactly this (stories260K GGUF, eval.txt, -c 256, 2 threads) on another 2-core machine of'
+    echo 'ours (not this one, so no ratio is drawn: build llama.cpp beside the project to compare).'
 fi

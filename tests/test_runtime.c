@@ -621,6 +621,44 @@ TEST(rt_cli_run)
     run_bad(args);
 }
 
+static void bench_bad(const char *args)
+{
+    char out[4096];
+    int rc = lmp_test_sh(out, sizeof out, "%s bench %s", lmp_test_bin(), args);
+    int lines = 0;
+    for (char *p = out; *p; p++) lines += *p == '\n';
+    CHECK_MSG(rc == 2 && lines == 1, "bench %s: exit %d, %d lines: %s", args, rc, lines, out);
+}
+
+/* lmpress bench: a markdown table with a ppN and a tgN row of positive, finite tokens/s
+ * (timings are measured in bench/, never asserted here); bad input is one line, exit 2. */
+TEST(rt_cli_bench)
+{
+    char out[4096];
+    int rc = lmp_test_sh(out, sizeof out, "%s bench " S260K " -p 64 -n 32 -r 2 --threads 1 2>/dev/null",
+                         lmp_test_bin());
+    CHECK_MSG(rc == 0, "exit %d: %s", rc, out);
+    const char *pp = strstr(out, "| pp64 | "), *tg = strstr(out, "| tg32 | ");
+    CHECK_MSG(pp && tg && strstr(out, "| cpu | 1 |") && strstr(out, "0.26 M"), "%s", out);
+    if (pp && tg) {
+        double a = atof(pp + strlen("| pp64 | ")), b = atof(tg + strlen("| tg32 | "));
+        CHECK_MSG(a > 0 && b > 0 && isfinite(a) && isfinite(b), "%g %g", a, b);
+    }
+    /* -p beyond the context is clamped to it (512 for stories260K) */
+    rc = lmp_test_sh(out, sizeof out, "%s bench " S260K " -p 5000 -n 0 -r 1 2>/dev/null", lmp_test_bin());
+    CHECK_MSG(rc == 0 && strstr(out, "| pp512 | ") && !strstr(out, "| tg"), "%s", out);
+    rc = lmp_test_sh(out, sizeof out, "%s bench --help", lmp_test_bin());
+    CHECK(rc == 0 && strstr(out, "--n-prompt"));
+    bench_bad("");
+    bench_bad("/nonexistent.bin");
+    bench_bad(S260K " -p -1");
+    bench_bad(S260K " -n x");
+    bench_bad(S260K " -r 0");
+    bench_bad(S260K " -p 0 -n 0");
+    bench_bad(S260K " --device tpu");
+    bench_bad(S260K " --frobnicate");
+}
+
 /* hooks.attn: a layer re-run from the attention output another pass saved gives the same
  * bits as computing it (GPTQ's later stages rely on this) and skips the q/k/v hook. */
 struct att_save {
