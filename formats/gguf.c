@@ -1051,6 +1051,14 @@ static enum lmp_status read_tokenizer(const struct gguf *g, struct lmp_model *m,
     if ((st = read_token_id(g, "tokenizer.ggml.eos_token_id", n, &v->eos, err))) goto done;
     if ((st = read_token_id(g, "tokenizer.ggml.unknown_token_id", n, &v->unk, err))) goto done;
     if ((st = read_token_id(g, "tokenizer.ggml.padding_token_id", n, &v->pad, err))) goto done;
+    const char *ct;
+    size_t ct_len;
+    if ((st = kv_str(g, "tokenizer.chat_template", &ct, &ct_len, err))) goto done;
+    if (ct && !(v->chat_template = malloc(ct_len + 1))) {
+        st = lmp_err_set(err, LMP_ERR_NOMEM, "%s: out of memory", g->path);
+        goto done;
+    }
+    if (ct) memcpy(v->chat_template, ct, ct_len), v->chat_template[ct_len] = 0;
 done:
     free(strs);
     free(lens);

@@ -546,6 +546,7 @@ static enum lmp_status write_tokenizer(struct kvw *w, const struct lmp_model *m,
     kv_bool(w, "tokenizer.ggml.add_bos_token", v->add_bos);
     kv_bool(w, "tokenizer.ggml.add_eos_token", 0);
     kv_bool(w, "tokenizer.ggml.add_space_prefix", v->add_space_prefix);
+    if (v->chat_template) kv_str(w, "tokenizer.chat_template", v->chat_template);
     return LMP_OK;
 }
 

@@ -788,6 +788,7 @@ static enum lmp_status tokenizer_json(const struct lmp_model *m, cJSON **tok_out
     cJSON_AddBoolToObject(c, "clean_up_tokenization_spaces", 0);
     cJSON_AddNumberToObject(c, "model_max_length", m->cfg.max_ctx);
     cJSON_AddStringToObject(c, "tokenizer_class", "PreTrainedTokenizerFast");
+    if (v->chat_template) cJSON_AddStringToObject(c, "chat_template", v->chat_template);
     goto done;
 oom:
     st = lmp_err_set(err, LMP_ERR_NOMEM, "out of memory");

@@ -722,6 +722,9 @@ static enum lmp_status load_tokenizer(const char *dir, const struct hf_config *h
                          tc_path);
         goto done;
     }
+    /* the chat template, as a string (the list form of named templates is not carried) */
+    const cJSON *ct = tc ? cJSON_GetObjectItemCaseSensitive(tc, "chat_template") : NULL;
+    if (cJSON_IsString(ct) && !(v->chat_template = strdup(ct->valuestring))) goto oom;
     goto done;
 oom:
     st = lmp_err_set(err, LMP_ERR_NOMEM, "out of memory");

@@ -158,6 +158,7 @@ enum lmp_status lmp_ckpt_save_lmp(const struct lmp_model *m, const char *path,
         cJSON_AddStringToObject(jt, "pre_regex", v->pre_regex);
     else
         cJSON_AddNullToObject(jt, "pre_regex");
+    if (v->chat_template) cJSON_AddStringToObject(jt, "chat_template", v->chat_template);
 
     cJSON *tab = cJSON_AddArrayToObject(root, "tensors");
     for (int i = 0; i < m->n_tensors; i++) {
@@ -354,6 +355,9 @@ static enum lmp_status read_tokenizer_arrays(struct reader *r, const cJSON *tab,
     v->space_is_plain = get_bool(jt, "space_is_plain");
     const cJSON *pre = cJSON_GetObjectItemCaseSensitive(jt, "pre_regex");
     if (cJSON_IsString(pre) && !(v->pre_regex = strdup(pre->valuestring)))
+        return lmp_err_set(r->err, LMP_ERR_NOMEM, "out of memory");
+    const cJSON *ct = cJSON_GetObjectItemCaseSensitive(jt, "chat_template");
+    if (cJSON_IsString(ct) && !(v->chat_template = strdup(ct->valuestring)))
         return lmp_err_set(r->err, LMP_ERR_NOMEM, "out of memory");
     if (n == 0) return LMP_OK;
     struct {

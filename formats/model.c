@@ -201,6 +201,7 @@ void lmp_vocab_free(struct lmp_vocab *v)
     free(v->merges);
     free(v->merges_off);
     free(v->pre_regex);
+    free(v->chat_template);
     memset(v, 0, sizeof *v);
     v->bos = v->eos = v->unk = v->pad = -1;
 }
@@ -574,8 +575,9 @@ enum lmp_status lmp_vocab_copy(struct lmp_vocab *dst, const struct lmp_vocab *sr
     dst->merges = dup_mem(src->merges, src->merges_off ? src->merges_off[src->n_merges] + 1 : 0);
     dst->merges_off = dup_mem(src->merges_off, ((size_t)src->n_merges + 1) * 4);
     dst->pre_regex = src->pre_regex ? strdup(src->pre_regex) : NULL;
+    dst->chat_template = src->chat_template ? strdup(src->chat_template) : NULL;
     if ((src->text && !dst->text) || (src->off && !dst->off) || (src->merges && !dst->merges) ||
-        (src->pre_regex && !dst->pre_regex))
+        (src->pre_regex && !dst->pre_regex) || (src->chat_template && !dst->chat_template))
         return lmp_err_set(err, LMP_ERR_NOMEM, "out of memory");
     return LMP_OK;
 }

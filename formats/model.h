@@ -124,6 +124,9 @@ struct lmp_vocab {
     char *merges;      /* "left right" strings concatenated */
     uint32_t *merges_off; /* (n_merges + 1) */
     char *pre_regex;   /* BPE pre-tokenizer regexes, '\n'-separated if several; NULL = GPT-2 */
+    char *chat_template; /* the model's Jinja chat template (tokenizer_config.json's
+                            chat_template, GGUF's tokenizer.chat_template), carried through
+                            conversion only; NULL when it has none */
     int bos, eos, unk, pad; /* -1 when absent */
     int add_bos;
     int add_space_prefix; /* SPM dummy prefix */

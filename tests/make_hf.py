@@ -353,6 +353,11 @@ def make_qwen(out):
     save_npy(os.path.join(out, "expect"), "bq0_hf", bq0[2])
 
 
+CHATML = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + "
+          "message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}\n"
+          "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
+
+
 def make_tiny(out, tok_json, vocab):
     os.makedirs(out, exist_ok=True)
     rng = np.random.default_rng(7)
@@ -374,6 +379,9 @@ def make_tiny(out, tok_json, vocab):
     with open(os.path.join(out, "config.json"), "w") as f:
         json.dump(cfg, f)
     shutil.copyfile(tok_json, os.path.join(out, "tokenizer.json"))
+    # a ChatML chat template (quotes, newlines, braces: it must survive every format as is)
+    with open(os.path.join(out, "tokenizer_config.json"), "w") as f:
+        json.dump({"chat_template": CHATML}, f)
 
 
 # ---- broken copies ------------------------------------------------------------------------

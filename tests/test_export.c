@@ -946,9 +946,14 @@ static void bpe_case(const char *name, int vocab, const char *want_pre)
     struct lmp_err err;
     REQUIRE(lmp_ckpt_load(dir, NULL, &hf, &err) == LMP_OK);
     REQUIRE(hf->vocab.kind == LMP_TOK_BPE);
+    /* the fixture's tokenizer_config.json chat template (tests/make_hf.py CHATML) */
+    const char *ct = hf->vocab.chat_template;
+    CHECK(ct && !strncmp(ct, "{% for message in messages %}", 29) && strstr(ct, "%}\n{% if") &&
+          strstr(ct, "'\\n'"));
     static const struct tl ls[1] = {{4, 2, 64}};
     struct lmp_model *m = packed_model(hf, 1, ls, 4, 32, 0, 0, 0, 41);
     REQUIRE(m);
+    CHECK(m->vocab.chat_template && ct && !strcmp(m->vocab.chat_template, ct));
     char path[700];
     snprintf(path, sizeof path, "%s/%s.gguf", lmp_test_tmpdir(), name);
     struct lmp_gguf_write_opts o = {.type = -1};
@@ -958,6 +963,8 @@ static void bpe_case(const char *name, int vocab, const char *want_pre)
     REQUIRE(g);
     check_same_config_tokens(m, g);
     const struct lmp_vocab *a = &m->vocab, *b = &g->vocab;
+    CHECK_MSG(a->chat_template && b->chat_template && !strcmp(a->chat_template, b->chat_template),
+              "GGUF chat template: %s", b->chat_template ? b->chat_template : "(none)");
     CHECK(b->kind == LMP_TOK_BPE && b->n_tokens == a->n_tokens && b->n_merges == a->n_merges);
     CHECK(b->n_tokens == a->n_tokens && memcmp(a->off, b->off, (size_t)(a->n_tokens + 1) * 4) == 0 &&
           memcmp(a->text, b->text, a->off[a->n_tokens]) == 0 &&
@@ -971,9 +978,12 @@ static void bpe_case(const char *name, int vocab, const char *want_pre)
         REQUIRE(dump_model(g, exp));
         rc = lmp_test_sh(out, sizeof out,
                          PY " tests/check_gguf_export.py %s:%s && " PY " -c \"import gguf; "
-                         "r = gguf.GGUFReader('%s'); print(r.fields['tokenizer.ggml.pre'].contents())\"",
+                         "r = gguf.GGUFReader('%s'); print(r.fields['tokenizer.ggml.pre'].contents()); "
+                         "print(repr(r.fields['tokenizer.chat_template'].contents()))\"",
                          path, exp, path);
         CHECK_MSG(rc == 0 && strstr(out, want_pre), "%s", out);
+        /* ggml's reader gets the template byte for byte (repr: the newline as \n) */
+        CHECK_MSG(strstr(out, "{% endfor %}\\n{% if add_generation_prompt %}"), "%s", out);
     }
     lmp_model_free(g);
     snprintf(path, sizeof path, "%s/%s_gptq", lmp_test_tmpdir(), name);
@@ -985,7 +995,18 @@ static void bpe_case(const char *name, int vocab, const char *want_pre)
         check_same_config_tokens(m, g);
         CHECK_EQ_INT(same_values(m, g), 0);
         CHECK(g->vocab.n_merges == a->n_merges);
+        CHECK(g->vocab.chat_template && a->chat_template &&
+              !strcmp(g->vocab.chat_template, a->chat_template)); /* tokenizer_config.json */
     }
+    /* and through .lmp */
+    lmp_model_free(g);
+    g = NULL;
+    snprintf(path, sizeof path, "%s/%s.lmp", lmp_test_tmpdir(), name);
+    CHECK_MSG(lmp_ckpt_save_lmp(m, path, &err) == LMP_OK, "%s", err.msg);
+    CHECK_MSG(lmp_ckpt_load(path, NULL, &g, &err) == LMP_OK, "%s", err.msg);
+    if (g)
+        CHECK(g->vocab.chat_template && a->chat_template &&
+              !strcmp(g->vocab.chat_template, a->chat_template));
     lmp_model_free(g);
     lmp_model_free(m);
     lmp_model_free(hf);
