@@ -105,6 +105,10 @@ int cmd_inspect(int argc, char **argv)
         cJSON_AddBoolToObject(r, "attn_bias", c->attn_bias);
         cJSON_AddStringToObject(r, "tokenizer", tk);
         cJSON_AddNumberToObject(r, "n_tokens", m->vocab.n_tokens);
+        if (m->vocab.chat_template)
+            cJSON_AddStringToObject(r, "chat_template", m->vocab.chat_template);
+        else
+            cJSON_AddNullToObject(r, "chat_template");
         cJSON *ls = cJSON_AddArrayToObject(r, "layers");
         for (int l = 0; l < c->n_layers; l++) {
             cJSON *o = cJSON_CreateObject();
@@ -146,8 +150,11 @@ int cmd_inspect(int argc, char **argv)
         printf("dim %d, layers %d, head_dim %d, vocab %d, max_ctx %d, rope_theta %g, norm_eps %g, %s output%s\n",
                c->dim, c->n_layers, c->head_dim, c->vocab, c->max_ctx, (double)c->rope_theta,
                (double)c->norm_eps, c->tied ? "tied" : "untied", c->attn_bias ? ", qkv bias" : "");
-        printf("tokenizer:   %s, %d tokens, %d merges, bos %d eos %d\n", tk, m->vocab.n_tokens,
+        printf("tokenizer:   %s, %d tokens, %d merges, bos %d eos %d", tk, m->vocab.n_tokens,
                m->vocab.n_merges, m->vocab.bos, m->vocab.eos);
+        if (m->vocab.chat_template)
+            printf(", chat template (%zu bytes)", strlen(m->vocab.chat_template));
+        printf("\n");
         printf("\nlayer  n_heads  n_kv_heads  ffn\n");
         for (int l = 0; l < c->n_layers; l++)
             printf("%5d  %7d  %10d  %d\n", l, c->layer[l].n_heads, c->layer[l].n_kv_heads, c->layer[l].ffn);

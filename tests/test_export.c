@@ -965,6 +965,12 @@ static void bpe_case(const char *name, int vocab, const char *want_pre)
     const struct lmp_vocab *a = &m->vocab, *b = &g->vocab;
     CHECK_MSG(a->chat_template && b->chat_template && !strcmp(a->chat_template, b->chat_template),
               "GGUF chat template: %s", b->chat_template ? b->chat_template : "(none)");
+    if (a->chat_template) { /* inspect says so */
+        char want[64];
+        snprintf(want, sizeof want, ", chat template (%zu bytes)", strlen(a->chat_template));
+        rc = lmp_test_sh(out, sizeof out, "%s inspect '%s'", lmp_test_bin(), path);
+        CHECK_MSG(rc == 0 && strstr(out, want), "%s", out);
+    }
     CHECK(b->kind == LMP_TOK_BPE && b->n_tokens == a->n_tokens && b->n_merges == a->n_merges);
     CHECK(b->n_tokens == a->n_tokens && memcmp(a->off, b->off, (size_t)(a->n_tokens + 1) * 4) == 0 &&
           memcmp(a->text, b->text, a->off[a->n_tokens]) == 0 &&
