@@ -83,3 +83,5 @@ spread "w4 per-channel" 4.5451 --bits 4 --group -1
 spread "w3 g32" 6.0032 --bits 3 --group 32
 spread "w3 per-channel" 7.1863 --bits 3 --group -1
 spread "w2 g32" 109.2 --bits 2 --group 32
+echo
+cat bench/notes/gptq_reference.md
