@@ -82,6 +82,16 @@ const char *lmp_test_bin(void)
 
 const char *lmp_test_tmpdir(void) { return tmpdir; }
 
+void lmp_test_cli_bad(const char *file, int line, const char *cmd, const char *args)
+{
+    char out[4096];
+    int rc = lmp_test_sh(out, sizeof out, "%s %s %s", lmp_test_bin(), cmd, args);
+    int lines = 0;
+    for (char *p = out; *p; p++) lines += *p == '\n';
+    if (rc != 2 || lines != 1)
+        lmp_test_fail(file, line, "%s %s: exit %d, %d lines: %s", cmd, args, rc, lines, out);
+}
+
 int lmp_test_sh(char *out, size_t outlen, const char *fmt, ...)
 {
     char cmd[8192];

@@ -60,6 +60,9 @@ const char *lmp_test_tmpdir(void);   /* per-test scratch dir (created) */
 /* Runs a shell command, captures stdout+stderr into out (may be NULL); returns exit code. */
 int lmp_test_sh(char *out, size_t outlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 int lmp_test_have_numpy(void);       /* /usr/bin/python3 with numpy */
+/* Runs `lmpress CMD ARGS`; a failure unless it exits 2 with exactly one line of output. */
+void lmp_test_cli_bad(const char *file, int line, const char *cmd, const char *args);
+#define CHECK_CLI_BAD(cmd, args) lmp_test_cli_bad(__FILE__, __LINE__, cmd, args)
 /* Reads a .npy file (float32 or int32, C order) into malloc'd memory; returns n elems or -1. */
 long lmp_test_read_npy(const char *path, void **data, int *is_int, long shape[4], int *ndim);
 /* Deterministic uniform random in [-1,1). */

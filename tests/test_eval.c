@@ -286,16 +286,6 @@ TEST(eval_bad_arguments)
     lmp_model_free(m);
 }
 
-/* Runs the CLI; expects exit code 2 and exactly one line of output. */
-static void cli_bad(const char *args)
-{
-    char out[4096];
-    int rc = lmp_test_sh(out, sizeof out, "%s ppl %s", lmp_test_bin(), args);
-    int lines = 0;
-    for (char *p = out; *p; p++) lines += *p == '\n';
-    CHECK_MSG(rc == 2 && lines == 1, "ppl %s: exit %d, %d lines: %s", args, rc, lines, out);
-}
-
 TEST(eval_cli_ppl)
 {
     const char *d = lmp_test_tmpdir();
@@ -335,34 +325,34 @@ TEST(eval_cli_ppl)
     rc = lmp_test_sh(out, sizeof out, "%s ppl --help", lmp_test_bin());
     CHECK(rc == 0 && strstr(out, "--protocol"));
     /* bad input: exit 2, one line */
-    cli_bad("");
-    cli_bad(S260K);
-    cli_bad(S260K " --tokens " EVAL_IDS " --text x.txt");
+    CHECK_CLI_BAD("ppl", "");
+    CHECK_CLI_BAD("ppl", S260K);
+    CHECK_CLI_BAD("ppl", S260K " --tokens " EVAL_IDS " --text x.txt");
     snprintf(args, sizeof args, S260K " --text %s/empty.txt", d);
-    cli_bad(args);
+    CHECK_CLI_BAD("ppl", args);
     snprintf(args, sizeof args, S260K " --text %s/short.txt --ctx 256", d);
-    cli_bad(args);
+    CHECK_CLI_BAD("ppl", args);
     snprintf(args, sizeof args, S260K " --tokens %s/nonnum.ids", d);
-    cli_bad(args);
+    CHECK_CLI_BAD("ppl", args);
     snprintf(args, sizeof args, S260K " --tokens %s/big.ids", d);
-    cli_bad(args);
+    CHECK_CLI_BAD("ppl", args);
     snprintf(args, sizeof args, S260K " --tokens %s/empty.txt", d);
-    cli_bad(args);
-    cli_bad(S260K " --tokens " EVAL_IDS " --ctx 1024");
-    cli_bad(S260K " --tokens " EVAL_IDS " --ctx abc");
-    cli_bad(S260K " --tokens " EVAL_IDS " --ctx 12x");
-    cli_bad(S260K " --tokens " EVAL_IDS " --threads -1");
-    cli_bad(S260K " --tokens " EVAL_IDS " --chunks 0");
-    cli_bad(S260K " --tokens " EVAL_IDS " --protocol wikitext");
-    cli_bad(S260K " --tokens " EVAL_IDS " --bogus 1");
-    cli_bad(S260K " --tokens");
-    cli_bad(S260K " --tokens /nonexistent.ids");
+    CHECK_CLI_BAD("ppl", args);
+    CHECK_CLI_BAD("ppl", S260K " --tokens " EVAL_IDS " --ctx 1024");
+    CHECK_CLI_BAD("ppl", S260K " --tokens " EVAL_IDS " --ctx abc");
+    CHECK_CLI_BAD("ppl", S260K " --tokens " EVAL_IDS " --ctx 12x");
+    CHECK_CLI_BAD("ppl", S260K " --tokens " EVAL_IDS " --threads -1");
+    CHECK_CLI_BAD("ppl", S260K " --tokens " EVAL_IDS " --chunks 0");
+    CHECK_CLI_BAD("ppl", S260K " --tokens " EVAL_IDS " --protocol wikitext");
+    CHECK_CLI_BAD("ppl", S260K " --tokens " EVAL_IDS " --bogus 1");
+    CHECK_CLI_BAD("ppl", S260K " --tokens");
+    CHECK_CLI_BAD("ppl", S260K " --tokens /nonexistent.ids");
     snprintf(args, sizeof args, S260K " --tokens " EVAL_IDS " --kl-base %s/zeros.bin", d);
-    cli_bad(args);
+    CHECK_CLI_BAD("ppl", args);
     snprintf(args, sizeof args, S260K " --tokens " EVAL_IDS " --ctx 128 --kl-base %s/b.logits", d);
-    cli_bad(args);
+    CHECK_CLI_BAD("ppl", args);
     snprintf(args, sizeof args, "%s/zeros.bin --tokens " EVAL_IDS, d);
-    cli_bad(args);
+    CHECK_CLI_BAD("ppl", args);
     /* a tokenizer whose vocabulary does not match the model */
-    cli_bad("tests/bad/llama2c-tokmismatch/model.bin --text data/tinystories/eval.txt");
+    CHECK_CLI_BAD("ppl", "tests/bad/llama2c-tokmismatch/model.bin --text data/tinystories/eval.txt");
 }

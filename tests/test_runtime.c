@@ -562,15 +562,6 @@ TEST(rt_f16_bf16_packed_weights)
     lmp_model_free(b);
 }
 
-static void run_bad(const char *args)
-{
-    char out[4096];
-    int rc = lmp_test_sh(out, sizeof out, "%s run %s", lmp_test_bin(), args);
-    int lines = 0;
-    for (char *p = out; *p; p++) lines += *p == '\n';
-    CHECK_MSG(rc == 2 && lines == 1, "run %s: exit %d, %d lines: %s", args, rc, lines, out);
-}
-
 TEST(rt_cli_run)
 {
     char out[16384], ref[4096];
@@ -601,33 +592,24 @@ TEST(rt_cli_run)
     CHECK_MSG(rc == 0 && atoi(out) == 512, "%s", out);
     rc = lmp_test_sh(out, sizeof out, "%s run --help", lmp_test_bin());
     CHECK(rc == 0 && strstr(out, "--top-p"));
-    run_bad("");
-    run_bad("/nonexistent.bin");
-    run_bad(S260K " --temp abc");
-    run_bad(S260K " --temp -1");
-    run_bad(S260K " -n -1");
-    run_bad(S260K " -n 12q");
-    run_bad(S260K " --top-p 0");
-    run_bad(S260K " --top-p 1.5");
-    run_bad(S260K " --seed x");
-    run_bad(S260K " --threads 0");
-    run_bad(S260K " --frobnicate");
-    run_bad(S260K " -p");
-    run_bad(S260K " extra-arg");
+    CHECK_CLI_BAD("run", "");
+    CHECK_CLI_BAD("run", "/nonexistent.bin");
+    CHECK_CLI_BAD("run", S260K " --temp abc");
+    CHECK_CLI_BAD("run", S260K " --temp -1");
+    CHECK_CLI_BAD("run", S260K " -n -1");
+    CHECK_CLI_BAD("run", S260K " -n 12q");
+    CHECK_CLI_BAD("run", S260K " --top-p 0");
+    CHECK_CLI_BAD("run", S260K " --top-p 1.5");
+    CHECK_CLI_BAD("run", S260K " --seed x");
+    CHECK_CLI_BAD("run", S260K " --threads 0");
+    CHECK_CLI_BAD("run", S260K " --frobnicate");
+    CHECK_CLI_BAD("run", S260K " -p");
+    CHECK_CLI_BAD("run", S260K " extra-arg");
     /* a prompt longer than the context */
     char args[8192] = S260K " -p '";
     for (int i = 0; i < 600; i++) strcat(args, "the ");
     strcat(args, "'");
-    run_bad(args);
-}
-
-static void bench_bad(const char *args)
-{
-    char out[4096];
-    int rc = lmp_test_sh(out, sizeof out, "%s bench %s", lmp_test_bin(), args);
-    int lines = 0;
-    for (char *p = out; *p; p++) lines += *p == '\n';
-    CHECK_MSG(rc == 2 && lines == 1, "bench %s: exit %d, %d lines: %s", args, rc, lines, out);
+    CHECK_CLI_BAD("run", args);
 }
 
 /* lmpress bench: a markdown table with a ppN and a tgN row of positive, finite tokens/s
@@ -649,14 +631,14 @@ TEST(rt_cli_bench)
     CHECK_MSG(rc == 0 && strstr(out, "| pp512 | ") && !strstr(out, "| tg"), "%s", out);
     rc = lmp_test_sh(out, sizeof out, "%s bench --help", lmp_test_bin());
     CHECK(rc == 0 && strstr(out, "--n-prompt"));
-    bench_bad("");
-    bench_bad("/nonexistent.bin");
-    bench_bad(S260K " -p -1");
-    bench_bad(S260K " -n x");
-    bench_bad(S260K " -r 0");
-    bench_bad(S260K " -p 0 -n 0");
-    bench_bad(S260K " --device tpu");
-    bench_bad(S260K " --frobnicate");
+    CHECK_CLI_BAD("bench", "");
+    CHECK_CLI_BAD("bench", "/nonexistent.bin");
+    CHECK_CLI_BAD("bench", S260K " -p -1");
+    CHECK_CLI_BAD("bench", S260K " -n x");
+    CHECK_CLI_BAD("bench", S260K " -r 0");
+    CHECK_CLI_BAD("bench", S260K " -p 0 -n 0");
+    CHECK_CLI_BAD("bench", S260K " --device tpu");
+    CHECK_CLI_BAD("bench", S260K " --frobnicate");
 }
 
 /* hooks.attn: a layer re-run from the attention output another pass saved gives the same

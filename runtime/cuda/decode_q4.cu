@@ -473,16 +473,22 @@ void k_q4f_args(struct q4f_args *a, const struct cu_mat *const *m, float *const 
     }
 }
 
+enum lmp_status k_q4f_launch(cudaStream_t st, const struct q4f_args *a, int mode,
+                             const struct q4f_extra *x, struct lmp_err *err)
+{
+    switch (mode) {
+    case Q4F_QKV: return q4f_mode<Q4F_QKV>(st, a, x->warps, x->pipe, x->pdl, err);
+    case Q4F_GU: return q4f_mode<Q4F_GU>(st, a, x->warps, x->pipe, x->pdl, err);
+    default: return q4f_mode<Q4F_PLAIN>(st, a, x->warps, x->pipe, x->pdl, err);
+    }
+}
+
 enum lmp_status k_q4f(cudaStream_t st, const struct cu_mat *const *m, float *const *y, int n,
                       int mode, const struct q4f_extra *x, struct lmp_err *err)
 {
     struct q4f_args a;
     k_q4f_args(&a, m, y, n, mode, x);
-    switch (mode) {
-    case Q4F_QKV: return q4f_mode<Q4F_QKV>(st, &a, x->warps, x->pipe, x->pdl, err);
-    case Q4F_GU: return q4f_mode<Q4F_GU>(st, &a, x->warps, x->pipe, x->pdl, err);
-    default: return q4f_mode<Q4F_PLAIN>(st, &a, x->warps, x->pipe, x->pdl, err);
-    }
+    return k_q4f_launch(st, &a, mode, x, err);
 }
 
 /* ---- the persistent kernel (host) ---- */

@@ -240,9 +240,11 @@ void k_rmsnorm_prep_q4h(cudaStream_t st, float *y, const float *x, const float *
  * (q4f_mega in decode_q4.cu): per layer Q4F_QKV, attention, o (PLAIN, acc into h), GU, down
  * (PLAIN, acc into h), then the head (PLAIN with the output norm) when it qualifies; grid-wide
  * barriers between the phases. Layer arguments live in device memory. */
-/* fills a as k_q4f launches it */
+/* fills a as k_q4f launches it; k_q4f_launch launches arguments made so (x: its settings) */
 void k_q4f_args(struct q4f_args *a, const struct cu_mat *const *m, float *const *y, int n,
                 int mode, const struct q4f_extra *x);
+enum lmp_status k_q4f_launch(cudaStream_t st, const struct q4f_args *a, int mode,
+                             const struct q4f_extra *x, struct lmp_err *err);
 /* shared memory of the persistent kernel for inputs up to max_cols and attention over
  * max_ctx positions of head size hd; 0 when warps is not 8 or 16 */
 size_t k_q4f_mega_smem(int max_cols, int hd, int max_ctx, int warps);

@@ -686,43 +686,55 @@ static void q4f_extra_init(const struct lmp_cuda_state *s, struct q4f_extra *x)
     x->pdl = s->pdl;
 }
 
-/* Decode of one layer (n == 1) through the fused 4-bit kernels: five launches. */
-static enum lmp_status layer_q4f_fwd(struct lmp_cuda_state *s, int l, float *h, struct lmp_err *err)
+/* The fused kernels' arguments of layer l (q/k/v, o, gate/up, down; attention's buffers):
+ * x gives the launch settings; its inputs and outputs are set here. */
+static void layer_q4f_args(const struct lmp_cuda_state *s, int l, struct q4f_extra x,
+                           struct q4f_layer_args *la)
 {
     const struct cu_layer *L = &s->L[l];
-    cudaStream_t st = s->stream;
-    const int hd = s->hd, kvd = L->nkv * hd;
-    enum lmp_status e;
-    struct q4f_extra x;
-    q4f_extra_init(s, &x);
-    x.cs = s->rope_cs;
-    x.pos = s->d_pos;
-    x.kc = s->k_cache + s->kv_off[l];
-    x.vc = s->v_cache + s->kv_off[l];
-    x.hd = hd;
-    x.kvd = kvd;
     const struct cu_mat *qkv[3] = {&L->m[CU_WQ], &L->m[CU_WK], &L->m[CU_WV]};
     const struct cu_mat *gu[2] = {&L->m[CU_WGATE], &L->m[CU_WUP]};
     const struct cu_mat *wo = &L->m[CU_WO], *wd = &L->m[CU_WDOWN];
-    float *yq[3] = {s->q, s->k, s->v}, *yh[1] = {h}, *yg[2] = {s->g, NULL};
-    x.x = h;
-    x.norm = L->attn_norm;
-    if ((e = k_q4f(st, qkv, yq, 3, Q4F_QKV, &x, err))) return e;
-    if ((e = k_attention(st, s->att, s->q, x.kc, x.vc, 1, s->d_pos, s->max_ctx, L->nh, L->nkv, hd,
-                         s->smem_max, s->pdl, err)))
+    float *yq[3] = {s->q, s->k, s->v}, *yh[1] = {s->h}, *yg[2] = {s->g, NULL};
+    memset(la, 0, sizeof *la);
+    x.cs = s->rope_cs;
+    x.pos = s->d_pos;
+    x.hd = s->hd;
+    x.kvd = L->nkv * s->hd;
+    x.kc = s->k_cache + s->kv_off[l];
+    x.vc = s->v_cache + s->kv_off[l];
+    x.x = s->h, x.norm = L->attn_norm, x.acc = 0;
+    k_q4f_args(&la->qkv, qkv, yq, 3, Q4F_QKV, &x);
+    x.x = s->att, x.norm = NULL, x.acc = 1;
+    k_q4f_args(&la->o, &wo, yh, 1, Q4F_PLAIN, &x);
+    x.x = s->h, x.norm = L->ffn_norm, x.acc = 0;
+    k_q4f_args(&la->gu, gu, yg, 2, Q4F_GU, &x);
+    x.x = s->g, x.norm = NULL, x.acc = 1;
+    k_q4f_args(&la->down, &wd, yh, 1, Q4F_PLAIN, &x);
+    la->q = s->q;
+    la->att = s->att;
+    la->kc = x.kc;
+    la->vc = x.vc;
+    la->nh = L->nh;
+    la->nkv = L->nkv;
+}
+
+/* Decode of one layer (n == 1, on s->h) through the fused 4-bit kernels: five launches. */
+static enum lmp_status layer_q4f_fwd(struct lmp_cuda_state *s, int l, struct lmp_err *err)
+{
+    cudaStream_t st = s->stream;
+    enum lmp_status e;
+    struct q4f_extra x;
+    struct q4f_layer_args la;
+    q4f_extra_init(s, &x);
+    layer_q4f_args(s, l, x, &la);
+    if ((e = k_q4f_launch(st, &la.qkv, Q4F_QKV, &x, err))) return e;
+    if ((e = k_attention(st, la.att, la.q, la.kc, la.vc, 1, s->d_pos, s->max_ctx, la.nh, la.nkv,
+                         s->hd, s->smem_max, s->pdl, err)))
         return e;
-    x.x = s->att;
-    x.norm = NULL;
-    x.acc = 1;
-    if ((e = k_q4f(st, &wo, yh, 1, Q4F_PLAIN, &x, err))) return e;
-    x.x = h;
-    x.norm = L->ffn_norm;
-    x.acc = 0;
-    if ((e = k_q4f(st, gu, yg, 2, Q4F_GU, &x, err))) return e;
-    x.x = s->g;
-    x.norm = NULL;
-    x.acc = 1;
-    return k_q4f(st, &wd, yh, 1, Q4F_PLAIN, &x, err);
+    if ((e = k_q4f_launch(st, &la.o, Q4F_PLAIN, &x, err))) return e;
+    if ((e = k_q4f_launch(st, &la.gu, Q4F_GU, &x, err))) return e;
+    return k_q4f_launch(st, &la.down, Q4F_PLAIN, &x, err);
 }
 
 /* Whether the decode step runs as one persistent kernel (q4f_mega): every layer through the
@@ -745,35 +757,8 @@ static int mega_ready(struct lmp_cuda_state *s)
     if (!h) return 0;
     struct lmp_err err;
     struct q4f_extra x;
-    memset(&x, 0, sizeof x);
-    x.eps = s->norm_eps;
-    x.cs = s->rope_cs;
-    x.pos = s->d_pos;
-    x.hd = s->hd;
-    for (int l = 0; l < s->n_layers; l++) {
-        const struct cu_layer *L = &s->L[l];
-        const struct cu_mat *qkv[3] = {&L->m[CU_WQ], &L->m[CU_WK], &L->m[CU_WV]};
-        const struct cu_mat *gu[2] = {&L->m[CU_WGATE], &L->m[CU_WUP]};
-        const struct cu_mat *wo = &L->m[CU_WO], *wd = &L->m[CU_WDOWN];
-        float *yq[3] = {s->q, s->k, s->v}, *yh[1] = {s->h}, *yg[2] = {s->g, NULL};
-        x.kc = s->k_cache + s->kv_off[l];
-        x.vc = s->v_cache + s->kv_off[l];
-        x.kvd = L->nkv * s->hd;
-        x.x = s->h, x.norm = L->attn_norm, x.acc = 0;
-        k_q4f_args(&h[l].qkv, qkv, yq, 3, Q4F_QKV, &x);
-        x.x = s->att, x.norm = NULL, x.acc = 1;
-        k_q4f_args(&h[l].o, &wo, yh, 1, Q4F_PLAIN, &x);
-        x.x = s->h, x.norm = L->ffn_norm, x.acc = 0;
-        k_q4f_args(&h[l].gu, gu, yg, 2, Q4F_GU, &x);
-        x.x = s->g, x.norm = NULL, x.acc = 1;
-        k_q4f_args(&h[l].down, &wd, yh, 1, Q4F_PLAIN, &x);
-        h[l].q = s->q;
-        h[l].att = s->att;
-        h[l].kc = x.kc;
-        h[l].vc = x.vc;
-        h[l].nh = L->nh;
-        h[l].nkv = L->nkv;
-    }
+    q4f_extra_init(s, &x);
+    for (int l = 0; l < s->n_layers; l++) layer_q4f_args(s, l, x, &h[l]);
     struct q4f_mega_args *P = &s->mk;
     memset(P, 0, sizeof *P);
     void *dl = NULL, *db = NULL;
@@ -882,7 +867,7 @@ static enum lmp_status batch_fwd(struct lmp_cuda_state *s, int n, int want_logit
         return LMP_OK;
     }
     for (int l = 0; l < s->n_layers; l++)
-        if ((e = n == 1 && layer_q4f(s, &s->L[l]) ? layer_q4f_fwd(s, l, s->h, err)
+        if ((e = n == 1 && layer_q4f(s, &s->L[l]) ? layer_q4f_fwd(s, l, err)
                                                   : layer_fwd(s, l, s->h, n, NULL, err)))
             return e;
     if (!want_logits) return LMP_OK;

@@ -425,6 +425,15 @@ static void rtn_quantize(struct lmp_model *m, int bits, int group)
         lmp_test_fail(__FILE__, __LINE__, "rtn: %s", err.msg);
 }
 
+/* n random tokens of m's vocabulary into tok, and the CPU forward's logits of them */
+static float *rand_tokens_cpu_logits(const struct lmp_model *m, int32_t *tok, int n)
+{
+    unsigned long long s = seed_now();
+    for (int i = 0; i < n; i++)
+        tok[i] = (int32_t)((lmp_test_randf(&s) + 1.0f) * 0.5f * (m->cfg.vocab - 1));
+    return cpu_logits(m, tok, n);
+}
+
 TEST(cuda_forward_packed_vs_cpu)
 {
     need_gpu();
@@ -433,9 +442,7 @@ TEST(cuda_forward_packed_vs_cpu)
     REQUIRE(m);
     rtn_quantize(m, 4, 32);
     int32_t tok[30];
-    unsigned long long s = seed_now();
-    for (int i = 0; i < 30; i++) tok[i] = (int32_t)((lmp_test_randf(&s) + 1.0f) * 0.5f * 210);
-    float *lc = cpu_logits(m, tok, 30);
+    float *lc = rand_tokens_cpu_logits(m, tok, 30);
     REQUIRE(lc);
     const float mx = max_abs(lc, 30L * 211);
     struct lmp_cuda_opts exact = {.exact_gemv = 1}, fast = {.device = 0};
@@ -489,9 +496,7 @@ TEST(cuda_forward_q4_g128_vs_cpu)
     REQUIRE(m);
     rtn_quantize(m, 4, 128);
     int32_t tok[30];
-    unsigned long long s = seed_now();
-    for (int i = 0; i < 30; i++) tok[i] = (int32_t)((lmp_test_randf(&s) + 1.0f) * 0.5f * 210);
-    float *lc = cpu_logits(m, tok, 30);
+    float *lc = rand_tokens_cpu_logits(m, tok, 30);
     REQUIRE(lc);
     const float mx = max_abs(lc, 30L * 211);
     static const struct {
