@@ -3,7 +3,7 @@
  * the bandwidth it implies (weight bytes read per token x tokens/s) as a percentage of a
  * device-to-device cudaMemcpy measured in the same run (bytes read + bytes written).
  *
- *   build/cuda/cuda_decode [--layers N] [--tokens N] [--runs N] [--only NAME: f16, q4, q4-w8, q4-w8-b1, q4-nopipe, q4-w8-nopipe, q4-nopdl, q4-mega, q4-mega-w8, q4-mega-nopipe, q4-nograph, q4-legacy, q4-legacy-w1, q4-unfused, q4exact, f16-w4, f16-w2, f16-unfused, f32]
+ *   build/cuda/cuda_decode [--layers N] [--tokens N] [--runs N] [--only NAME[,NAME...]: f16, q4, q4-rows, q4-d1, q4-d2, q4-d3, q4-sk, q4-sk-d1, q4-w8, q4-w8-b1, q4-nopipe, q4-w8-nopipe, q4-nopdl, q4-mega, q4-mega-w8, q4-mega-nopipe, q4-nograph, q4-legacy, q4-legacy-w1, q4-unfused, q4exact, f16-w4, f16-w2, f16-unfused, f32]
  *
  * Timing: CUDA events around `tokens` decode steps (positions 0..tokens-1, each step one
  * small kernel writing token and position plus one graph launch), after a warm-up of 16
@@ -11,6 +11,7 @@
 #include "runtime/cuda/rt_cuda.h"
 
 #include <cuda_runtime.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -73,6 +74,23 @@ struct row {
     int ok;
 };
 
+/* whether name is in the comma-separated list */
+static int in_list(const char *list, const char *name)
+{
+    const size_t n = strlen(name);
+    for (const char *p = list; p && *p;) {
+        const char *e = strchr(p, ',');
+        const size_t k = e ? (size_t)(e - p) : strlen(p);
+        if (k == n && !strncmp(p, name, n)) return 1;
+        p = e ? e + 1 : NULL;
+    }
+    return 0;
+}
+
+/* logits of the warm-up's last token: kept for "q4" and "q4-rows" (two implementations of
+ * the same 4-bit decode) to be compared */
+static float *kept_q4, *kept_rows;
+
 static int run_one(const char *name, enum lmp_cuda_wtype wt, int bits, int group,
                    const struct lmp_cuda_opts *o, struct lmp_config *c, int tokens, int runs,
                    double copy_gbs, struct row *r)
@@ -87,6 +105,10 @@ static int run_one(const char *name, enum lmp_cuda_wtype wt, int bits, int group
         fprintf(stderr, "cuda_decode: %s: %s\n", name, err.msg);
         return st == LMP_ERR_UNSUPPORTED ? 2 : 1;
     }
+    int tl = 0, th = 0;
+    lmp_cuda_decode_info(s, &tl, &th);
+    fprintf(stderr, "  %-10s tile kernels: %d of %d layers, head %s\n", name, tl, c->n_layers,
+            th ? "yes" : "no");
     cudaStream_t stream = (cudaStream_t)lmp_cuda_stream(s);
     cudaEvent_t e0, e1;
     CK(cudaEventCreate(&e0));
@@ -120,6 +142,8 @@ static int run_one(const char *name, enum lmp_cuda_wtype wt, int bits, int group
                 name, r->gb, r->ms, r->tok_s, r->bw, r->pct, finite ? "finite" : "NOT FINITE");
     }
     free(t);
+    if (!st && !strcmp(name, "q4")) kept_q4 = lg, lg = NULL;
+    if (!st && !strcmp(name, "q4-rows")) kept_rows = lg, lg = NULL;
     free(lg);
     cudaEventDestroy(e0);
     cudaEventDestroy(e1);
@@ -131,13 +155,15 @@ int main(int argc, char **argv)
 {
     int layers = 32, tokens = 128, runs = 5;
     const char *only = NULL;
+    int probe = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--layers") && i + 1 < argc) layers = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--tokens") && i + 1 < argc) tokens = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--runs") && i + 1 < argc) runs = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--only") && i + 1 < argc) only = argv[++i];
+        else if (!strcmp(argv[i], "--probe")) probe = 1;
         else {
-            fprintf(stderr, "usage: cuda_decode [--layers N] [--tokens N] [--runs N] [--only NAME: f16, q4, q4-w8, q4-w8-b1, q4-nopipe, q4-w8-nopipe, q4-nopdl, q4-mega, q4-mega-w8, q4-mega-nopipe, q4-nograph, q4-legacy, q4-legacy-w1, q4-unfused, q4exact, f16-w4, f16-w2, f16-unfused, f32]\n");
+            fprintf(stderr, "usage: cuda_decode [--layers N] [--tokens N] [--runs N] [--only NAME[,NAME...]: f16, q4, q4-rows, q4-d1, q4-d2, q4-d3, q4-sk, q4-sk-d1, q4-w8, q4-w8-b1, q4-nopipe, q4-w8-nopipe, q4-nopdl, q4-mega, q4-mega-w8, q4-mega-nopipe, q4-nograph, q4-legacy, q4-legacy-w1, q4-unfused, q4exact, f16-w4, f16-w2, f16-unfused, f32]\n");
             return 2;
         }
     }
@@ -160,6 +186,24 @@ int main(int argc, char **argv)
            copy_ms, copy_gbs);
     fflush(stdout);
 
+    if (probe) { /* what a read-only kernel reaches per launch at the decode kernels' sizes */
+        static const double mb[] = {9.0, 26.8, 48.0, 69.6, 1024.0};
+        static const char *pat[] = {"grid-stride", "warp shares, 4 x 1 KB in flight",
+                                    "warp shares, 8 x 1 KB in flight", "warp shares, 4 in flight, 2 blocks/SM",
+                                    "warp shares, 2 in flight, 4 blocks/SM"};
+        for (int p = 0; p < 5; p++)
+            for (int k = 0; k < 5; k++) {
+                float us = 0;
+                struct lmp_err perr = {{0}};
+                if (lmp_cuda_read_probe((size_t)(mb[k] * 1e6), p, k == 4 ? 10 : 200, &us, &perr)) {
+                    fprintf(stderr, "probe: %s\n", perr.msg);
+                    return 1;
+                }
+                printf("read probe: %-40s %7.1f MB: %8.2f us per launch, %6.0f GB/s\n", pat[p], mb[k],
+                       us, mb[k] * 1e6 / (us * 1e-6) / 1e9);
+            }
+        fflush(stdout);
+    }
     struct lmp_layer_cfg *lc = calloc((size_t)layers, sizeof *lc);
     for (int l = 0; l < layers; l++) lc[l] = (struct lmp_layer_cfg){32, 32, 11008};
     struct lmp_config c;
@@ -181,17 +225,23 @@ int main(int argc, char **argv)
         struct lmp_cuda_opts o;
     } modes[] = {{"f16", LMP_CUDA_W_F16, 0, 0, {.device = 0}},
                  {"q4", LMP_CUDA_W_PACKED, 4, 128, {.device = 0}},
-                 {"q4-w8", LMP_CUDA_W_PACKED, 4, 128, {.q4_warps = 8}},
-                 {"q4-w8-b1", LMP_CUDA_W_PACKED, 4, 128, {.q4_warps = 8, .q4_bps = 1}},
-                 {"q4-nopipe", LMP_CUDA_W_PACKED, 4, 128, {.q4_pipe = 2}},
-                 {"q4-w8-nopipe", LMP_CUDA_W_PACKED, 4, 128, {.q4_warps = 8, .q4_pipe = 2}},
+                 {"q4-rows", LMP_CUDA_W_PACKED, 4, 128, {.no_q4t = 1}},
+                 {"q4-d1", LMP_CUDA_W_PACKED, 4, 128, {.q4t_depth = 1}},
+                 {"q4-d2", LMP_CUDA_W_PACKED, 4, 128, {.q4t_depth = 2}},
+                 {"q4-d3", LMP_CUDA_W_PACKED, 4, 128, {.q4t_depth = 3}},
+                 {"q4-sk", LMP_CUDA_W_PACKED, 4, 128, {.q4t_streamk = 1}},
+                 {"q4-sk-d1", LMP_CUDA_W_PACKED, 4, 128, {.q4t_streamk = 1, .q4t_depth = 1}},
+                 {"q4-w8", LMP_CUDA_W_PACKED, 4, 128, {.q4_warps = 8, .no_q4t = 1}},
+                 {"q4-w8-b1", LMP_CUDA_W_PACKED, 4, 128, {.q4_warps = 8, .q4_bps = 1, .no_q4t = 1}},
+                 {"q4-nopipe", LMP_CUDA_W_PACKED, 4, 128, {.q4_pipe = 2, .no_q4t = 1}},
+                 {"q4-w8-nopipe", LMP_CUDA_W_PACKED, 4, 128, {.q4_warps = 8, .q4_pipe = 2, .no_q4t = 1}},
                  {"q4-nopdl", LMP_CUDA_W_PACKED, 4, 128, {.no_pdl = 1}},
-                 {"q4-mega", LMP_CUDA_W_PACKED, 4, 128, {.q4_mega = 1}},
-                 {"q4-mega-w8", LMP_CUDA_W_PACKED, 4, 128, {.q4_mega = 1, .q4_warps = 8}},
-                 {"q4-mega-nopipe", LMP_CUDA_W_PACKED, 4, 128, {.q4_mega = 1, .q4_pipe = 2}},
+                 {"q4-mega", LMP_CUDA_W_PACKED, 4, 128, {.q4_mega = 1, .no_q4t = 1}},
+                 {"q4-mega-w8", LMP_CUDA_W_PACKED, 4, 128, {.q4_mega = 1, .q4_warps = 8, .no_q4t = 1}},
+                 {"q4-mega-nopipe", LMP_CUDA_W_PACKED, 4, 128, {.q4_mega = 1, .q4_pipe = 2, .no_q4t = 1}},
                  {"q4-nograph", LMP_CUDA_W_PACKED, 4, 128, {.no_graph = 1}},
-                 {"q4-legacy", LMP_CUDA_W_PACKED, 4, 128, {.legacy_decode = 1}},
-                 {"q4-legacy-w1", LMP_CUDA_W_PACKED, 4, 128, {.gemv_warps = 1, .legacy_decode = 1}},
+                 {"q4-legacy", LMP_CUDA_W_PACKED, 4, 128, {.legacy_decode = 1, .no_q4t = 1}},
+                 {"q4-legacy-w1", LMP_CUDA_W_PACKED, 4, 128, {.gemv_warps = 1, .legacy_decode = 1, .no_q4t = 1}},
                  {"q4-unfused", LMP_CUDA_W_PACKED, 4, 128, {.no_fuse = 1}},
                  {"q4exact", LMP_CUDA_W_PACKED, 4, 128, {.exact_gemv = 1}},
                  {"f16-w4", LMP_CUDA_W_F16, 0, 0, {.gemv_warps = 4}},
@@ -205,12 +255,23 @@ int main(int argc, char **argv)
            layers, tokens, runs);
     fflush(stdout);
     for (int k = 0; k < N_MODES; k++) {
-        if (only ? strcmp(only, modes[k].name) != 0 : k == N_MODES - 1) continue; /* f32 on request */
+        if (only ? !in_list(only, modes[k].name) : k == N_MODES - 1) continue; /* f32 on request */
         int e = run_one(modes[k].name, modes[k].wt, modes[k].bits, modes[k].group, &modes[k].o, &c,
                         tokens, runs, copy_gbs, &rows[nr]);
         if (e) rc = e;
         else nr++;
     }
+    if (kept_q4 && kept_rows) { /* the tile and the row-streaming kernels on the same weights */
+        double mx = 0, md = 0;
+        for (int i = 0; i < c.vocab; i++) {
+            const double a = fabs((double)kept_rows[i]), d = fabs((double)kept_q4[i] - kept_rows[i]);
+            mx = a > mx ? a : mx;
+            md = d > md ? d : md;
+        }
+        printf("q4 (tile kernels) vs q4-rows (row-streaming kernels), logits after 16 tokens: max |diff| %.3g, max |logit| %.3g\n",
+               md, mx);
+    }
+    free(kept_q4), free(kept_rows);
     printf("\n| weights | GB read / token | ms / token | tokens/s | GB/s | %% of D2D copy (%.0f GB/s) |\n",
            copy_gbs);
     printf("|---|---|---|---|---|---|\n");

@@ -57,6 +57,8 @@ struct cu_mat {
     int32_t *perm;      /* (cols) or NULL */
     float *bias;        /* (rows) or NULL */
     double bytes;       /* bytes a matrix-vector product streams */
+    uint4 *t_codes;     /* 4-bit decode tile layout (decode_q4t.cu) or NULL */
+    uint2 *t_sz;        /* its scales and zeros */
 };
 
 struct cu_layer {
@@ -97,8 +99,29 @@ struct q4f_extra {
     float *kc, *vc;
     int hd, kvd;
     int warps, pdl;        /* warps per block (8, 16), programmatic dependent launch */
+    float *scr;            /* tile kernels: partial sums and counters (k_q4t_scratch) */
+    unsigned *cnt;
     int pipe;              /* a warp's next step loaded while the current one is computed */
     int bps;               /* blocks per SM of the persistent grid (0: as many as fit) */
+};
+
+/* the tensor-core tile kernels (decode_q4t.cu): the same three modes on the tile layout */
+struct q4t_mat {
+    const uint4 *codes;
+    const uint2 *sz;
+    const float *bias;
+    float *y;
+    int rows, tile0;
+};
+struct q4t_args {
+    struct q4t_mat m[Q4F_MAX];
+    int items;             /* tiles * nc (k_q4t_ok: < 2^31 / 64) */
+    int n, tiles, nc, ngr, cshift, cols, acc, hd, kvd;
+    const float *x, *norm, *cs;
+    const int *pos;
+    float *kc, *vc, *scr;
+    unsigned *cnt;
+    float eps;
 };
 
 struct q4f_layer_args {
@@ -130,6 +153,12 @@ struct lmp_cuda_state {
     int q4_bps;              /* and blocks per SM (0: as many as fit) */
     int q4_pipe;             /* software-pipelined steps */
     int q4_mega;             /* the whole decode step in one persistent kernel where it applies */
+    int q4t;                 /* 4-bit decode through the tensor-core tile kernels where they apply */
+    int q4t_depth;           /* their items in flight per warp (k_q4t_launch) */
+    int q4t_streamk;         /* and their split of the work */
+    float *q4t_scr;          /* their partial sums (q4t_scr_floats) and tile counters */
+    unsigned *q4t_cnt;
+    size_t q4t_scr_floats, q4t_cnt_n;
     int mk_state;            /* 0 not yet looked at, 1 ready, -1 does not apply */
     struct q4f_mega_args mk; /* its arguments (mk.L, mk.bar in device memory) */
     size_t mk_smem;
@@ -258,6 +287,27 @@ int k_q4f_ok(const struct cu_mat *const *m, int n, int mode, size_t smem_max);
 enum lmp_status k_q4f(cudaStream_t st, const struct cu_mat *const *m, float *const *y, int n,
                       int mode, const struct q4f_extra *x, struct lmp_err *err);
 enum lmp_status k_q4f_init_attrs(size_t smem_max, struct lmp_err *err);
+
+/* ---- decode of 4-bit models on tensor cores (decode_q4t.cu) ----
+ * The same modes and arguments as k_q4f on a tile layout of the weights made once
+ * (k_q4t_pack, into m->t_codes / m->t_sz of k_q4t_bytes). k_q4t_mat_ok: 4-bit, no perm,
+ * cols % 128 == 0, one group per row or groups of 128 * 2^k. k_q4t_ok as k_q4f_ok on
+ * packed matrices (QKV: rows % 16 == 0). k_q4t_scratch: the floats of x->scr and the
+ * counters of x->cnt a launch needs (both zero before the first launch; the kernels leave
+ * the counters zero). */
+int k_q4t_mat_ok(const struct cu_mat *m);
+size_t k_q4t_bytes(const struct cu_mat *m, size_t *codes_bytes, size_t *sz_bytes);
+void k_q4t_pack(cudaStream_t st, struct cu_mat *m);
+size_t k_q4t_smem(int cols);
+int k_q4t_ok(const struct cu_mat *const *m, int n, int mode, size_t smem_max);
+size_t k_q4t_scratch(const struct cu_mat *const *m, int n, int mode, size_t *counters);
+void k_q4t_args(struct q4t_args *a, const struct cu_mat *const *m, float *const *y, int n, int mode,
+                const struct q4f_extra *x);
+/* shape: warps per block and items in flight per warp (q4t_shapes), 0 the default; streamk: tiles split
+ * across blocks, summed through x->scr (else whole tiles per block, summed in shared memory) */
+enum lmp_status k_q4t_launch(cudaStream_t st, const struct q4t_args *a, int mode, int pdl,
+                             int depth, int streamk, struct lmp_err *err);
+enum lmp_status k_q4t_init_attrs(size_t smem_max, struct lmp_err *err);
 
 /* nll (n) double */
 void k_nll(cudaStream_t st, double *nll, const float *logits, const int32_t *target, int n,

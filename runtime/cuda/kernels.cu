@@ -992,7 +992,8 @@ enum lmp_status k_init_attrs(size_t smem_max, struct lmp_err *err)
     int v = (int)smem_max;
     CU_TRY(cudaFuncSetAttribute(attention_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, v),
            "attention kernel attributes");
-    return k_q4f_init_attrs(smem_max, err);
+    enum lmp_status st = k_q4f_init_attrs(smem_max, err);
+    return st ? st : k_q4t_init_attrs(smem_max, err);
 }
 
 /* ---- NLL ------------------------------------------------------------------------------ */

@@ -246,6 +246,38 @@ extern "C" enum lmp_status lmp_cuda_k_qmatmul(const struct lmp_qview *w, const f
             TRY(k_q4f(0, mm, yy, variant == 3 ? 1 : 2, mode, &x, err));
         }
         CU_TRY(cudaDeviceSynchronize(), "fused decode kernel");
+    } else if (variant == 5 || variant == 6) { /* the tensor-core tile kernels, row by row */
+        const int mode = variant == 5 ? Q4F_PLAIN : Q4F_GU, nm = variant == 5 ? 1 : 2;
+        const struct cu_mat *mm[2] = {&m, &m};
+        if (!k_q4t_mat_ok(&m)) {
+            st = lmp_err_set(err, LMP_ERR_UNSUPPORTED, "matrix not eligible for the tile decode kernels");
+            goto done;
+        }
+        size_t cb2, sb2, ncnt;
+        k_q4t_bytes(&m, &cb2, &sb2);
+        TRY(up(&b, (void **)&m.t_codes, NULL, cb2, err));
+        TRY(up(&b, (void **)&m.t_sz, NULL, sb2, err));
+        k_q4t_pack(0, &m);
+        CU_LAUNCHED("tile layout");
+        if (!k_q4t_ok(mm, nm, mode, s.smem_max)) {
+            st = lmp_err_set(err, LMP_ERR_UNSUPPORTED, "matrix not eligible for the tile decode kernels");
+            goto done;
+        }
+        struct q4f_extra x;
+        memset(&x, 0, sizeof x);
+        const size_t nf = k_q4t_scratch(mm, nm, mode, &ncnt);
+        TRY(up(&b, (void **)&x.scr, NULL, nf * 4, err));
+        TRY(up(&b, (void **)&x.cnt, NULL, ncnt * 4, err));
+        CU_TRY(cudaMemset(x.cnt, 0, ncnt * 4), "clearing counters");
+        for (int i = 0; i < n; i++) { /* rows alternate the two work splits */
+            const int sk = i & 1;
+            float *yy[2] = {dy + (size_t)i * w->rows, NULL};
+            x.x = dx + (size_t)i * w->cols;
+            struct q4t_args a;
+            k_q4t_args(&a, mm, yy, nm, mode, &x);
+            TRY(k_q4t_launch(0, &a, mode, 1, 0, sk, err));
+        }
+        CU_TRY(cudaDeviceSynchronize(), "tile decode kernel");
     } else {
         const int mode = k_gemv_mode(&m, variant == 0);
         void *xp;
@@ -278,6 +310,89 @@ extern "C" enum lmp_status lmp_cuda_k_nll(double *nll, const float *logits, cons
     k_nll(0, dn, dl, dt, n, vocab);
     TRY(down(nll, dn, (size_t)n * 8, err));
 done:
+    bufs_free(&b);
+    return st;
+}
+
+/* ---- read-bandwidth probe (bench/cuda_decode --probe): what a kernel that only streams
+ * `bytes` reaches with the access pattern of the decode kernels ---- */
+
+/* every warp an equal contiguous share of 1 KB items, D in flight per warp */
+template <int D>
+__global__ void __launch_bounds__(512) probe_items(const uint4 *p, int items, unsigned *sink)
+{
+    const int lane = threadIdx.x & 31, gw = (blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+    const int G = (gridDim.x * blockDim.x) >> 5, per = (items + G - 1) / G;
+    const int lo = min(items, gw * per), hi = min(items, lo + per);
+    unsigned acc = 0;
+    uint4 b[D][2];
+#pragma unroll
+    for (int d = 0; d < D; d++)
+        if (lo + d < hi) b[d][0] = __ldg(p + (size_t)(lo + d) * 64 + lane), b[d][1] = __ldg(p + (size_t)(lo + d) * 64 + 32 + lane);
+    for (int i = lo; i < hi; i += D) {
+#pragma unroll
+        for (int d = 0; d < D; d++) {
+            if (i + d < hi) {
+                acc ^= b[d][0].x ^ b[d][0].y ^ b[d][0].z ^ b[d][0].w ^ b[d][1].x ^ b[d][1].y ^ b[d][1].z ^ b[d][1].w;
+                if (i + d + D < hi) {
+                    const size_t q = (size_t)(i + d + D) * 64 + lane;
+                    b[d][0] = __ldg(p + q), b[d][1] = __ldg(p + q + 32);
+                }
+            }
+        }
+    }
+    if (acc == 0x12345678u) *sink = acc;
+}
+
+/* grid-stride, 4 loads of 16 bytes in flight per thread */
+__global__ void probe_stride(const uint4 *p, size_t n, unsigned *sink)
+{
+    const size_t T = (size_t)gridDim.x * blockDim.x;
+    unsigned acc = 0;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += 4 * T) {
+        uint4 v[4];
+#pragma unroll
+        for (int k = 0; k < 4; k++) v[k] = i + k * T < n ? __ldg(p + i + k * T) : make_uint4(0, 0, 0, 0);
+#pragma unroll
+        for (int k = 0; k < 4; k++) acc ^= v[k].x ^ v[k].y ^ v[k].z ^ v[k].w;
+    }
+    if (acc == 0x12345678u) *sink = acc;
+}
+
+extern "C" enum lmp_status lmp_cuda_read_probe(size_t bytes, int pattern, int reps, float *us,
+                                               struct lmp_err *err)
+{
+    struct bufs b = {{0}, 0};
+    enum lmp_status st = cu_use_device(0, err);
+    if (st) return st;
+    void *p = NULL, *sink = NULL;
+    int sms = 0;
+    cudaEvent_t e0 = NULL, e1 = NULL;
+    const int items = (int)(bytes / 1024);
+    CU_TRY(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0), "probe");
+    TRY(up(&b, &p, NULL, (size_t)items * 1024, err));
+    TRY(up(&b, &sink, NULL, 4, err));
+    CU_TRY(cudaMemset(p, 1, (size_t)items * 1024), "probe");
+    CU_TRY(cudaEventCreate(&e0), "probe");
+    CU_TRY(cudaEventCreate(&e1), "probe");
+    for (int r = -2; r < reps; r++) {
+        if (r == 0) CU_TRY(cudaEventRecord(e0, 0), "probe");
+        const uint4 *q = (const uint4 *)p;
+        switch (pattern) {
+        case 0: probe_stride<<<sms * 4, 512>>>(q, (size_t)items * 64, (unsigned *)sink); break;
+        case 1: probe_items<4><<<sms, 512>>>(q, items, (unsigned *)sink); break;
+        case 2: probe_items<8><<<sms, 512>>>(q, items, (unsigned *)sink); break;
+        case 3: probe_items<4><<<sms * 2, 512>>>(q, items, (unsigned *)sink); break;
+        default: probe_items<2><<<sms * 4, 512>>>(q, items, (unsigned *)sink); break;
+        }
+    }
+    CU_TRY(cudaEventRecord(e1, 0), "probe");
+    CU_TRY(cudaEventSynchronize(e1), "probe");
+    CU_TRY(cudaEventElapsedTime(us, e0, e1), "probe");
+    *us = *us * 1000.0f / (float)reps;
+done:
+    if (e0) cudaEventDestroy(e0);
+    if (e1) cudaEventDestroy(e1);
     bufs_free(&b);
     return st;
 }

@@ -202,6 +202,31 @@ enum lmp_status cu_state_finish(struct lmp_cuda_state *s, const float *rope_cs_h
             return lmp_err_set(err, LMP_ERR_NOMEM, "CUDA: size of %s overflows", bufs[i].what);
         if ((st = cu_state_alloc(s, (void **)bufs[i].p, n, bufs[i].what, err))) return st;
     }
+    if (s->q4t) { /* the tile kernels' partial sums and counters: the largest launch's */
+        size_t nf = 0, nc = 0, c;
+        auto need = [&](const struct cu_mat *const *m, int k, int mode) {
+            if (!k_q4t_ok(m, k, mode, s->smem_max)) return;
+            const size_t f = k_q4t_scratch(m, k, mode, &c);
+            nf = f > nf ? f : nf;
+            nc = c > nc ? c : nc;
+        };
+        for (int l = 0; l < s->n_layers; l++) {
+            const struct cu_layer *L = &s->L[l];
+            const struct cu_mat *qkv[3] = {&L->m[CU_WQ], &L->m[CU_WK], &L->m[CU_WV]};
+            const struct cu_mat *gu[2] = {&L->m[CU_WGATE], &L->m[CU_WUP]};
+            const struct cu_mat *wo = &L->m[CU_WO], *wd = &L->m[CU_WDOWN];
+            need(qkv, 3, Q4F_QKV), need(gu, 2, Q4F_GU), need(&wo, 1, Q4F_PLAIN), need(&wd, 1, Q4F_PLAIN);
+        }
+        const struct cu_mat *head = &s->out;
+        need(&head, 1, Q4F_PLAIN);
+        if (nf) {
+            if ((st = cu_state_alloc(s, (void **)&s->q4t_scr, nf * sizeof(float), "decode scratch", err)) ||
+                (st = cu_state_alloc(s, (void **)&s->q4t_cnt, nc * sizeof(unsigned), "decode scratch", err)))
+                return st;
+            CU_TRY(cudaMemset(s->q4t_cnt, 0, nc * sizeof(unsigned)), "clearing decode counters");
+            s->q4t_scr_floats = nf, s->q4t_cnt_n = nc;
+        }
+    }
     int *ctl;
     if ((st = cu_state_alloc(s, (void **)&ctl, (2 + B) * sizeof(int), "token ids", err)) ||
         (st = cu_state_alloc(s, &s->xprep, k_gemv_prep_bytes(s->max_in), "activations", err)))
@@ -276,6 +301,23 @@ static enum lmp_status upload_vec(struct lmp_cuda_state *s, float **dst, const s
     return st;
 }
 
+/* The tile layout of a 4-bit matrix for the tensor-core decode kernels (decode_q4t.cu),
+ * where it applies; made on the device from the packed codes. */
+static enum lmp_status mat_tiles(struct lmp_cuda_state *s, struct cu_mat *d, const char *what,
+                                 struct lmp_err *err)
+{
+    if (!s->q4t || !k_q4t_mat_ok(d)) return LMP_OK;
+    size_t cb, sb;
+    k_q4t_bytes(d, &cb, &sb);
+    enum lmp_status st;
+    if ((st = cu_state_alloc(s, (void **)&d->t_codes, cb, what, err)) ||
+        (st = cu_state_alloc(s, (void **)&d->t_sz, sb, what, err)))
+        return st;
+    k_q4t_pack(s->stream, d);
+    CU_LAUNCHED("making the decode tile layout");
+    return LMP_OK;
+}
+
 static double mat_bytes(const struct cu_mat *d)
 {
     double rc = (double)d->rows * d->cols;
@@ -320,6 +362,7 @@ static enum lmp_status upload_mat(struct lmp_cuda_state *s, struct cu_mat *d,
         }
         size_t exp_floats = ne;
         if (exp_floats > s->wscr_floats) s->wscr_floats = exp_floats;
+        if ((st = mat_tiles(s, d, t->name, err))) return st;
     } else if (t->type == LMP_TYPE_F16 || want_f16) {
         d->kind = CU_F16;
         uint16_t *h = (uint16_t *)malloc(ne * 2);
@@ -370,7 +413,11 @@ static void state_opts(struct lmp_cuda_state *s, const struct lmp_cuda_opts *o)
     s->q4_bps = o->q4_bps > 0 ? o->q4_bps : Q4F_BPS;
     s->q4_pipe = o->q4_pipe == 1 ? 1 : o->q4_pipe == 2 ? 0 : Q4F_PIPE;
     s->q4_mega = s->q4f && o->q4_mega;
+    s->q4t = s->q4f && !o->no_q4t;
+    s->q4t_depth = o->q4t_depth >= 0 && o->q4t_depth <= 3 ? o->q4t_depth : 0;
+    s->q4t_streamk = o->q4t_streamk;
 }
+
 
 extern "C" enum lmp_status lmp_cuda_state_create(const struct lmp_model *m, int max_ctx,
                                                  int max_batch, const struct lmp_cuda_opts *o,
@@ -514,6 +561,7 @@ static enum lmp_status random_mat(struct lmp_cuda_state *s, struct cu_mat *d, in
         k_rand_f16(s->stream, d->scales, pb / 2, 0.5f * b / half, 1.5f * b / half, seed ^ 0x5ca1e);
         k_fill_f16(s->stream, d->zeros, pb / 2, half);
         if (ne > s->wscr_floats) s->wscr_floats = ne;
+        if ((st = mat_tiles(s, d, "random weights", err))) return st;
     }
     CU_LAUNCHED("random weights");
     d->bytes = mat_bytes(d);
@@ -686,35 +734,52 @@ static void q4f_extra_init(const struct lmp_cuda_state *s, struct q4f_extra *x)
     x->pdl = s->pdl;
 }
 
-/* The fused kernels' arguments of layer l (q/k/v, o, gate/up, down; attention's buffers):
- * x gives the launch settings; its inputs and outputs are set here. */
-static void layer_q4f_args(const struct lmp_cuda_state *s, int l, struct q4f_extra x,
-                           struct q4f_layer_args *la)
+/* The four products of layer l's decode (q/k/v, o, gate/up, down) as the fused kernels
+ * take them: matrices, outputs, mode and inputs; x gives the launch settings. */
+struct layer_prod {
+    const struct cu_mat *m[3];
+    float *y[3];
+    int n, mode;
+    struct q4f_extra x;
+};
+static void layer_prods(const struct lmp_cuda_state *s, int l, struct q4f_extra x,
+                        struct layer_prod P[4])
 {
     const struct cu_layer *L = &s->L[l];
-    const struct cu_mat *qkv[3] = {&L->m[CU_WQ], &L->m[CU_WK], &L->m[CU_WV]};
-    const struct cu_mat *gu[2] = {&L->m[CU_WGATE], &L->m[CU_WUP]};
-    const struct cu_mat *wo = &L->m[CU_WO], *wd = &L->m[CU_WDOWN];
-    float *yq[3] = {s->q, s->k, s->v}, *yh[1] = {s->h}, *yg[2] = {s->g, NULL};
-    memset(la, 0, sizeof *la);
+    memset(P, 0, 4 * sizeof *P);
     x.cs = s->rope_cs;
     x.pos = s->d_pos;
     x.hd = s->hd;
     x.kvd = L->nkv * s->hd;
     x.kc = s->k_cache + s->kv_off[l];
     x.vc = s->v_cache + s->kv_off[l];
-    x.x = s->h, x.norm = L->attn_norm, x.acc = 0;
-    k_q4f_args(&la->qkv, qkv, yq, 3, Q4F_QKV, &x);
-    x.x = s->att, x.norm = NULL, x.acc = 1;
-    k_q4f_args(&la->o, &wo, yh, 1, Q4F_PLAIN, &x);
-    x.x = s->h, x.norm = L->ffn_norm, x.acc = 0;
-    k_q4f_args(&la->gu, gu, yg, 2, Q4F_GU, &x);
-    x.x = s->g, x.norm = NULL, x.acc = 1;
-    k_q4f_args(&la->down, &wd, yh, 1, Q4F_PLAIN, &x);
+    x.scr = s->q4t_scr;
+    x.cnt = s->q4t_cnt;
+    P[0] = {{&L->m[CU_WQ], &L->m[CU_WK], &L->m[CU_WV]}, {s->q, s->k, s->v}, 3, Q4F_QKV, x};
+    P[0].x.x = s->h, P[0].x.norm = L->attn_norm, P[0].x.acc = 0;
+    P[1] = {{&L->m[CU_WO]}, {s->h}, 1, Q4F_PLAIN, x};
+    P[1].x.x = s->att, P[1].x.norm = NULL, P[1].x.acc = 1;
+    P[2] = {{&L->m[CU_WGATE], &L->m[CU_WUP]}, {s->g, NULL}, 2, Q4F_GU, x};
+    P[2].x.x = s->h, P[2].x.norm = L->ffn_norm, P[2].x.acc = 0;
+    P[3] = {{&L->m[CU_WDOWN]}, {s->h}, 1, Q4F_PLAIN, x};
+    P[3].x.x = s->g, P[3].x.norm = NULL, P[3].x.acc = 1;
+}
+
+/* The fused kernels' arguments of layer l (q/k/v, o, gate/up, down; attention's buffers):
+ * x gives the launch settings; its inputs and outputs are set here. */
+static void layer_q4f_args(const struct lmp_cuda_state *s, int l, struct q4f_extra x,
+                           struct q4f_layer_args *la)
+{
+    const struct cu_layer *L = &s->L[l];
+    struct layer_prod P[4];
+    layer_prods(s, l, x, P);
+    memset(la, 0, sizeof *la);
+    struct q4f_args *dst[4] = {&la->qkv, &la->o, &la->gu, &la->down};
+    for (int i = 0; i < 4; i++) k_q4f_args(dst[i], P[i].m, P[i].y, P[i].n, P[i].mode, &P[i].x);
     la->q = s->q;
     la->att = s->att;
-    la->kc = x.kc;
-    la->vc = x.vc;
+    la->kc = P[0].x.kc;
+    la->vc = P[0].x.vc;
     la->nh = L->nh;
     la->nkv = L->nkv;
 }
@@ -735,6 +800,39 @@ static enum lmp_status layer_q4f_fwd(struct lmp_cuda_state *s, int l, struct lmp
     if ((e = k_q4f_launch(st, &la.o, Q4F_PLAIN, &x, err))) return e;
     if ((e = k_q4f_launch(st, &la.gu, Q4F_GU, &x, err))) return e;
     return k_q4f_launch(st, &la.down, Q4F_PLAIN, &x, err);
+}
+
+/* Whether layer l decodes through the tensor-core tile kernels (decode_q4t.cu). */
+static int layer_q4t(const struct lmp_cuda_state *s, const struct cu_layer *L)
+{
+    if (!s->q4t || !s->q4t_scr || s->hd % 2) return 0;
+    const struct cu_mat *qkv[3] = {&L->m[CU_WQ], &L->m[CU_WK], &L->m[CU_WV]};
+    const struct cu_mat *gu[2] = {&L->m[CU_WGATE], &L->m[CU_WUP]};
+    const struct cu_mat *wo = &L->m[CU_WO], *wd = &L->m[CU_WDOWN];
+    return k_q4t_ok(qkv, 3, Q4F_QKV, s->smem_max) && k_q4t_ok(&wo, 1, Q4F_PLAIN, s->smem_max) &&
+           k_q4t_ok(gu, 2, Q4F_GU, s->smem_max) && k_q4t_ok(&wd, 1, Q4F_PLAIN, s->smem_max) &&
+           al16(s->h) && al16(s->att) && al16(s->g) && al16(L->attn_norm) && al16(L->ffn_norm);
+}
+
+/* Decode of one layer through the tile kernels: q/k/v, attention, o, gate/up, down. */
+static enum lmp_status layer_q4t_fwd(struct lmp_cuda_state *s, int l, struct lmp_err *err)
+{
+    cudaStream_t st = s->stream;
+    const struct cu_layer *L = &s->L[l];
+    enum lmp_status e;
+    struct q4f_extra x;
+    struct layer_prod P[4];
+    q4f_extra_init(s, &x);
+    layer_prods(s, l, x, P);
+    for (int i = 0; i < 4; i++) {
+        struct q4t_args a;
+        k_q4t_args(&a, P[i].m, P[i].y, P[i].n, P[i].mode, &P[i].x);
+        if ((e = k_q4t_launch(st, &a, P[i].mode, s->pdl, s->q4t_depth, s->q4t_streamk, err))) return e;
+        if (i == 0 && (e = k_attention(st, s->att, s->q, P[0].x.kc, P[0].x.vc, 1, s->d_pos,
+                                       s->max_ctx, L->nh, L->nkv, s->hd, s->smem_max, s->pdl, err)))
+            return e;
+    }
+    return LMP_OK;
 }
 
 /* Whether the decode step runs as one persistent kernel (q4f_mega): every layer through the
@@ -848,6 +946,20 @@ static enum lmp_status layer_fwd(struct lmp_cuda_state *s, int l, float *h, int 
     return LMP_OK;
 }
 
+static int head_q4t(const struct lmp_cuda_state *s)
+{
+    const struct cu_mat *head = &s->out;
+    return s->q4t && s->q4t_scr && k_q4t_ok(&head, 1, Q4F_PLAIN, s->smem_max) && al16(s->h) &&
+           al16(s->out_norm);
+}
+
+extern "C" void lmp_cuda_decode_info(const struct lmp_cuda_state *s, int *tile_layers, int *tile_head)
+{
+    *tile_layers = 0;
+    for (int l = 0; l < s->n_layers; l++) *tile_layers += layer_q4t(s, &s->L[l]);
+    *tile_head = head_q4t(s);
+}
+
 /* embed (tokens in d_tok) -> layers -> head into s->logits, n rows */
 static enum lmp_status batch_fwd(struct lmp_cuda_state *s, int n, int want_logits,
                                  struct lmp_err *err)
@@ -867,20 +979,29 @@ static enum lmp_status batch_fwd(struct lmp_cuda_state *s, int n, int want_logit
         return LMP_OK;
     }
     for (int l = 0; l < s->n_layers; l++)
-        if ((e = n == 1 && layer_q4f(s, &s->L[l]) ? layer_q4f_fwd(s, l, err)
-                                                  : layer_fwd(s, l, s->h, n, NULL, err)))
+        if ((e = n == 1 && layer_q4t(s, &s->L[l])   ? layer_q4t_fwd(s, l, err)
+                 : n == 1 && layer_q4f(s, &s->L[l]) ? layer_q4f_fwd(s, l, err)
+                                                    : layer_fwd(s, l, s->h, n, NULL, err)))
             return e;
     if (!want_logits) return LMP_OK;
     struct xp_cache c = {NULL, -1, NULL};
     const struct cu_mat *head = &s->out;
-    if (n == 1 && s->q4f && k_q4f_ok(&head, 1, Q4F_PLAIN, s->smem_max) && al16(s->h) &&
-        al16(s->out_norm)) { /* RMSNorm fused into the head's product */
+    const int tile_head = head_q4t(s);
+    if (n == 1 && s->q4f && (tile_head || k_q4f_ok(&head, 1, Q4F_PLAIN, s->smem_max)) &&
+        al16(s->h) && al16(s->out_norm)) { /* RMSNorm fused into the head's product */
         struct q4f_extra x;
         q4f_extra_init(s, &x);
         x.x = s->h;
         x.norm = s->out_norm;
+        x.scr = s->q4t_scr;
+        x.cnt = s->q4t_cnt;
         float *yl[1] = {s->logits};
-        if ((e = k_q4f(s->stream, &head, yl, 1, Q4F_PLAIN, &x, err))) return e;
+        if (tile_head) {
+            struct q4t_args a;
+            k_q4t_args(&a, &head, yl, 1, Q4F_PLAIN, &x);
+            if ((e = k_q4t_launch(s->stream, &a, Q4F_PLAIN, s->pdl, s->q4t_depth, s->q4t_streamk, err))) return e;
+        } else if ((e = k_q4f(s->stream, &head, yl, 1, Q4F_PLAIN, &x, err)))
+            return e;
         CU_LAUNCHED("head");
         return LMP_OK;
     }

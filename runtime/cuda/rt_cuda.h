@@ -69,6 +69,14 @@ struct lmp_cuda_opts {
     int q4_mega;      /* 4-bit decode as one persistent kernel for the whole step (grid-wide
                          barriers between the phases) instead of five launches per layer; off
                          by default: measured 36.8 % vs 38.0 % of copy (docs/GPU.md) */
+    int no_q4t;       /* 4-bit decode through the row-streaming kernels above instead of the
+                         tensor-core tile kernels (decode_q4t.cu; no tile copy of the weights
+                         is made): for comparisons */
+    int q4t_depth;    /* the tile kernels' shape: 0 the default (16 warps per block, each with
+                         4 items of 1 KB in flight, gate/up 3 of 2 KB), 1 (16 warps; 6, 4),
+                         2 (32 warps, 2 items; gate/up as 0), 3 (32 warps; 3, 2) */
+    int q4t_streamk;  /* the tile kernels split tiles across blocks (stream-K, partial sums
+                         through global memory) instead of whole tiles per block */
 };
 
 struct lmp_cuda_state;
@@ -215,7 +223,18 @@ enum lmp_status lmp_cuda_k_matmul(float *y, const float *x, const void *w, int w
  * 1: fp16 Q4 kernel (n == 1), 2: dequantise + sgemm (any n), 3: the fused 4-bit decode
  * kernel (Q4F_PLAIN, row by row), 4: its gate/up form with W as both, so Y = silu(XW^T) *
  * (XW^T). 3 and 4 give LMP_ERR_UNSUPPORTED for a matrix they do not take (not 4-bit, perm,
- * cols not a multiple of 32). */
+ * cols not a multiple of 32). 5 and 6: the same through the tensor-core tile kernels
+ * (decode_q4t.cu; unsupported unless 4-bit, no perm, cols % 128 == 0 and one group per row
+ * or groups of 128 * 2^k). */
+/* Mean microseconds per launch of a kernel that only reads `bytes` (reps launches back to
+ * back): pattern 0 grid-stride 16-byte loads; 1, 2: every warp a contiguous share of 1 KB
+ * items with 4 or 8 in flight, one 16-warp block per SM (the decode kernels' pattern); 3: the
+ * same with 2 blocks per SM; 4: 2 in flight, 4 blocks per SM. */
+enum lmp_status lmp_cuda_read_probe(size_t bytes, int pattern, int reps, float *us,
+                                    struct lmp_err *err);
+/* How decode (one token) runs on this state: the layers and whether the head go through
+ * the tensor-core tile kernels (decode_q4t.cu). */
+void lmp_cuda_decode_info(const struct lmp_cuda_state *s, int *tile_layers, int *tile_head);
 enum lmp_status lmp_cuda_k_qmatmul(const struct lmp_qview *w, const float *X, int n, float *Y,
                                    int variant, struct lmp_err *err);
 /* row-wise negative log-likelihood: nll[i] = logsumexp(logits[i]) - logits[i][target[i]] */

@@ -218,7 +218,8 @@ TEST(cuda_qmatmul_all_bits)
         int rows, cols, group, perm;
     } shapes[] = {{64, 256, 32, 0},  {37, 256, 128, 1}, {50, 172, 172, 0}, {33, 172, 24, 0},
                   {20, 4096, 128, 0}, {40, 1000, 200, 1}, {16, 64, 64, 0},  {300, 11008, 128, 0},
-                  {33, 512, 512, 0}};
+                  {33, 512, 512, 0},  {48, 384, 384, 0},  {40, 1024, 256, 0}, {16, 384, 128, 0},
+                  {24, 768, 384, 0}};
     static const int bits[] = {2, 3, 4, 8};
     for (size_t c = 0; c < sizeof shapes / sizeof shapes[0]; c++)
         for (size_t b = 0; b < 4; b++) {
@@ -241,23 +242,30 @@ TEST(cuda_qmatmul_all_bits)
             const int g = shapes[c].group;
             const int fused = bits[b] == 4 && !shapes[c].perm && cols % 32 == 0 &&
                               (g == cols || (g % 32 == 0 && (g & (g - 1)) == 0));
+            /* the tile kernels: also cols % 128 == 0 and groups of 128 * 2^k or one per row */
+            const int tiled = bits[b] == 4 && !shapes[c].perm && cols % 128 == 0 &&
+                              (g == cols || (g % 128 == 0 && ((g / 128) & (g / 128 - 1)) == 0));
             static const char *names[] = {"matvec fp32", "matvec fp16", "sgemm", "fused decode",
-                                          "fused decode gate/up"};
-            for (int variant = 0; variant < 5; variant++) {
+                                          "fused decode gate/up", "tile decode",
+                                          "tile decode gate/up"};
+            for (int variant = 0; variant < 7; variant++) {
                 if (variant == 1 && bits[b] != 4) continue;
                 snprintf(what, sizeof what, "Q%d %dx%d g%d%s %s", bits[b], rows, cols,
                          shapes[c].group, shapes[c].perm ? " perm" : "", names[variant]);
                 if (variant >= 3) {
                     enum lmp_status r = lmp_cuda_k_qmatmul(&q.v, X, n, Y, variant, &err);
                     /* declines exactly the matrices it should not take */
-                    CHECK_MSG(fused ? r == LMP_OK : r == LMP_ERR_UNSUPPORTED, "%s: status %d (%s)",
+                    const int takes = variant >= 5 ? tiled : fused;
+                    CHECK_MSG(takes ? r == LMP_OK : r == LMP_ERR_UNSUPPORTED, "%s: status %d (%s)",
                               what, (int)r, err.msg);
                     if (r != LMP_OK) continue;
                 } else
                     OKCALL(lmp_cuda_k_qmatmul(&q.v, X, n, Y, variant, &err));
                 const int fp16 = variant == 1 || variant == 3;
-                if (variant == 4)
+                if (variant == 4 || variant == 6)
                     CHECK_CLOSE(what, Y, Yg, (long)n * rows, 5e-3 * mg + 1e-6, 5e-3);
+                else if (variant == 5) /* fp32 sums of exact products: tighter than fp16 */
+                    CHECK_CLOSE(what, Y, Yr, (long)n * rows, 2e-3 * m, 2e-3);
                 else
                     CHECK_CLOSE(what, Y, Yr, (long)n * rows, fp16 ? 5e-3 * m : 2e-5 * m + 1e-6,
                                 fp16 ? 5e-3 : 1e-4);
@@ -312,6 +320,9 @@ static float *cpu_logits(const struct lmp_model *m, const int32_t *tok, int n)
 
 /* GPU logits: a prefill of n0 tokens, then one token at a time (the graph), then the rest
  * as a batch */
+/* what the last gpu_logits decoded through: layers and head on the tile kernels */
+static int last_tile_layers = -1, last_tile_head = -1;
+
 static float *gpu_logits(const struct lmp_model *m, const int32_t *tok, int n, int n0, int n1,
                          const struct lmp_cuda_opts *o)
 {
@@ -325,6 +336,7 @@ static float *gpu_logits(const struct lmp_model *m, const int32_t *tok, int n, i
         return NULL;
     }
     for (int i = 0; i < n * V; i++) lg[i] = NAN;
+    lmp_cuda_decode_info(s, &last_tile_layers, &last_tile_head);
     enum lmp_status st = lmp_cuda_forward(s, tok, n0, 0, lg, &err);
     for (int i = n0; !st && i < n0 + n1; i++)
         st = lmp_cuda_forward(s, tok + i, 1, i, lg + (size_t)i * V, &err);
@@ -500,15 +512,28 @@ TEST(cuda_forward_q4_g128_vs_cpu)
     REQUIRE(lc);
     const float mx = max_abs(lc, 30L * 211);
     static const struct {
-        int no_pdl, mega;
+        int no_pdl, mega, no_q4t, streamk, depth;
         const char *what;
-    } var[] = {{0, 0, "Q4 g128 logits, fused decode kernels"},
-               {1, 0, "Q4 g128 logits, fused decode kernels without PDL"},
-               {0, 1, "Q4 g128 logits, persistent decode kernel"}};
+    } var[] = {{0, 0, 0, 0, 0, "Q4 g128 logits, tensor-core tile decode kernels"},
+               {1, 0, 0, 0, 0, "Q4 g128 logits, tile decode kernels without PDL"},
+               {0, 0, 0, 1, 0, "Q4 g128 logits, tile decode kernels, stream-K"},
+               {0, 0, 0, 0, 2, "Q4 g128 logits, tile decode kernels, 32 warps"},
+               {0, 0, 0, 0, 3, "Q4 g128 logits, tile decode kernels, 32 warps, 3 in flight"},
+               {0, 0, 0, 1, 1, "Q4 g128 logits, tile decode kernels, stream-K, 6 in flight"},
+               {0, 0, 1, 0, 0, "Q4 g128 logits, row-streaming decode kernels"},
+               {1, 0, 1, 0, 0, "Q4 g128 logits, row-streaming decode kernels without PDL"},
+               {0, 1, 1, 0, 0, "Q4 g128 logits, persistent decode kernel"}};
     for (size_t v = 0; v < sizeof var / sizeof var[0]; v++) {
-        struct lmp_cuda_opts o = {.no_pdl = var[v].no_pdl, .q4_mega = var[v].mega};
+        struct lmp_cuda_opts o = {.no_pdl = var[v].no_pdl, .q4_mega = var[v].mega,
+                                  .no_q4t = var[v].no_q4t, .q4t_streamk = var[v].streamk,
+                                  .q4t_depth = var[v].depth};
         float *lg = gpu_logits(m, tok, 30, 10, 8, &o);
         REQUIRE(lg);
+        /* the tile kernels take every layer of this model unless told not to (its head is
+         * not quantised) */
+        CHECK_MSG(last_tile_layers == (var[v].no_q4t ? 0 : 2) && last_tile_head == 0,
+                  "%s: %d layers, head %d on the tile kernels", var[v].what, last_tile_layers,
+                  last_tile_head);
         CHECK_CLOSE(var[v].what, lg, lc, 30L * 211, 1e-2 * mx, 1e-2);
         free(lg);
     }

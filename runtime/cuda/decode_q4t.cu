@@ -1,0 +1,725 @@
+/* Decode (batch 1) of 4-bit models on tensor cores: the weights in a tile layout made once at
+ * upload, each 16-row x 128-column tile of codes a 1 KB block that one warp reads with two
+ * coalesced 16-byte loads per lane and feeds to eight mma.m16n8k16 (fp16 in, fp32 out).
+ *
+ * Why (docs/GPU.md): the row-streaming kernels of decode_q4.cu spend ~4.4 instructions per
+ * code (unpack, zero, HFMA2, fp16 -> fp32, scales per 32 codes), so at batch 1 they were
+ * bound by instruction issue at ~2.2 TB/s, not by DRAM. Here a code costs ~1 instruction:
+ * per 8 codes one shift, four LOP3 that turn nibbles into exact fp16 (1024 + q, or 1024 +
+ * 16 q for the high nibble of a byte), and one tensor-core mma that multiplies them with
+ * the input and sums in fp32. The offsets are removed per 128 columns in fp32:
+ *
+ *   sum_k (q_k - z) x_k = acc - off - z X,   off = 1024 sum_lo x + 64 sum_hi x,  X = sum x
+ *
+ * (lo: the 8 columns of each k16 step whose codes sit in low nibbles; hi: the 8 in high
+ * nibbles, whose x is stored divided by 16). x is the RMSNormed input as fp16, scaled by a
+ * power of two so that max |x| is in [2^13, 2^14); the products and sums are exact fp32 up
+ * to the rounding of the sums, so this is more accurate than the fp16 sums of decode_q4.cu.
+ *
+ * Tile layout (k_q4t_pack): item i = (tile t, chunk j), 1 KB at codes + 1024 i; lane L = 4g
+ * + c holds in word s (s = 0..7, k16 step s of the chunk; words 0-3 in the first 16 bytes,
+ * 4-7 in the second, each half 512 bytes for the warp) the 8 codes of its mma A fragment:
+ * rows 16t + g (a) and 16t + g + 8 (b), columns k = 128 j + 16 s + 2c + {0, 1, 8, 9}:
+ *   bits 0-3 a[k], 16-19 a[k+1], 8-11 b[k], 24-27 b[k+1]      (low nibbles: the lo columns)
+ *   bits 4-7 a[k+8], 20-23 a[k+9], 12-15 b[k+8], 28-31 b[k+9] (high nibbles: the hi columns)
+ * Scales and zeros as half2 (s, z): for (tile, group, g) one uint2 of rows g and g + 8.
+ * Rows past the matrix are zero codes with zero scales.
+ *
+ * Work split (stream-K): the items of all tiles in order, every warp of the grid an equal
+ * contiguous share. A warp sums each tile's chunks in registers; where its share covers a
+ * whole tile it finishes the tile itself, otherwise it stores its partial sums in the tile's
+ * slot of its first chunk (scr) and adds its chunks to the tile's count (cnt); the warp that
+ * completes the count adds the slots in order (the result does not depend on timing),
+ * resets the counter and finishes the tile:
+ * bias, RoPE and the KV-cache store (QKV), SwiGLU (GU), y = or += (PLAIN).
+ *
+ * Each warp issues the loads of its next D items before the previous kernel has finished
+ * (PDL; weights are never written by the forward), so the first bytes arrive while the
+ * block prepares the input. */
+#include "internal.h"
+#include "reduce.cuh"
+
+#include <string.h>
+
+#define Q4T_NW 16 /* warps per block, one block per SM */
+
+static __device__ __forceinline__ uint4 q4t_ld16(const uint4 *p)
+{
+    uint4 r;
+    asm volatile("ld.global.nc.L1::no_allocate.L2::256B.v4.u32 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
+                 : "l"(p));
+    return r;
+}
+static __device__ __forceinline__ uint2 q4t_ld8(const uint2 *p)
+{
+    uint2 r;
+    asm volatile("ld.global.nc.L1::no_allocate.v2.u32 {%0, %1}, [%2];" : "=r"(r.x), "=r"(r.y) : "l"(p));
+    return r;
+}
+
+/* d += A (16x16 fp16, row) * B (16x8 fp16, col), fp32 */
+static __device__ __forceinline__ void q4t_mma(float d[4], uint32_t a0, uint32_t a1, uint32_t a2,
+                                               uint32_t a3, uint32_t b0, uint32_t b1)
+{
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+        "{%8, %9}, {%0, %1, %2, %3};"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+/* (a & m) | 0x64006400 in one LOP3 (the compiler makes two) */
+static __device__ __forceinline__ uint32_t q4t_lop(uint32_t a, uint32_t m)
+{
+    uint32_t r;
+    asm("lop3.b32 %0, %1, %2, %3, 0xEA;" : "=r"(r) : "r"(a), "r"(m), "r"(0x64006400u));
+    return r;
+}
+
+/* one k16 step: the 8 codes of word w against the B fragment (b0: lo, b1: hi columns) */
+static __device__ __forceinline__ void q4t_step(float d[4], uint32_t w, uint32_t b0, uint32_t b1)
+{
+    const uint32_t w8 = w >> 8;
+    q4t_mma(d, q4t_lop(w, 0x000F000Fu), q4t_lop(w8, 0x000F000Fu), q4t_lop(w, 0x00F000F0u),
+            q4t_lop(w8, 0x00F000F0u), b0, b1);
+}
+
+/* the 1 KB item against the input: xb = the B fragments of its 8 steps (4 x uint4 of two
+ * steps each), returns rows g (d[0]) and g + 8 (d[2]) */
+static __device__ __forceinline__ void q4t_item(float d[4], const uint4 w0, const uint4 w1,
+                                                const uint4 *xb)
+{
+    d[0] = d[1] = d[2] = d[3] = 0.0f;
+    q4t_step(d, w0.x, xb[0].x, xb[0].y);
+    q4t_step(d, w0.y, xb[0].z, xb[0].w);
+    q4t_step(d, w0.z, xb[1].x, xb[1].y);
+    q4t_step(d, w0.w, xb[1].z, xb[1].w);
+    q4t_step(d, w1.x, xb[2].x, xb[2].y);
+    q4t_step(d, w1.y, xb[2].z, xb[2].w);
+    q4t_step(d, w1.z, xb[3].x, xb[3].y);
+    q4t_step(d, w1.w, xb[3].z, xb[3].w);
+}
+
+/* acc of a chunk -> the tile sums: row g += s (acc - off - z X), row g + 8 likewise */
+static __device__ __forceinline__ void q4t_scale(float &ya, float &yb, const float d[4], uint2 sz,
+                                                 float2 ox)
+{
+    const float2 a = __half22float2(*(const __half2 *)&sz.x), b = __half22float2(*(const __half2 *)&sz.y);
+    ya = fmaf(a.x, d[0] - fmaf(a.y, ox.y, ox.x), ya);
+    yb = fmaf(b.x, d[2] - fmaf(b.y, ox.y, ox.x), yb);
+}
+
+/* one item's loads: both halves of the codes of 1 or 2 matrices, scales/zeros */
+template <int MODE>
+struct q4t_regs {
+    uint4 w[MODE == Q4F_GU ? 4 : 2];
+    uint2 sz[MODE == Q4F_GU ? 2 : 1];
+};
+
+/* where item (t, j) is: matrix mi, its local tile lt */
+template <int MODE>
+static __device__ __forceinline__ int q4t_mat(const struct q4t_args &A, int t)
+{
+    if (MODE != Q4F_QKV) return 0;
+    return (t >= A.m[1].tile0) + (t >= A.m[2].tile0);
+}
+
+/* item (t, j): 32-bit indices (a matrix holds < 2^31 / 64 items), one wide multiply each */
+template <int MODE>
+static __device__ __forceinline__ void q4t_load(q4t_regs<MODE> &R, const struct q4t_args &A, int t,
+                                                int j, int lane)
+{
+    const int mi = q4t_mat<MODE>(A, t), lt = t - A.m[mi].tile0;
+    const unsigned it = (unsigned)(lt * A.nc + j) * 64u + (unsigned)lane;
+    const unsigned gi = (unsigned)(lt * A.ngr + (j >> A.cshift)) * 8u + (unsigned)(lane >> 2);
+    const uint4 *p = A.m[mi].codes + it;
+    R.w[0] = q4t_ld16(p);
+    R.w[1] = q4t_ld16(p + 32);
+    R.sz[0] = q4t_ld8(A.m[mi].sz + gi);
+    if (MODE == Q4F_GU) {
+        const uint4 *p2 = A.m[1].codes + it;
+        R.w[2] = q4t_ld16(p2);
+        R.w[3] = q4t_ld16(p2 + 32);
+        R.sz[1] = q4t_ld8(A.m[1].sz + gi);
+    }
+}
+
+/* The input into shared memory: xf = x (* norm weights) in fp32, sum x^2 and max |x| in
+ * one block reduction; then per k16 step s and c = 0..3 the B fragment (x[16s + 2c + {0,
+ * 1}], x[16s + 2c + {8, 9}] / 16) as fp16 at xb[(s / 2 * 4 + c) * 2 + s % 2], and per
+ * 128-column chunk (off, X) (one warp per chunk: its 32 lanes are the chunk's 32 (s, c)).
+ * Returns the factor of the products (1 / the power of two and the RMS scale). */
+static __device__ float q4t_prep(const struct q4t_args &A, unsigned char *sm, float *red)
+{
+    const int cols = A.cols, c4 = cols >> 2, tid = threadIdx.x, nthr = blockDim.x;
+    float *xf = (float *)sm;
+    uint2 *xb = (uint2 *)(xf + cols);
+    float2 *ox = (float2 *)(xb + c4);
+    float ss = 0.0f, mx = 0.0f;
+    for (int i = tid; i < c4; i += nthr) {
+        const float4 v = __ldcg((const float4 *)A.x + i);
+        const float4 w = A.norm ? __ldg((const float4 *)A.norm + i) : make_float4(1.f, 1.f, 1.f, 1.f);
+        ss += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
+        const float4 t = make_float4(v.x * w.x, v.y * w.y, v.z * w.z, v.w * w.w);
+        ((float4 *)xf)[i] = t;
+        mx = fmaxf(mx, fmaxf(fmaxf(fabsf(t.x), fabsf(t.y)), fmaxf(fabsf(t.z), fabsf(t.w))));
+    }
+    block_sum_max(ss, mx, red); /* its barriers order the xf writes before the reads */
+    const float inv = A.norm ? 1.0f / sqrtf(ss / (float)cols + A.eps) : 1.0f;
+    mx *= inv;
+    int e = 0;
+    if (mx > 0.0f && mx <= 3.0e38f) frexpf(mx, &e); /* mx = f 2^e, f in [0.5, 1) */
+    const int E = mx > 0.0f && mx <= 3.0e38f ? 14 - e : 0;
+    const float sc = ldexpf(inv, E);
+    for (int i = tid; i < c4; i += nthr) { /* c4 % 32 == 0: whole warps */
+        const int s = i >> 2, c = i & 3, k = 16 * s + 2 * c;
+        const __half2 lo = __floats2half2_rn(xf[k] * sc, xf[k + 1] * sc);
+        const __half2 hi = __floats2half2_rn(xf[k + 8] * sc, xf[k + 9] * sc);
+        const __half2 hi16 = __hmul2(hi, __float2half2_rn(0.0625f));
+        uint2 u;
+        u.x = *(const uint32_t *)&lo;
+        u.y = *(const uint32_t *)&hi16;
+        xb[((s >> 1) * 4 + c) * 2 + (s & 1)] = u;
+        const float2 fl = __half22float2(lo), fh = __half22float2(hi);
+        float off = 1024.0f * (fl.x + fl.y) + 64.0f * (fh.x + fh.y), X = fl.x + fl.y + fh.x + fh.y;
+        off = warp_sum(off);
+        X = warp_sum(X);
+        if ((tid & 31) == 0) ox[i >> 5] = make_float2(off, X);
+    }
+    __syncthreads();
+    return ldexpf(1.0f, -E);
+}
+
+static __device__ __forceinline__ float q4t_silu(float g) { return g / (1.0f + expf(-g)); }
+
+/* the shares: warp w takes items [w per, (w + 1) per) (clipped), per = ceil(items / G);
+ * as balanced as equal shares (the longest is the same) and all in 32-bit arithmetic */
+static __device__ __forceinline__ int q4t_per(const struct q4t_args &A, int G)
+{
+    return (A.items + G - 1) / G;
+}
+
+/* Tile t's values (rows g, g + 8 in every lane of group g; GU: gate ya/yb, up ua/ub),
+ * scaled by ys: bias, RoPE, stores. */
+template <int MODE>
+static __device__ __forceinline__ void q4t_finish(const struct q4t_args &A, int t, float ya, float yb,
+                                                  float ua, float ub, float ys, int lane)
+{
+    const int g = lane >> 2, c = lane & 3, mi = q4t_mat<MODE>(A, t);
+    const struct q4t_mat &M = A.m[mi];
+    const int ra = 16 * (t - M.tile0) + g, rb = ra + 8;
+    ya *= ys, yb *= ys;
+    if (MODE == Q4F_GU) {
+        ua *= ys, ub *= ys;
+        if (c == 0) {
+            if (ra < M.rows) M.y[ra] = q4t_silu(ya) * ua;
+            if (rb < M.rows) M.y[rb] = q4t_silu(yb) * ub;
+        }
+        return;
+    }
+    if (M.bias) {
+        if (ra < M.rows) ya += M.bias[ra];
+        if (rb < M.rows) yb += M.bias[rb];
+    }
+    if (MODE == Q4F_PLAIN) { /* y += as a reduction: the warp does not wait for y */
+        if (c == 0) {
+            if (A.acc) {
+                if (ra < M.rows) atomicAdd(M.y + ra, ya);
+                if (rb < M.rows) atomicAdd(M.y + rb, yb);
+            } else {
+                if (ra < M.rows) M.y[ra] = ya;
+                if (rb < M.rows) M.y[rb] = yb;
+            }
+        }
+        return;
+    }
+    /* QKV (rows % 16 == 0): q -> y, k and v -> the caches at *pos; RoPE pairs (2i, 2i + 1)
+     * are the lanes of groups g and g + 1 */
+    const int p0 = *A.pos;
+    float *dst = mi == 0 ? M.y : (mi == 1 ? A.kc : A.vc) + (size_t)p0 * A.kvd;
+    const float na = __shfl_down_sync(0xffffffffu, ya, 4), nb = __shfl_down_sync(0xffffffffu, yb, 4);
+    if (c != 0) return;
+    if (mi == 2) {
+        dst[ra] = ya;
+        dst[rb] = yb;
+        return;
+    }
+    if (g & 1) return;
+    const float *cs = A.cs + (size_t)p0 * A.hd;
+    const float ca = cs[ra % A.hd], sa = cs[ra % A.hd + 1], cb = cs[rb % A.hd], sb = cs[rb % A.hd + 1];
+    dst[ra] = ya * ca - na * sa;
+    dst[ra + 1] = ya * sa + na * ca;
+    dst[rb] = yb * cb - nb * sb;
+    dst[rb + 1] = yb * sb + nb * cb;
+}
+
+/* A part [j0, j1) of tile t that is not the whole tile: a share has at most two, the first
+ * tile's and the last's. */
+struct q4t_part {
+    int t, j0, j1;
+    float ya, yb, ua, ub;
+};
+
+/* The share's parts, after its last item (no weight loads are in flight any more, so the
+ * fence costs nothing): each into the tile's slot of its first chunk, one fence, then each
+ * adds its chunks to the tile's count; the warp that completes a count adds the slots in
+ * chunk order (the result does not depend on timing) and finishes the tile. */
+template <int MODE>
+static __device__ __forceinline__ void q4t_parts(const struct q4t_args &A, const q4t_part *P, int np,
+                                                 float ys, int G, int lane)
+{
+    const int nc = A.nc, RPU = MODE == Q4F_GU ? 32 : 16, g = lane >> 2;
+#pragma unroll
+    for (int k = 0; k < 2; k++)
+        if (k < np && (lane & 3) == 0) {
+            float *slot = A.scr + ((size_t)P[k].t * nc + P[k].j0) * RPU;
+            slot[g] = P[k].ya, slot[g + 8] = P[k].yb;
+            if (MODE == Q4F_GU) slot[16 + g] = P[k].ua, slot[24 + g] = P[k].ub;
+        }
+    __threadfence();
+    __syncwarp();
+#pragma unroll
+    for (int k = 0; k < 2; k++) {
+        if (k >= np) break;
+        const int t = P[k].t, n = P[k].j1 - P[k].j0;
+        unsigned old = 0;
+        if (lane == 0) old = atomicAdd(A.cnt + t, (unsigned)n);
+        old = __shfl_sync(0xffffffffu, old, 0);
+        if ((int)old + n != nc) continue; /* another part is still running */
+        __threadfence();
+        float ya = 0.0f, yb = 0.0f, ua = 0.0f, ub = 0.0f;
+        const int i0 = t * nc;
+        const float *scr = A.scr + (size_t)t * nc * RPU;
+        for (int j = 0; j < nc;) { /* the parts in order: each starts a warp's share or the tile */
+            const float *p = scr + (size_t)j * RPU;
+            ya += __ldcg(p + g), yb += __ldcg(p + g + 8);
+            if (MODE == Q4F_GU) ua += __ldcg(p + 16 + g), ub += __ldcg(p + 24 + g);
+            const int per = q4t_per(A, G), end = ((i0 + j) / per + 1) * per; /* its owner's end */
+            j = end - i0 < nc ? end - i0 : nc;
+        }
+        if (lane == 0) A.cnt[t] = 0; /* ready for the next launch */
+        q4t_finish<MODE>(A, t, ya, yb, ua, ub, ys, lane);
+    }
+}
+
+/* bytes of the input in shared memory (k_q4t_smem): x fp32, B fragments, (off, X) per chunk */
+static __device__ __forceinline__ int k_q4t_smem_dev(int cols) { return cols * 6 + (cols / 128) * 8; }
+
+/* A warp's items [lo, hi) whose first D loads are in buf (lt, lj: the next item to load):
+ * each tile's chunks summed in registers, end(t, j0, j1, ya, yb, ua, ub) at the end of each
+ * tile's part [j0, j1) (of a tile, or of the share). */
+template <int MODE, int D, class End>
+static __device__ __forceinline__ void q4t_stream(const struct q4t_args &A, int lo, int hi,
+                                                  q4t_regs<MODE> (&buf)[D], int lt, int lj,
+                                                  const unsigned char *sm, int lane, End end)
+{
+    const int nc = A.nc, c = lane & 3;
+    const uint4 *xb4 = (const uint4 *)((const float *)sm + A.cols);
+    const float2 *ox = (const float2 *)(xb4 + (A.cols >> 3));
+    int t = lo / nc, j = lo - t * nc;
+    int j0 = j; /* where the current tile's part began */
+    float ya = 0.0f, yb = 0.0f, ua = 0.0f, ub = 0.0f;
+    for (int i = lo; i < hi; i += D) {
+#pragma unroll
+        for (int d = 0; d < D; d++) {
+            if (i + d < hi) {
+                uint4 xb[4];
+#pragma unroll
+                for (int p = 0; p < 4; p++) xb[p] = xb4[(4 * j + p) * 4 + c];
+                const float2 o = ox[j];
+                float acc[4];
+                q4t_item(acc, buf[d].w[0], buf[d].w[1], xb);
+                q4t_scale(ya, yb, acc, buf[d].sz[0], o);
+                if (MODE == Q4F_GU) {
+                    q4t_item(acc, buf[d].w[2], buf[d].w[3], xb);
+                    q4t_scale(ua, ub, acc, buf[d].sz[MODE == Q4F_GU ? 1 : 0], o);
+                }
+                /* its registers take the item D ahead (no copies) */
+                if (i + d + D < hi) {
+                    q4t_load<MODE>(buf[d], A, lt, lj, lane);
+                    if (++lj == nc) lj = 0, lt++;
+                }
+                if (j == nc - 1 || i + d == hi - 1) { /* the end of a tile or of the share */
+                    end(t, j0, j + 1, ya, yb, ua, ub);
+                    ya = yb = ua = ub = 0.0f;
+                    j0 = 0;
+                }
+                if (++j == nc) j = 0, t++;
+            }
+        }
+    }
+}
+
+/* the first D loads of items [lo, hi); lt, lj: the next item to load */
+template <int MODE, int D>
+static __device__ __forceinline__ void q4t_preload(const struct q4t_args &A, int lo, int hi,
+                                                   q4t_regs<MODE> (&buf)[D], int &lt, int &lj, int lane)
+{
+    lt = lo / A.nc, lj = lo - lt * A.nc;
+#pragma unroll
+    for (int d = 0; d < D; d++) {
+        if (lo + d < hi) {
+            q4t_load<MODE>(buf[d], A, lt, lj, lane);
+            if (++lj == A.nc) lj = 0, lt++;
+        }
+    }
+}
+
+/* Stream-K over the whole grid (A.streamk): tiles split across warps of any block, the
+ * parts summed through global memory (q4t_parts). */
+template <int MODE, int D>
+__global__ void __launch_bounds__(Q4T_NW * 32, 1) q4t_kernel(const __grid_constant__ struct q4t_args A)
+{
+    extern __shared__ __align__(16) unsigned char q4t_sm[];
+    __shared__ float red[66];
+    const int lane = threadIdx.x & 31;
+    const int gw = blockIdx.x * Q4T_NW + (threadIdx.x >> 5), G = gridDim.x * Q4T_NW;
+    pdl_trigger();
+    const int per = q4t_per(A, G), lo = min(A.items, gw * per), hi = min(A.items, lo + per);
+    q4t_regs<MODE> buf[D];
+    int lt, lj;
+    q4t_preload<MODE, D>(A, lo, hi, buf, lt, lj, lane); /* before the dependency */
+    pdl_wait();
+    const float ys = q4t_prep(A, q4t_sm, red);
+    q4t_part P[2];
+    int np = 0;
+    q4t_stream<MODE, D>(A, lo, hi, buf, lt, lj, q4t_sm, lane,
+                        [&](int t, int j0, int j1, float ya, float yb, float ua, float ub) {
+                            if (j0 == 0 && j1 == A.nc) {
+                                q4t_finish<MODE>(A, t, ya, yb, ua, ub, ys, lane);
+                            } else {
+                                const q4t_part q = {t, j0, j1, ya, yb, ua, ub};
+                                if (np == 0) P[0] = q;
+                                else P[1] = q;
+                                np++;
+                            }
+                        });
+    if (np) q4t_parts<MODE>(A, P, np, ys, G, lane);
+}
+
+/* rows rr, rr + 1 (rr even) of tile t, their sums va, vb (GU: gate; up ua, ub) */
+template <int MODE>
+static __device__ __forceinline__ void q4t_pair_out(const struct q4t_args &A, int t, int rr, float va,
+                                                    float vb, float ua, float ub, float ys)
+{
+    const int mi = q4t_mat<MODE>(A, t);
+    const struct q4t_mat &M = A.m[mi];
+    const int ra = 16 * (t - M.tile0) + rr, rb = ra + 1;
+    if (ra >= M.rows) return;
+    const bool hb = rb < M.rows;
+    va *= ys, vb *= ys;
+    if (MODE == Q4F_GU) {
+        M.y[ra] = q4t_silu(va) * (ua * ys);
+        if (hb) M.y[rb] = q4t_silu(vb) * (ub * ys);
+        return;
+    }
+    if (M.bias) {
+        va += M.bias[ra];
+        if (hb) vb += M.bias[rb];
+    }
+    if (MODE == Q4F_PLAIN) {
+        M.y[ra] = A.acc ? __ldcg(M.y + ra) + va : va;
+        if (hb) M.y[rb] = A.acc ? __ldcg(M.y + rb) + vb : vb;
+        return;
+    }
+    const int p0 = *A.pos; /* QKV: rows % 16 == 0 */
+    float *dst = mi == 0 ? M.y : (mi == 1 ? A.kc : A.vc) + (size_t)p0 * A.kvd;
+    if (mi < 2) {
+        const float *cs = A.cs + (size_t)p0 * A.hd + ra % A.hd;
+        const float co = cs[0], si = cs[1];
+        const float y0 = va * co - vb * si, y1 = va * si + vb * co;
+        va = y0, vb = y1;
+    }
+    dst[ra] = va;
+    dst[rb] = vb;
+}
+
+/* Whole tiles per block (the default): block b takes tiles [b per, (b + 1) per), its warps
+ * split the block's items; each part's sums go to the block's shared memory (slot of tile
+ * and warp), and after one barrier the block's threads add each row's 16 slots in order and
+ * finish the rows. No global memory traffic beyond the weights, input and outputs. */
+template <int MODE, int D, int NW>
+__global__ void __launch_bounds__(NW * 32, 1) q4t_bkernel(const __grid_constant__ struct q4t_args A)
+{
+    extern __shared__ __align__(16) unsigned char q4t_sm[];
+    __shared__ float red[66];
+    const int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nc = A.nc;
+    const int RPU = MODE == Q4F_GU ? 32 : 16;
+    pdl_trigger();
+    const int tpb = (A.tiles + gridDim.x - 1) / gridDim.x;
+    const int t0 = min(A.tiles, (int)blockIdx.x * tpb), t1 = min(A.tiles, t0 + tpb);
+    const int nit = (t1 - t0) * nc, per = (nit + NW - 1) / NW;
+    const int lo = t0 * nc + min(nit, w * per), hi = t0 * nc + min(nit, w * per + per);
+    q4t_regs<MODE> buf[D];
+    int lt, lj;
+    q4t_preload<MODE, D>(A, lo, hi, buf, lt, lj, lane); /* before the dependency */
+    float *part = (float *)(q4t_sm + k_q4t_smem_dev(A.cols));
+    for (int i = threadIdx.x; i < (t1 - t0) * NW * RPU; i += blockDim.x) part[i] = 0.0f;
+    pdl_wait();
+    const float ys = q4t_prep(A, q4t_sm, red); /* its barriers order the zeroing */
+    const int g = lane >> 2;
+    q4t_stream<MODE, D>(A, lo, hi, buf, lt, lj, q4t_sm, lane,
+                        [&](int t, int, int, float ya, float yb, float ua, float ub) {
+                            if ((lane & 3) == 0) {
+                                float *sl = part + ((t - t0) * NW + w) * RPU;
+                                sl[g] = ya, sl[g + 8] = yb;
+                                if (MODE == Q4F_GU) sl[16 + g] = ua, sl[24 + g] = ub;
+                            }
+                        });
+    __syncthreads();
+    for (int k = threadIdx.x; k < (t1 - t0) * 8; k += blockDim.x) {
+        const int tl = k >> 3, rr = 2 * (k & 7);
+        float va = 0.0f, vb = 0.0f, ua = 0.0f, ub = 0.0f;
+        for (int q = 0; q < NW; q++) { /* in warp order */
+            const float *sl = part + (tl * NW + q) * RPU;
+            va += sl[rr], vb += sl[rr + 1];
+            if (MODE == Q4F_GU) ua += sl[16 + rr], ub += sl[17 + rr];
+        }
+        q4t_pair_out<MODE>(A, t0 + tl, rr, va, vb, ua, ub, ys);
+    }
+}
+
+/* ---- host side --------------------------------------------------------------------------- */
+
+int k_q4t_mat_ok(const struct cu_mat *m)
+{
+    if (m->kind != CU_PACKED || m->bits != 4 || m->perm || m->cols % 128) return 0;
+    if (m->n_groups == 1) return 1;
+    const int cpg = m->group / 128;
+    return m->group % 128 == 0 && (cpg & (cpg - 1)) == 0;
+}
+
+/* tiles, codes bytes and scale bytes of the tile layout */
+static void q4t_sizes(const struct cu_mat *m, int *tiles, size_t *cb, size_t *sb)
+{
+    *tiles = (m->rows + 15) / 16;
+    *cb = (size_t)*tiles * (m->cols / 128) * 1024;
+    *sb = (size_t)*tiles * m->n_groups * 8 * sizeof(uint2);
+}
+
+size_t k_q4t_bytes(const struct cu_mat *m, size_t *codes_bytes, size_t *sz_bytes)
+{
+    int tiles;
+    q4t_sizes(m, &tiles, codes_bytes, sz_bytes);
+    return *codes_bytes + *sz_bytes;
+}
+
+/* nibble (r, k) of the row-major 4-bit codes (0 past the rows) */
+static __device__ __forceinline__ uint32_t q4t_nib(const uint8_t *codes, size_t row_bytes, int rows,
+                                                   int r, int k)
+{
+    if (r >= rows) return 0;
+    return (codes[(size_t)r * row_bytes + (k >> 1)] >> (4 * (k & 1))) & 15u;
+}
+
+__global__ void q4t_pack_codes(uint32_t *out, const uint8_t *codes, size_t row_bytes, int rows,
+                               int nc, size_t words)
+{
+    const size_t w = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
+    if (w >= words) return;
+    const size_t it = w >> 8;
+    const int r = (int)(w & 255), L = (r & 127) >> 2, s = 4 * (r >> 7) + (r & 3);
+    const int t = (int)(it / nc), j = (int)(it % nc), g = L >> 2, c = L & 3;
+    const int ra = 16 * t + g, rb = ra + 8, k = 128 * j + 16 * s + 2 * c;
+    const uint32_t v = q4t_nib(codes, row_bytes, rows, ra, k) |
+                       q4t_nib(codes, row_bytes, rows, ra, k + 8) << 4 |
+                       q4t_nib(codes, row_bytes, rows, rb, k) << 8 |
+                       q4t_nib(codes, row_bytes, rows, rb, k + 8) << 12 |
+                       q4t_nib(codes, row_bytes, rows, ra, k + 1) << 16 |
+                       q4t_nib(codes, row_bytes, rows, ra, k + 9) << 20 |
+                       q4t_nib(codes, row_bytes, rows, rb, k + 1) << 24 |
+                       q4t_nib(codes, row_bytes, rows, rb, k + 9) << 28;
+    out[w] = v;
+}
+
+__global__ void q4t_pack_sz(uint2 *out, const __half *s, const __half *z, int rows, int ng, size_t n)
+{
+    const size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    const int g = (int)(i & 7);
+    const size_t tg = i >> 3;
+    const int t = (int)(tg / ng), gr = (int)(tg % ng), ra = 16 * t + g, rb = ra + 8;
+    __half2 a = __floats2half2_rn(0.0f, 0.0f), b = a;
+    if (ra < rows) a = __halves2half2(s[(size_t)ra * ng + gr], z[(size_t)ra * ng + gr]);
+    if (rb < rows) b = __halves2half2(s[(size_t)rb * ng + gr], z[(size_t)rb * ng + gr]);
+    uint2 u;
+    u.x = *(const uint32_t *)&a;
+    u.y = *(const uint32_t *)&b;
+    out[i] = u;
+}
+
+void k_q4t_pack(cudaStream_t st, struct cu_mat *m)
+{
+    int tiles;
+    size_t cb, sb;
+    q4t_sizes(m, &tiles, &cb, &sb);
+    const size_t words = cb / 4, n = sb / sizeof(uint2);
+    q4t_pack_codes<<<(unsigned)((words + 255) / 256), 256, 0, st>>>((uint32_t *)m->t_codes, m->codes,
+                                                                    m->row_bytes, m->rows,
+                                                                    m->cols / 128, words);
+    q4t_pack_sz<<<(unsigned)((n + 255) / 256), 256, 0, st>>>(m->t_sz, m->scales, m->zeros, m->rows,
+                                                             m->n_groups, n);
+}
+
+size_t k_q4t_smem(int cols) { return (size_t)cols * 6 + (size_t)(cols / 128) * 8; }
+
+/* the device's SM count (the grids are one block per SM) */
+static int q4t_sms(void)
+{
+    static int sms = 0;
+    if (!sms) {
+        int dev = 0;
+        if (cudaGetDevice(&dev) != cudaSuccess ||
+            cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess || sms < 1)
+            sms = 1;
+    }
+    return sms;
+}
+
+/* blocks and shared memory of a launch over `tiles` tiles (bkernel: + the partial sums) */
+static void q4t_grid(int tiles, int items, int cols, int mode, int streamk, int nw, int *blocks,
+                     size_t *smem)
+{
+    int b = q4t_sms();
+    if (streamk) {
+        if ((long long)b * Q4T_NW > items) b = (items + Q4T_NW - 1) / Q4T_NW;
+    } else if (b > tiles)
+        b = tiles;
+    if (b < 1) b = 1;
+    *blocks = b;
+    *smem = k_q4t_smem(cols);
+    if (!streamk) {
+        const int tpb = (tiles + b - 1) / b;
+        *smem += (size_t)tpb * nw * (mode == Q4F_GU ? 32 : 16) * sizeof(float);
+    }
+}
+
+int k_q4t_ok(const struct cu_mat *const *m, int n, int mode, size_t smem_max)
+{
+    if (n < 1 || n > Q4F_MAX) return 0;
+    for (int i = 0; i < n; i++) {
+        if (!m[i]->t_codes || m[i]->cols != m[0]->cols || m[i]->n_groups != m[0]->n_groups)
+            return 0;
+        if (mode == Q4F_QKV && m[i]->rows % 16) return 0;
+    }
+    if (mode == Q4F_GU && (n != 2 || m[0]->rows != m[1]->rows || m[0]->bias || m[1]->bias)) return 0;
+    if (mode == Q4F_QKV && n != 3) return 0;
+    if (mode == Q4F_PLAIN && n != 1) return 0;
+    long long items = 0; /* 32-bit item and word indices */
+    for (int i = 0; i < (mode == Q4F_GU ? 1 : n); i++) items += (m[i]->rows + 15) / 16 * (long long)(m[0]->cols / 128);
+    if (items >= (1 << 25)) return 0;
+    int blocks;
+    size_t smem;
+    q4t_grid((int)(items / (m[0]->cols / 128)), (int)items, m[0]->cols, mode, 0, 32, &blocks, &smem);
+    return smem + 1024 <= smem_max;
+}
+
+size_t k_q4t_scratch(const struct cu_mat *const *m, int n, int mode, size_t *counters)
+{
+    int tiles = 0;
+    for (int i = 0; i < (mode == Q4F_GU ? 1 : n); i++) tiles += (m[i]->rows + 15) / 16;
+    *counters = (size_t)tiles;
+    return (size_t)tiles * (mode == Q4F_GU ? 32 : 16) * (m[0]->cols / 128);
+}
+
+void k_q4t_args(struct q4t_args *a, const struct cu_mat *const *m, float *const *y, int n, int mode,
+                const struct q4f_extra *x)
+{
+    memset(a, 0, sizeof *a);
+    a->n = n;
+    a->cols = m[0]->cols;
+    a->nc = m[0]->cols / 128;
+    a->ngr = m[0]->n_groups;
+    a->cshift = 0;
+    if (a->ngr == 1) a->cshift = 30;
+    else
+        while ((128 << a->cshift) < m[0]->group) a->cshift++;
+    int tiles = 0;
+    for (int i = 0; i < n; i++) {
+        struct q4t_mat *q = &a->m[i];
+        q->codes = m[i]->t_codes;
+        q->sz = m[i]->t_sz;
+        q->bias = m[i]->bias;
+        q->y = y[i];
+        q->rows = m[i]->rows;
+        q->tile0 = tiles;
+        if (mode != Q4F_GU || i == 0) tiles += (m[i]->rows + 15) / 16;
+    }
+    for (int i = n; i < Q4F_MAX; i++) a->m[i].tile0 = 1 << 30;
+    if (mode == Q4F_GU) a->m[1].tile0 = 0;
+    a->tiles = tiles;
+    a->items = tiles * a->nc;
+    a->x = x->x;
+    a->norm = x->norm;
+    a->eps = x->eps;
+    a->acc = x->acc;
+    a->cs = x->cs;
+    a->pos = x->pos;
+    a->kc = x->kc;
+    a->vc = x->vc;
+    a->hd = x->hd;
+    a->kvd = x->kvd;
+    a->scr = x->scr;
+    a->cnt = x->cnt;
+}
+
+
+template <int MODE, int D, int NW>
+static enum lmp_status q4t_launch(cudaStream_t st, const struct q4t_args *a, int pdl, int streamk,
+                                  struct lmp_err *err)
+{
+    int blocks;
+    size_t smem;
+    q4t_grid(a->tiles, a->items, a->cols, MODE, streamk, streamk ? Q4T_NW : NW, &blocks, &smem);
+    cudaLaunchConfig_t cfg = {};
+    cudaLaunchAttribute at;
+    memset(&at, 0, sizeof at);
+    cfg.gridDim = dim3((unsigned)blocks);
+    cfg.blockDim = dim3((streamk ? Q4T_NW : NW) * 32);
+    cfg.dynamicSmemBytes = smem;
+    cfg.stream = st;
+    at.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    at.val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = &at;
+    cfg.numAttrs = pdl ? 1 : 0;
+    if (streamk) CU_TRY(cudaLaunchKernelEx(&cfg, q4t_kernel<MODE, D>, *a), "q4 tile kernel");
+    else CU_TRY(cudaLaunchKernelEx(&cfg, q4t_bkernel<MODE, D, NW>, *a), "q4 tile kernel");
+    return LMP_OK;
+}
+
+/* the variants: (mode, items in flight, warps per block); option `shape` picks one per mode */
+#define Q4T_EACH(F)                                                                           \
+    F(Q4F_PLAIN, 4, 16) F(Q4F_PLAIN, 6, 16) F(Q4F_PLAIN, 2, 32) F(Q4F_PLAIN, 3, 32)            \
+    F(Q4F_QKV, 4, 16) F(Q4F_QKV, 6, 16) F(Q4F_QKV, 2, 32) F(Q4F_QKV, 3, 32)                    \
+    F(Q4F_GU, 3, 16) F(Q4F_GU, 4, 16) F(Q4F_GU, 2, 32)
+static const int q4t_shapes[4][4] = {/* PLAIN/QKV depth and warps, GU depth and warps */
+                                     {4, 16, 3, 16},
+                                     {6, 16, 4, 16},
+                                     {2, 32, 3, 16},
+                                     {3, 32, 2, 32}};
+
+enum lmp_status k_q4t_init_attrs(size_t smem_max, struct lmp_err *err)
+{
+    const int v = (int)smem_max;
+    cudaError_t e = cudaSuccess;
+#define Q4T_ATTR(MODE, D, NW)                                                                 \
+    if (!e && NW == Q4T_NW)                                                                   \
+        e = cudaFuncSetAttribute(q4t_kernel<MODE, D>, cudaFuncAttributeMaxDynamicSharedMemorySize, v); \
+    if (!e) e = cudaFuncSetAttribute(q4t_bkernel<MODE, D, NW>, cudaFuncAttributeMaxDynamicSharedMemorySize, v);
+    Q4T_EACH(Q4T_ATTR)
+#undef Q4T_ATTR
+    CU_TRY(e, "q4 tile kernel attributes");
+    return LMP_OK;
+}
+
+enum lmp_status k_q4t_launch(cudaStream_t st, const struct q4t_args *a, int mode, int pdl,
+                             int shape, int streamk, struct lmp_err *err)
+{
+    const int *sh = q4t_shapes[shape >= 0 && shape < 4 ? shape : 0];
+    const int d = mode == Q4F_GU ? sh[2] : sh[0], nw = streamk ? Q4T_NW : mode == Q4F_GU ? sh[3] : sh[1];
+#define Q4T_CASE(MODE, D, NW)                                                                 \
+    if (mode == MODE && d == D && nw == NW) return q4t_launch<MODE, D, NW>(st, a, pdl, streamk, err);
+    Q4T_EACH(Q4T_CASE)
+#undef Q4T_CASE
+    return lmp_err_set(err, LMP_ERR_INTERNAL, "q4 tile kernel: no variant for mode %d shape %d", mode, shape);
+}
