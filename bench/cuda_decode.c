@@ -3,7 +3,7 @@
  * the bandwidth it implies (weight bytes read per token x tokens/s) as a percentage of a
  * device-to-device cudaMemcpy measured in the same run (bytes read + bytes written).
  *
- *   build/cuda/cuda_decode [--layers N] [--tokens N] [--runs N] [--only NAME[,NAME...]: f16, q4, q4-rows, q4-d1, q4-d2, q4-d3, q4-sk, q4-sk-d1, q4-w8, q4-w8-b1, q4-nopipe, q4-w8-nopipe, q4-nopdl, q4-mega, q4-mega-w8, q4-mega-nopipe, q4-nograph, q4-legacy, q4-legacy-w1, q4-unfused, q4exact, f16-w4, f16-w2, f16-unfused, f32]
+ *   build/cuda/cuda_decode [--layers N] [--tokens N] [--runs N] [--probe] [--only all | NAME[,NAME...]: f16, q4, q4-rows, q4-d1, q4-d2, q4-d3, q4-tma, q4-att, q4-tma-att, q4-sepatt, q4-tma-w32, q4-tma-s4, q4-w8, q4-w8-b1, q4-nopipe, q4-w8-nopipe, q4-nopdl, q4-mega, q4-mega-w8, q4-mega-nopipe, q4-nograph, q4-legacy, q4-legacy-w1, q4-unfused, q4exact, f16-w4, f16-w2, f16-unfused, f32]
  *
  * Timing: CUDA events around `tokens` decode steps (positions 0..tokens-1, each step one
  * small kernel writing token and position plus one graph launch), after a warm-up of 16
@@ -163,7 +163,7 @@ int main(int argc, char **argv)
         else if (!strcmp(argv[i], "--only") && i + 1 < argc) only = argv[++i];
         else if (!strcmp(argv[i], "--probe")) probe = 1;
         else {
-            fprintf(stderr, "usage: cuda_decode [--layers N] [--tokens N] [--runs N] [--only NAME[,NAME...]: f16, q4, q4-rows, q4-d1, q4-d2, q4-d3, q4-sk, q4-sk-d1, q4-w8, q4-w8-b1, q4-nopipe, q4-w8-nopipe, q4-nopdl, q4-mega, q4-mega-w8, q4-mega-nopipe, q4-nograph, q4-legacy, q4-legacy-w1, q4-unfused, q4exact, f16-w4, f16-w2, f16-unfused, f32]\n");
+            fprintf(stderr, "usage: cuda_decode [--layers N] [--tokens N] [--runs N] [--probe] [--only all | NAME[,NAME...]: f16, q4, q4-rows, q4-d1, q4-d2, q4-d3, q4-tma, q4-att, q4-tma-att, q4-sepatt, q4-tma-w32, q4-tma-s4, q4-w8, q4-w8-b1, q4-nopipe, q4-w8-nopipe, q4-nopdl, q4-mega, q4-mega-w8, q4-mega-nopipe, q4-nograph, q4-legacy, q4-legacy-w1, q4-unfused, q4exact, f16-w4, f16-w2, f16-unfused, f32]\n");
             return 2;
         }
     }
@@ -229,8 +229,12 @@ int main(int argc, char **argv)
                  {"q4-d1", LMP_CUDA_W_PACKED, 4, 128, {.q4t_depth = 1}},
                  {"q4-d2", LMP_CUDA_W_PACKED, 4, 128, {.q4t_depth = 2}},
                  {"q4-d3", LMP_CUDA_W_PACKED, 4, 128, {.q4t_depth = 3}},
-                 {"q4-sk", LMP_CUDA_W_PACKED, 4, 128, {.q4t_streamk = 1}},
-                 {"q4-sk-d1", LMP_CUDA_W_PACKED, 4, 128, {.q4t_streamk = 1, .q4t_depth = 1}},
+                 {"q4-tma", LMP_CUDA_W_PACKED, 4, 128, {.q4t_depth = 4}},
+                 {"q4-att", LMP_CUDA_W_PACKED, 4, 128, {.q4t_att = 1}},
+                 {"q4-tma-att", LMP_CUDA_W_PACKED, 4, 128, {.q4t_depth = 4, .q4t_att = 1}},
+                 {"q4-sepatt", LMP_CUDA_W_PACKED, 4, 128, {.q4t_att = 2}},
+                 {"q4-tma-w32", LMP_CUDA_W_PACKED, 4, 128, {.q4t_depth = 5}},
+                 {"q4-tma-s4", LMP_CUDA_W_PACKED, 4, 128, {.q4t_depth = 6}},
                  {"q4-w8", LMP_CUDA_W_PACKED, 4, 128, {.q4_warps = 8, .no_q4t = 1}},
                  {"q4-w8-b1", LMP_CUDA_W_PACKED, 4, 128, {.q4_warps = 8, .q4_bps = 1, .no_q4t = 1}},
                  {"q4-nopipe", LMP_CUDA_W_PACKED, 4, 128, {.q4_pipe = 2, .no_q4t = 1}},
@@ -255,7 +259,12 @@ int main(int argc, char **argv)
            layers, tokens, runs);
     fflush(stdout);
     for (int k = 0; k < N_MODES; k++) {
-        if (only ? !in_list(only, modes[k].name) : k == N_MODES - 1) continue; /* f32 on request */
+        /* without --only: the default and the comparisons docs/GPU.md reports; "all": every
+         * mode but f32 */
+        static const char *dflt = "f16,q4,q4-rows,q4-d1,q4-d2,q4-tma,q4-att,q4-tma-att,q4-nopdl,"
+                                  "q4-nograph,q4-legacy,q4-mega,q4-unfused";
+        if (only && !strcmp(only, "all") ? k == N_MODES - 1 : !in_list(only ? only : dflt, modes[k].name))
+            continue;
         int e = run_one(modes[k].name, modes[k].wt, modes[k].bits, modes[k].group, &modes[k].o, &c,
                         tokens, runs, copy_gbs, &rows[nr]);
         if (e) rc = e;

@@ -25,23 +25,24 @@
  * Scales and zeros as half2 (s, z): for (tile, group, g) one uint2 of rows g and g + 8.
  * Rows past the matrix are zero codes with zero scales.
  *
- * Work split (stream-K): the items of all tiles in order, every warp of the grid an equal
- * contiguous share. A warp sums each tile's chunks in registers; where its share covers a
- * whole tile it finishes the tile itself, otherwise it stores its partial sums in the tile's
- * slot of its first chunk (scr) and adds its chunks to the tile's count (cnt); the warp that
- * completes the count adds the slots in order (the result does not depend on timing),
- * resets the counter and finishes the tile:
- * bias, RoPE and the KV-cache store (QKV), SwiGLU (GU), y = or += (PLAIN).
+ * Work split: one block per SM, block b a contiguous run of whole tiles; its warps take equal
+ * contiguous shares of the run's items (tile-major), sum each tile's chunks in registers and
+ * leave the sums in the block's shared memory (a slot per tile and warp); after one barrier
+ * the block adds each row's slots in warp order (the result does not depend on timing) and
+ * finishes the rows: bias, RoPE and the KV-cache store (QKV), SwiGLU (GU), y = or += (PLAIN).
+ * With the attention fused in (QKV), the block that completes a head's q, k and v rows
+ * computes its attention. Measured and not kept (docs/GPU.md): stream-K over the whole grid
+ * (tiles split across blocks, partial sums through global memory): 34.5 % vs 45.4 %.
  *
- * Each warp issues the loads of its next D items before the previous kernel has finished
- * (PDL; weights are never written by the forward), so the first bytes arrive while the
- * block prepares the input. */
+ * Each warp has its next D items in flight: in registers (q4t_bkernel) or in a shared-memory
+ * ring filled by bulk copies (q4t_tkernel); the first D are requested before the previous
+ * kernel has finished (PDL; weights are never written by the forward), so they arrive while
+ * the block prepares the input. */
 #include "internal.h"
 #include "reduce.cuh"
+#include "attention.cuh"
 
 #include <string.h>
-
-#define Q4T_NW 16 /* warps per block, one block per SM */
 
 static __device__ __forceinline__ uint4 q4t_ld16(const uint4 *p)
 {
@@ -192,116 +193,6 @@ static __device__ float q4t_prep(const struct q4t_args &A, unsigned char *sm, fl
 
 static __device__ __forceinline__ float q4t_silu(float g) { return g / (1.0f + expf(-g)); }
 
-/* the shares: warp w takes items [w per, (w + 1) per) (clipped), per = ceil(items / G);
- * as balanced as equal shares (the longest is the same) and all in 32-bit arithmetic */
-static __device__ __forceinline__ int q4t_per(const struct q4t_args &A, int G)
-{
-    return (A.items + G - 1) / G;
-}
-
-/* Tile t's values (rows g, g + 8 in every lane of group g; GU: gate ya/yb, up ua/ub),
- * scaled by ys: bias, RoPE, stores. */
-template <int MODE>
-static __device__ __forceinline__ void q4t_finish(const struct q4t_args &A, int t, float ya, float yb,
-                                                  float ua, float ub, float ys, int lane)
-{
-    const int g = lane >> 2, c = lane & 3, mi = q4t_mat<MODE>(A, t);
-    const struct q4t_mat &M = A.m[mi];
-    const int ra = 16 * (t - M.tile0) + g, rb = ra + 8;
-    ya *= ys, yb *= ys;
-    if (MODE == Q4F_GU) {
-        ua *= ys, ub *= ys;
-        if (c == 0) {
-            if (ra < M.rows) M.y[ra] = q4t_silu(ya) * ua;
-            if (rb < M.rows) M.y[rb] = q4t_silu(yb) * ub;
-        }
-        return;
-    }
-    if (M.bias) {
-        if (ra < M.rows) ya += M.bias[ra];
-        if (rb < M.rows) yb += M.bias[rb];
-    }
-    if (MODE == Q4F_PLAIN) { /* y += as a reduction: the warp does not wait for y */
-        if (c == 0) {
-            if (A.acc) {
-                if (ra < M.rows) atomicAdd(M.y + ra, ya);
-                if (rb < M.rows) atomicAdd(M.y + rb, yb);
-            } else {
-                if (ra < M.rows) M.y[ra] = ya;
-                if (rb < M.rows) M.y[rb] = yb;
-            }
-        }
-        return;
-    }
-    /* QKV (rows % 16 == 0): q -> y, k and v -> the caches at *pos; RoPE pairs (2i, 2i + 1)
-     * are the lanes of groups g and g + 1 */
-    const int p0 = *A.pos;
-    float *dst = mi == 0 ? M.y : (mi == 1 ? A.kc : A.vc) + (size_t)p0 * A.kvd;
-    const float na = __shfl_down_sync(0xffffffffu, ya, 4), nb = __shfl_down_sync(0xffffffffu, yb, 4);
-    if (c != 0) return;
-    if (mi == 2) {
-        dst[ra] = ya;
-        dst[rb] = yb;
-        return;
-    }
-    if (g & 1) return;
-    const float *cs = A.cs + (size_t)p0 * A.hd;
-    const float ca = cs[ra % A.hd], sa = cs[ra % A.hd + 1], cb = cs[rb % A.hd], sb = cs[rb % A.hd + 1];
-    dst[ra] = ya * ca - na * sa;
-    dst[ra + 1] = ya * sa + na * ca;
-    dst[rb] = yb * cb - nb * sb;
-    dst[rb + 1] = yb * sb + nb * cb;
-}
-
-/* A part [j0, j1) of tile t that is not the whole tile: a share has at most two, the first
- * tile's and the last's. */
-struct q4t_part {
-    int t, j0, j1;
-    float ya, yb, ua, ub;
-};
-
-/* The share's parts, after its last item (no weight loads are in flight any more, so the
- * fence costs nothing): each into the tile's slot of its first chunk, one fence, then each
- * adds its chunks to the tile's count; the warp that completes a count adds the slots in
- * chunk order (the result does not depend on timing) and finishes the tile. */
-template <int MODE>
-static __device__ __forceinline__ void q4t_parts(const struct q4t_args &A, const q4t_part *P, int np,
-                                                 float ys, int G, int lane)
-{
-    const int nc = A.nc, RPU = MODE == Q4F_GU ? 32 : 16, g = lane >> 2;
-#pragma unroll
-    for (int k = 0; k < 2; k++)
-        if (k < np && (lane & 3) == 0) {
-            float *slot = A.scr + ((size_t)P[k].t * nc + P[k].j0) * RPU;
-            slot[g] = P[k].ya, slot[g + 8] = P[k].yb;
-            if (MODE == Q4F_GU) slot[16 + g] = P[k].ua, slot[24 + g] = P[k].ub;
-        }
-    __threadfence();
-    __syncwarp();
-#pragma unroll
-    for (int k = 0; k < 2; k++) {
-        if (k >= np) break;
-        const int t = P[k].t, n = P[k].j1 - P[k].j0;
-        unsigned old = 0;
-        if (lane == 0) old = atomicAdd(A.cnt + t, (unsigned)n);
-        old = __shfl_sync(0xffffffffu, old, 0);
-        if ((int)old + n != nc) continue; /* another part is still running */
-        __threadfence();
-        float ya = 0.0f, yb = 0.0f, ua = 0.0f, ub = 0.0f;
-        const int i0 = t * nc;
-        const float *scr = A.scr + (size_t)t * nc * RPU;
-        for (int j = 0; j < nc;) { /* the parts in order: each starts a warp's share or the tile */
-            const float *p = scr + (size_t)j * RPU;
-            ya += __ldcg(p + g), yb += __ldcg(p + g + 8);
-            if (MODE == Q4F_GU) ua += __ldcg(p + 16 + g), ub += __ldcg(p + 24 + g);
-            const int per = q4t_per(A, G), end = ((i0 + j) / per + 1) * per; /* its owner's end */
-            j = end - i0 < nc ? end - i0 : nc;
-        }
-        if (lane == 0) A.cnt[t] = 0; /* ready for the next launch */
-        q4t_finish<MODE>(A, t, ya, yb, ua, ub, ys, lane);
-    }
-}
-
 /* bytes of the input in shared memory (k_q4t_smem): x fp32, B fragments, (off, X) per chunk */
 static __device__ __forceinline__ int k_q4t_smem_dev(int cols) { return cols * 6 + (cols / 128) * 8; }
 
@@ -365,38 +256,6 @@ static __device__ __forceinline__ void q4t_preload(const struct q4t_args &A, int
     }
 }
 
-/* Stream-K over the whole grid (A.streamk): tiles split across warps of any block, the
- * parts summed through global memory (q4t_parts). */
-template <int MODE, int D>
-__global__ void __launch_bounds__(Q4T_NW * 32, 1) q4t_kernel(const __grid_constant__ struct q4t_args A)
-{
-    extern __shared__ __align__(16) unsigned char q4t_sm[];
-    __shared__ float red[66];
-    const int lane = threadIdx.x & 31;
-    const int gw = blockIdx.x * Q4T_NW + (threadIdx.x >> 5), G = gridDim.x * Q4T_NW;
-    pdl_trigger();
-    const int per = q4t_per(A, G), lo = min(A.items, gw * per), hi = min(A.items, lo + per);
-    q4t_regs<MODE> buf[D];
-    int lt, lj;
-    q4t_preload<MODE, D>(A, lo, hi, buf, lt, lj, lane); /* before the dependency */
-    pdl_wait();
-    const float ys = q4t_prep(A, q4t_sm, red);
-    q4t_part P[2];
-    int np = 0;
-    q4t_stream<MODE, D>(A, lo, hi, buf, lt, lj, q4t_sm, lane,
-                        [&](int t, int j0, int j1, float ya, float yb, float ua, float ub) {
-                            if (j0 == 0 && j1 == A.nc) {
-                                q4t_finish<MODE>(A, t, ya, yb, ua, ub, ys, lane);
-                            } else {
-                                const q4t_part q = {t, j0, j1, ya, yb, ua, ub};
-                                if (np == 0) P[0] = q;
-                                else P[1] = q;
-                                np++;
-                            }
-                        });
-    if (np) q4t_parts<MODE>(A, P, np, ys, G, lane);
-}
-
 /* rows rr, rr + 1 (rr even) of tile t, their sums va, vb (GU: gate; up ua, ub) */
 template <int MODE>
 static __device__ __forceinline__ void q4t_pair_out(const struct q4t_args &A, int t, int rr, float va,
@@ -434,6 +293,56 @@ static __device__ __forceinline__ void q4t_pair_out(const struct q4t_args &A, in
     dst[rb] = vb;
 }
 
+#define Q4T_MAX_HEADS 128 /* attention fused into q/k/v: heads a block can finish */
+
+/* The block's tiles [t0, t1) from the warps' slots (in warp order) to the outputs; with
+ * A.att (q/k/v) each head whose q, k and v tiles are all written (counted in A.hcnt over
+ * the grid) gets its attention from the block that completes it, so no separate attention
+ * launch is needed. sm: shared memory for att_row (the input's, free by now). */
+template <int MODE, int NW>
+static __device__ __forceinline__ void q4t_block_out(const struct q4t_args &A, const float *part, int t0,
+                                                     int t1, float ys, unsigned char *sm)
+{
+    const int RPU = MODE == Q4F_GU ? 32 : 16;
+    for (int k = threadIdx.x; k < (t1 - t0) * 8; k += blockDim.x) {
+        const int tl = k >> 3, rr = 2 * (k & 7);
+        float va = 0.0f, vb = 0.0f, ua = 0.0f, ub = 0.0f;
+        for (int q = 0; q < NW; q++) { /* in warp order */
+            const float *sl = part + (tl * NW + q) * RPU;
+            va += sl[rr], vb += sl[rr + 1];
+            if (MODE == Q4F_GU) ua += sl[16 + rr], ub += sl[17 + rr];
+        }
+        q4t_pair_out<MODE>(A, t0 + tl, rr, va, vb, ua, ub, ys);
+    }
+    if (MODE != Q4F_QKV || !A.att) return;
+    __shared__ int heads[Q4T_MAX_HEADS + 1];
+    __threadfence(); /* this block's q, k, v rows before its counts */
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        const int tph = A.hd / 16, grp = A.nh / A.nkv, need = 3 * tph;
+        int nd = 0;
+        for (int t = t0; t < t1; t++) {
+            const int mi = q4t_mat<MODE>(A, t), hh = (t - A.m[mi].tile0) / tph;
+            const int h0 = mi == 0 ? hh : hh * grp, h1 = mi == 0 ? hh + 1 : hh * grp + grp;
+            for (int h = h0; h < h1; h++)
+                if ((int)atomicAdd(A.hcnt + h, 1u) + 1 == need) {
+                    heads[nd++] = h;
+                    A.hcnt[h] = 0; /* complete: ready for the next launch */
+                }
+        }
+        heads[Q4T_MAX_HEADS] = nd;
+        if (nd) __threadfence(); /* the other blocks' rows after their counts */
+    }
+    __syncthreads();
+    const int nd = heads[Q4T_MAX_HEADS], grp = A.nh / A.nkv;
+    for (int k = 0; k < nd; k++) {
+        const int h = heads[k];
+        att_row<NW * 32, true>(A.att + (size_t)h * A.hd, A.m[0].y + (size_t)h * A.hd, A.kc, A.vc,
+                               *A.pos + 1, A.kvd, h / grp, A.hd, A.att_scale, (float *)sm);
+        __syncthreads();
+    }
+}
+
 /* Whole tiles per block (the default): block b takes tiles [b per, (b + 1) per), its warps
  * split the block's items; each part's sums go to the block's shared memory (slot of tile
  * and warp), and after one barrier the block's threads add each row's 16 slots in order and
@@ -467,16 +376,155 @@ __global__ void __launch_bounds__(NW * 32, 1) q4t_bkernel(const __grid_constant_
                             }
                         });
     __syncthreads();
-    for (int k = threadIdx.x; k < (t1 - t0) * 8; k += blockDim.x) {
-        const int tl = k >> 3, rr = 2 * (k & 7);
-        float va = 0.0f, vb = 0.0f, ua = 0.0f, ub = 0.0f;
-        for (int q = 0; q < NW; q++) { /* in warp order */
-            const float *sl = part + (tl * NW + q) * RPU;
-            va += sl[rr], vb += sl[rr + 1];
-            if (MODE == Q4F_GU) ua += sl[16 + rr], ub += sl[17 + rr];
-        }
-        q4t_pair_out<MODE>(A, t0 + tl, rr, va, vb, ua, ub, ys);
+    q4t_block_out<MODE, NW>(A, part, t0, t1, ys, q4t_sm);
+}
+
+/* ---- the weights through a shared-memory ring filled by bulk copies (TMA) ----------------
+ * Each warp owns S stages of one item (1 KB; gate/up 2 KB) with an mbarrier each: lane 0
+ * arms the barrier with the byte count and issues cp.async.bulk copies of the item's codes,
+ * which complete on the barrier; the warp waits on the barrier's phase, reads its fragments
+ * with two 16-byte shared loads per lane and refills the stage S items ahead. The bytes in
+ * flight cost no registers: 16 warps x S = 8 stages keep 128 KB per SM in flight (the
+ * register ring of q4t_bkernel holds 64 KB). Scales and zeros stay in registers, loaded
+ * with the copy. */
+
+static __device__ __forceinline__ uint32_t q4t_saddr(const void *p)
+{
+    return (uint32_t)__cvta_generic_to_shared(p);
+}
+static __device__ __forceinline__ void q4t_bar_init(uint32_t bar)
+{
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(bar) : "memory");
+}
+static __device__ __forceinline__ void q4t_bar_wait(uint32_t bar, uint32_t phase)
+{
+    asm volatile("{\n"
+                 ".reg .pred P1;\n"
+                 "LAB_WAIT:\n"
+                 "mbarrier.try_wait.parity.shared::cta.b64 P1, [%0], %1;\n"
+                 "@P1 bra DONE;\n"
+                 "bra LAB_WAIT;\n"
+                 "DONE:\n"
+                 "}\n" ::"r"(bar),
+                 "r"(phase)
+                 : "memory");
+}
+/* lane 0: the stage at dst (n copies of 1 KB from src[k]) completes on bar */
+static __device__ __forceinline__ void q4t_bulk(uint32_t dst, const void *src0, const void *src1, int n,
+                                                uint32_t bar)
+{
+    asm volatile("fence.proxy.async.shared::cta;" ::: "memory"); /* the stage's earlier reads */
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar), "r"(1024 * n)
+                 : "memory");
+    asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], 1024, [%2];" ::"r"(dst),
+                 "l"(src0), "r"(bar)
+                 : "memory");
+    if (n > 1)
+        asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], 1024, [%2];" ::"r"(dst + 1024),
+                     "l"(src1), "r"(bar)
+                     : "memory");
+}
+
+/* item (t, j) into stage dst/bar (lane 0) and its scales/zeros into sz (every lane) */
+template <int MODE>
+static __device__ __forceinline__ void q4t_fill(const struct q4t_args &A, int t, int j, int lane,
+                                                uint32_t dst, uint32_t bar, uint2 *sz)
+{
+    const int mi = q4t_mat<MODE>(A, t), lt = t - A.m[mi].tile0;
+    const unsigned it = (unsigned)(lt * A.nc + j) * 64u;
+    const unsigned gi = (unsigned)(lt * A.ngr + (j >> A.cshift)) * 8u + (unsigned)(lane >> 2);
+    if (lane == 0)
+        q4t_bulk(dst, A.m[mi].codes + it, MODE == Q4F_GU ? A.m[1].codes + it : NULL,
+                 MODE == Q4F_GU ? 2 : 1, bar);
+    sz[0] = q4t_ld8(A.m[mi].sz + gi);
+    if (MODE == Q4F_GU) sz[1] = q4t_ld8(A.m[1].sz + gi);
+}
+
+#define Q4T_SMEM_ALIGN 128
+
+/* the ring's offset in the dynamic shared memory (after the input) */
+static __host__ __device__ __forceinline__ int q4t_ring_off(int cols)
+{
+    return (cols * 6 + (cols / 128) * 8 + Q4T_SMEM_ALIGN - 1) / Q4T_SMEM_ALIGN * Q4T_SMEM_ALIGN;
+}
+
+template <int MODE, int S, int NW>
+__global__ void __launch_bounds__(NW * 32, 1) q4t_tkernel(const __grid_constant__ struct q4t_args A)
+{
+    extern __shared__ __align__(16) unsigned char q4t_sm[];
+    __shared__ float red[66];
+    __shared__ __align__(8) unsigned long long bars[NW * S];
+    const int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nc = A.nc, c = lane & 3;
+    const int RPU = MODE == Q4F_GU ? 32 : 16, IB = MODE == Q4F_GU ? 2048 : 1024;
+    pdl_trigger();
+    const int tpb = (A.tiles + gridDim.x - 1) / gridDim.x;
+    const int t0 = min(A.tiles, (int)blockIdx.x * tpb), t1 = min(A.tiles, t0 + tpb);
+    const int nit = (t1 - t0) * nc, per = (nit + NW - 1) / NW;
+    const int lo = t0 * nc + min(nit, w * per), hi = t0 * nc + min(nit, w * per + per);
+    unsigned char *ring = q4t_sm + q4t_ring_off(A.cols) + (size_t)w * S * IB;
+    const uint32_t ring_s = q4t_saddr(ring), bar_s = q4t_saddr(&bars[w * S]);
+    if (lane == 0) {
+#pragma unroll
+        for (int d = 0; d < S; d++) q4t_bar_init(bar_s + 8 * d);
+        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
     }
+    __syncwarp();
+    /* the first S items, before the dependency */
+    uint2 sz[S][MODE == Q4F_GU ? 2 : 1];
+    int lt = lo / nc, lj = lo - lt * nc;
+#pragma unroll
+    for (int d = 0; d < S; d++) {
+        if (lo + d < hi) {
+            q4t_fill<MODE>(A, lt, lj, lane, ring_s + d * IB, bar_s + 8 * d, sz[d]);
+            if (++lj == nc) lj = 0, lt++;
+        }
+    }
+    float *part = (float *)(q4t_sm + q4t_ring_off(A.cols) + (size_t)NW * S * IB);
+    for (int i = threadIdx.x; i < (t1 - t0) * NW * RPU; i += blockDim.x) part[i] = 0.0f;
+    pdl_wait();
+    const float ys = q4t_prep(A, q4t_sm, red); /* its barriers order the zeroing */
+    const int g = lane >> 2;
+    const uint4 *xb4 = (const uint4 *)((const float *)q4t_sm + A.cols);
+    const float2 *ox = (const float2 *)(xb4 + (A.cols >> 3));
+    int t = lo / nc, j = lo - t * nc;
+    float ya = 0.0f, yb = 0.0f, ua = 0.0f, ub = 0.0f;
+    uint32_t phase = 0;
+    for (int i = lo; i < hi; i += S, phase ^= 1) {
+#pragma unroll
+        for (int d = 0; d < S; d++) {
+            if (i + d < hi) {
+                uint4 xb[4];
+#pragma unroll
+                for (int p = 0; p < 4; p++) xb[p] = xb4[(4 * j + p) * 4 + c];
+                const float2 o = ox[j];
+                q4t_bar_wait(bar_s + 8 * d, phase);
+                const uint4 *st = (const uint4 *)(ring + d * IB);
+                float acc[4];
+                q4t_item(acc, st[lane], st[32 + lane], xb);
+                q4t_scale(ya, yb, acc, sz[d][0], o);
+                if (MODE == Q4F_GU) {
+                    q4t_item(acc, st[64 + lane], st[96 + lane], xb);
+                    q4t_scale(ua, ub, acc, sz[d][MODE == Q4F_GU ? 1 : 0], o);
+                }
+                __syncwarp(); /* every lane has read the stage */
+                if (i + d + S < hi) {
+                    q4t_fill<MODE>(A, lt, lj, lane, ring_s + d * IB, bar_s + 8 * d, sz[d]);
+                    if (++lj == nc) lj = 0, lt++;
+                }
+                if (j == nc - 1 || i + d == hi - 1) { /* the end of a tile's part */
+                    if (c == 0) {
+                        float *sl = part + ((t - t0) * NW + w) * RPU;
+                        sl[g] = ya, sl[g + 8] = yb;
+                        if (MODE == Q4F_GU) sl[16 + g] = ua, sl[24 + g] = ub;
+                    }
+                    ya = yb = ua = ub = 0.0f;
+                }
+                if (++j == nc) j = 0, t++;
+            }
+        }
+    }
+    __syncthreads();
+    q4t_block_out<MODE, NW>(A, part, t0, t1, ys, q4t_sm);
 }
 
 /* ---- host side --------------------------------------------------------------------------- */
@@ -577,21 +625,18 @@ static int q4t_sms(void)
 }
 
 /* blocks and shared memory of a launch over `tiles` tiles (bkernel: + the partial sums) */
-static void q4t_grid(int tiles, int items, int cols, int mode, int streamk, int nw, int *blocks,
+static void q4t_grid(int tiles, int cols, int mode, int nw, int tma_s, size_t min_smem, int *blocks,
                      size_t *smem)
 {
     int b = q4t_sms();
-    if (streamk) {
-        if ((long long)b * Q4T_NW > items) b = (items + Q4T_NW - 1) / Q4T_NW;
-    } else if (b > tiles)
-        b = tiles;
+    if (b > tiles) b = tiles;
     if (b < 1) b = 1;
     *blocks = b;
-    *smem = k_q4t_smem(cols);
-    if (!streamk) {
-        const int tpb = (tiles + b - 1) / b;
-        *smem += (size_t)tpb * nw * (mode == Q4F_GU ? 32 : 16) * sizeof(float);
-    }
+    *smem = tma_s ? (size_t)q4t_ring_off(cols) + (size_t)nw * tma_s * (mode == Q4F_GU ? 2048 : 1024)
+                  : k_q4t_smem(cols);
+    const int tpb = (tiles + b - 1) / b; /* the warps' partial sums */
+    *smem += (size_t)tpb * nw * (mode == Q4F_GU ? 32 : 16) * sizeof(float);
+    if (*smem < min_smem) *smem = min_smem;
 }
 
 int k_q4t_ok(const struct cu_mat *const *m, int n, int mode, size_t smem_max)
@@ -610,16 +655,8 @@ int k_q4t_ok(const struct cu_mat *const *m, int n, int mode, size_t smem_max)
     if (items >= (1 << 25)) return 0;
     int blocks;
     size_t smem;
-    q4t_grid((int)(items / (m[0]->cols / 128)), (int)items, m[0]->cols, mode, 0, 32, &blocks, &smem);
+    q4t_grid((int)(items / (m[0]->cols / 128)), m[0]->cols, mode, 32, 0, 0, &blocks, &smem);
     return smem + 1024 <= smem_max;
-}
-
-size_t k_q4t_scratch(const struct cu_mat *const *m, int n, int mode, size_t *counters)
-{
-    int tiles = 0;
-    for (int i = 0; i < (mode == Q4F_GU ? 1 : n); i++) tiles += (m[i]->rows + 15) / 16;
-    *counters = (size_t)tiles;
-    return (size_t)tiles * (mode == Q4F_GU ? 32 : 16) * (m[0]->cols / 128);
 }
 
 void k_q4t_args(struct q4t_args *a, const struct cu_mat *const *m, float *const *y, int n, int mode,
@@ -659,53 +696,77 @@ void k_q4t_args(struct q4t_args *a, const struct cu_mat *const *m, float *const 
     a->vc = x->vc;
     a->hd = x->hd;
     a->kvd = x->kvd;
-    a->scr = x->scr;
-    a->cnt = x->cnt;
+    if (mode == Q4F_QKV && x->att && x->hcnt && x->nh <= Q4T_MAX_HEADS && x->hd % 16 == 0) {
+        a->att = x->att; /* attention fused in (q4t_block_out) */
+        a->hcnt = x->hcnt;
+        a->nh = x->nh;
+        a->nkv = x->nkv;
+        a->max_ctx = x->max_ctx;
+        a->att_scale = 1.0f / sqrtf((float)x->hd);
+    }
 }
 
 
-template <int MODE, int D, int NW>
-static enum lmp_status q4t_launch(cudaStream_t st, const struct q4t_args *a, int pdl, int streamk,
+/* tma: q4t_tkernel with D stages per warp */
+template <int MODE, int D, int NW, int TMA>
+static enum lmp_status q4t_launch(cudaStream_t st, const struct q4t_args *a, int pdl,
                                   struct lmp_err *err)
 {
     int blocks;
     size_t smem;
-    q4t_grid(a->tiles, a->items, a->cols, MODE, streamk, streamk ? Q4T_NW : NW, &blocks, &smem);
+    q4t_grid(a->tiles, a->cols, MODE, NW, TMA ? D : 0,
+             a->att ? ATT_ROW_SMEM(NW * 32, a->hd, a->max_ctx) * sizeof(float) : 0, &blocks, &smem);
     cudaLaunchConfig_t cfg = {};
     cudaLaunchAttribute at;
     memset(&at, 0, sizeof at);
     cfg.gridDim = dim3((unsigned)blocks);
-    cfg.blockDim = dim3((streamk ? Q4T_NW : NW) * 32);
+    cfg.blockDim = dim3(NW * 32);
     cfg.dynamicSmemBytes = smem;
     cfg.stream = st;
     at.id = cudaLaunchAttributeProgrammaticStreamSerialization;
     at.val.programmaticStreamSerializationAllowed = 1;
     cfg.attrs = &at;
     cfg.numAttrs = pdl ? 1 : 0;
-    if (streamk) CU_TRY(cudaLaunchKernelEx(&cfg, q4t_kernel<MODE, D>, *a), "q4 tile kernel");
+    if constexpr (TMA) CU_TRY(cudaLaunchKernelEx(&cfg, q4t_tkernel<MODE, D, NW>, *a), "q4 tile kernel");
     else CU_TRY(cudaLaunchKernelEx(&cfg, q4t_bkernel<MODE, D, NW>, *a), "q4 tile kernel");
     return LMP_OK;
 }
 
+static size_t q4t_smem_limit; /* k_q4t_init_attrs */
+
+template <int MODE, int D, int NW, int TMA>
+static cudaError_t q4t_attr(int v)
+{
+    cudaError_t e;
+    if constexpr (TMA) {
+        e = cudaFuncSetAttribute(q4t_tkernel<MODE, D, NW>, cudaFuncAttributeMaxDynamicSharedMemorySize, v);
+    } else {
+        e = cudaFuncSetAttribute(q4t_bkernel<MODE, D, NW>, cudaFuncAttributeMaxDynamicSharedMemorySize, v);
+    }
+    return e;
+}
+
 /* the variants: (mode, items in flight, warps per block); option `shape` picks one per mode */
 #define Q4T_EACH(F)                                                                           \
-    F(Q4F_PLAIN, 4, 16) F(Q4F_PLAIN, 6, 16) F(Q4F_PLAIN, 2, 32) F(Q4F_PLAIN, 3, 32)            \
-    F(Q4F_QKV, 4, 16) F(Q4F_QKV, 6, 16) F(Q4F_QKV, 2, 32) F(Q4F_QKV, 3, 32)                    \
-    F(Q4F_GU, 3, 16) F(Q4F_GU, 4, 16) F(Q4F_GU, 2, 32)
-static const int q4t_shapes[4][4] = {/* PLAIN/QKV depth and warps, GU depth and warps */
-                                     {4, 16, 3, 16},
-                                     {6, 16, 4, 16},
-                                     {2, 32, 3, 16},
-                                     {3, 32, 2, 32}};
+    F(Q4F_PLAIN, 4, 16, 0) F(Q4F_PLAIN, 6, 16, 0) F(Q4F_PLAIN, 2, 32, 0) F(Q4F_PLAIN, 3, 32, 0)   \
+    F(Q4F_QKV, 4, 16, 0) F(Q4F_QKV, 6, 16, 0) F(Q4F_QKV, 2, 32, 0) F(Q4F_QKV, 3, 32, 0)           \
+    F(Q4F_GU, 3, 16, 0) F(Q4F_GU, 4, 16, 0) F(Q4F_GU, 2, 32, 0)                                \
+    F(Q4F_PLAIN, 8, 16, 1) F(Q4F_QKV, 8, 16, 1) F(Q4F_GU, 4, 16, 1)                            \
+    F(Q4F_PLAIN, 4, 32, 1) F(Q4F_QKV, 4, 32, 1) F(Q4F_GU, 2, 32, 1)                            \
+    F(Q4F_PLAIN, 4, 16, 1) F(Q4F_QKV, 4, 16, 1) F(Q4F_GU, 2, 16, 1)
+#define Q4T_NSHAPES 7
+static const int q4t_shapes[Q4T_NSHAPES][5] = {
+    /* PLAIN/QKV depth and warps, GU depth and warps, TMA ring (depth = its stages) */
+    {4, 16, 3, 16, 0}, {6, 16, 4, 16, 0}, {2, 32, 3, 16, 0}, {3, 32, 2, 32, 0},
+    {8, 16, 4, 16, 1}, {4, 32, 2, 32, 1}, {4, 16, 2, 16, 1}};
 
 enum lmp_status k_q4t_init_attrs(size_t smem_max, struct lmp_err *err)
 {
     const int v = (int)smem_max;
+    q4t_smem_limit = smem_max;
     cudaError_t e = cudaSuccess;
-#define Q4T_ATTR(MODE, D, NW)                                                                 \
-    if (!e && NW == Q4T_NW)                                                                   \
-        e = cudaFuncSetAttribute(q4t_kernel<MODE, D>, cudaFuncAttributeMaxDynamicSharedMemorySize, v); \
-    if (!e) e = cudaFuncSetAttribute(q4t_bkernel<MODE, D, NW>, cudaFuncAttributeMaxDynamicSharedMemorySize, v);
+#define Q4T_ATTR(MODE, D, NW, TMA)                                                            \
+    if (!e) e = q4t_attr<MODE, D, NW, TMA>(v);
     Q4T_EACH(Q4T_ATTR)
 #undef Q4T_ATTR
     CU_TRY(e, "q4 tile kernel attributes");
@@ -713,12 +774,22 @@ enum lmp_status k_q4t_init_attrs(size_t smem_max, struct lmp_err *err)
 }
 
 enum lmp_status k_q4t_launch(cudaStream_t st, const struct q4t_args *a, int mode, int pdl,
-                             int shape, int streamk, struct lmp_err *err)
+                             int shape, struct lmp_err *err)
 {
-    const int *sh = q4t_shapes[shape >= 0 && shape < 4 ? shape : 0];
-    const int d = mode == Q4F_GU ? sh[2] : sh[0], nw = streamk ? Q4T_NW : mode == Q4F_GU ? sh[3] : sh[1];
-#define Q4T_CASE(MODE, D, NW)                                                                 \
-    if (mode == MODE && d == D && nw == NW) return q4t_launch<MODE, D, NW>(st, a, pdl, streamk, err);
+    const int *sh = q4t_shapes[shape >= 0 && shape < Q4T_NSHAPES ? shape : 0];
+    if (sh[4]) { /* the ring must fit (wide inputs): else the default shape */
+        int blocks;
+        size_t smem;
+        const int gu = mode == Q4F_GU;
+        q4t_grid(a->tiles, a->cols, mode, sh[gu ? 3 : 1], sh[gu ? 2 : 0],
+                 a->att ? ATT_ROW_SMEM(sh[1] * 32, a->hd, a->max_ctx) * sizeof(float) : 0, &blocks, &smem);
+        if (smem > q4t_smem_limit) sh = q4t_shapes[0];
+    }
+    const int tma = sh[4];
+    const int d = mode == Q4F_GU ? sh[2] : sh[0], nw = mode == Q4F_GU ? sh[3] : sh[1];
+#define Q4T_CASE(MODE, D, NW, TMA)                                                            \
+    if (mode == MODE && d == D && nw == NW && tma == TMA)                                     \
+        return q4t_launch<MODE, D, NW, TMA>(st, a, pdl, err);
     Q4T_EACH(Q4T_CASE)
 #undef Q4T_CASE
     return lmp_err_set(err, LMP_ERR_INTERNAL, "q4 tile kernel: no variant for mode %d shape %d", mode, shape);

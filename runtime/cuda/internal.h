@@ -74,6 +74,7 @@ enum { Q4F_PLAIN = 0, Q4F_GU = 1, Q4F_QKV = 2 };
 #define Q4F_WARPS 16 /* warps per block by default (8 or 16) */
 #define Q4F_PIPE 1   /* by default the next step's loads are in flight during a step */
 #define Q4F_BPS 0    /* blocks per SM by default (0: as many as fit) */
+#define Q4T_ATT 0    /* tile kernels: attention fused into q/k/v by default (1) or not (0) */
 struct q4f_mat {
     const uint8_t *codes;
     const __half *s, *z;
@@ -99,8 +100,10 @@ struct q4f_extra {
     float *kc, *vc;
     int hd, kvd;
     int warps, pdl;        /* warps per block (8, 16), programmatic dependent launch */
-    float *scr;            /* tile kernels: partial sums and counters (k_q4t_scratch) */
-    unsigned *cnt;
+    float *att;            /* tile kernels, QKV: attention into att (nh heads over the caches,
+                              max_ctx positions) with per-head counters hcnt (zeroed) */
+    unsigned *hcnt;
+    int nh, nkv, max_ctx;
     int pipe;              /* a warp's next step loaded while the current one is computed */
     int bps;               /* blocks per SM of the persistent grid (0: as many as fit) */
 };
@@ -119,9 +122,12 @@ struct q4t_args {
     int n, tiles, nc, ngr, cshift, cols, acc, hd, kvd;
     const float *x, *norm, *cs;
     const int *pos;
-    float *kc, *vc, *scr;
-    unsigned *cnt;
+    float *kc, *vc;
     float eps;
+    float *att;            /* QKV: attention fused in (k_q4t_args sets it from q4f_extra) */
+    unsigned *hcnt;
+    int nh, nkv, max_ctx;
+    float att_scale;
 };
 
 struct q4f_layer_args {
@@ -155,10 +161,8 @@ struct lmp_cuda_state {
     int q4_mega;             /* the whole decode step in one persistent kernel where it applies */
     int q4t;                 /* 4-bit decode through the tensor-core tile kernels where they apply */
     int q4t_depth;           /* their items in flight per warp (k_q4t_launch) */
-    int q4t_streamk;         /* and their split of the work */
-    float *q4t_scr;          /* their partial sums (q4t_scr_floats) and tile counters */
-    unsigned *q4t_cnt;
-    size_t q4t_scr_floats, q4t_cnt_n;
+    unsigned *q4t_hcnt;      /* per-head counters of the attention fused into q/k/v */
+    int q4t_att;             /* whether it is fused (else a separate attention launch) */
     int mk_state;            /* 0 not yet looked at, 1 ready, -1 does not apply */
     struct q4f_mega_args mk; /* its arguments (mk.L, mk.bar in device memory) */
     size_t mk_smem;
@@ -292,21 +296,18 @@ enum lmp_status k_q4f_init_attrs(size_t smem_max, struct lmp_err *err);
  * The same modes and arguments as k_q4f on a tile layout of the weights made once
  * (k_q4t_pack, into m->t_codes / m->t_sz of k_q4t_bytes). k_q4t_mat_ok: 4-bit, no perm,
  * cols % 128 == 0, one group per row or groups of 128 * 2^k. k_q4t_ok as k_q4f_ok on
- * packed matrices (QKV: rows % 16 == 0). k_q4t_scratch: the floats of x->scr and the
- * counters of x->cnt a launch needs (both zero before the first launch; the kernels leave
- * the counters zero). */
+ * packed matrices (QKV: rows % 16 == 0). */
 int k_q4t_mat_ok(const struct cu_mat *m);
 size_t k_q4t_bytes(const struct cu_mat *m, size_t *codes_bytes, size_t *sz_bytes);
 void k_q4t_pack(cudaStream_t st, struct cu_mat *m);
 size_t k_q4t_smem(int cols);
 int k_q4t_ok(const struct cu_mat *const *m, int n, int mode, size_t smem_max);
-size_t k_q4t_scratch(const struct cu_mat *const *m, int n, int mode, size_t *counters);
 void k_q4t_args(struct q4t_args *a, const struct cu_mat *const *m, float *const *y, int n, int mode,
                 const struct q4f_extra *x);
-/* shape: warps per block and items in flight per warp (q4t_shapes), 0 the default; streamk: tiles split
- * across blocks, summed through x->scr (else whole tiles per block, summed in shared memory) */
+/* shape: warps per block, items in flight per warp, register or TMA ring (q4t_shapes); 0
+ * the default */
 enum lmp_status k_q4t_launch(cudaStream_t st, const struct q4t_args *a, int mode, int pdl,
-                             int depth, int streamk, struct lmp_err *err);
+                             int shape, struct lmp_err *err);
 enum lmp_status k_q4t_init_attrs(size_t smem_max, struct lmp_err *err);
 
 /* nll (n) double */

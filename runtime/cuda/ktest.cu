@@ -253,7 +253,7 @@ extern "C" enum lmp_status lmp_cuda_k_qmatmul(const struct lmp_qview *w, const f
             st = lmp_err_set(err, LMP_ERR_UNSUPPORTED, "matrix not eligible for the tile decode kernels");
             goto done;
         }
-        size_t cb2, sb2, ncnt;
+        size_t cb2, sb2;
         k_q4t_bytes(&m, &cb2, &sb2);
         TRY(up(&b, (void **)&m.t_codes, NULL, cb2, err));
         TRY(up(&b, (void **)&m.t_sz, NULL, sb2, err));
@@ -265,17 +265,13 @@ extern "C" enum lmp_status lmp_cuda_k_qmatmul(const struct lmp_qview *w, const f
         }
         struct q4f_extra x;
         memset(&x, 0, sizeof x);
-        const size_t nf = k_q4t_scratch(mm, nm, mode, &ncnt);
-        TRY(up(&b, (void **)&x.scr, NULL, nf * 4, err));
-        TRY(up(&b, (void **)&x.cnt, NULL, ncnt * 4, err));
-        CU_TRY(cudaMemset(x.cnt, 0, ncnt * 4), "clearing counters");
-        for (int i = 0; i < n; i++) { /* rows alternate the two work splits */
-            const int sk = i & 1;
+        for (int i = 0; i < n; i++) { /* rows take turns: register ring, 32 warps, TMA ring */
+            const int shape = i % 3 == 1 ? 2 : i % 3 == 2 ? 4 : 0;
             float *yy[2] = {dy + (size_t)i * w->rows, NULL};
             x.x = dx + (size_t)i * w->cols;
             struct q4t_args a;
             k_q4t_args(&a, mm, yy, nm, mode, &x);
-            TRY(k_q4t_launch(0, &a, mode, 1, 0, sk, err));
+            TRY(k_q4t_launch(0, &a, mode, 1, shape, err));
         }
         CU_TRY(cudaDeviceSynchronize(), "tile decode kernel");
     } else {

@@ -202,30 +202,12 @@ enum lmp_status cu_state_finish(struct lmp_cuda_state *s, const float *rope_cs_h
             return lmp_err_set(err, LMP_ERR_NOMEM, "CUDA: size of %s overflows", bufs[i].what);
         if ((st = cu_state_alloc(s, (void **)bufs[i].p, n, bufs[i].what, err))) return st;
     }
-    if (s->q4t) { /* the tile kernels' partial sums and counters: the largest launch's */
-        size_t nf = 0, nc = 0, c;
-        auto need = [&](const struct cu_mat *const *m, int k, int mode) {
-            if (!k_q4t_ok(m, k, mode, s->smem_max)) return;
-            const size_t f = k_q4t_scratch(m, k, mode, &c);
-            nf = f > nf ? f : nf;
-            nc = c > nc ? c : nc;
-        };
-        for (int l = 0; l < s->n_layers; l++) {
-            const struct cu_layer *L = &s->L[l];
-            const struct cu_mat *qkv[3] = {&L->m[CU_WQ], &L->m[CU_WK], &L->m[CU_WV]};
-            const struct cu_mat *gu[2] = {&L->m[CU_WGATE], &L->m[CU_WUP]};
-            const struct cu_mat *wo = &L->m[CU_WO], *wd = &L->m[CU_WDOWN];
-            need(qkv, 3, Q4F_QKV), need(gu, 2, Q4F_GU), need(&wo, 1, Q4F_PLAIN), need(&wd, 1, Q4F_PLAIN);
-        }
-        const struct cu_mat *head = &s->out;
-        need(&head, 1, Q4F_PLAIN);
-        if (nf) {
-            if ((st = cu_state_alloc(s, (void **)&s->q4t_scr, nf * sizeof(float), "decode scratch", err)) ||
-                (st = cu_state_alloc(s, (void **)&s->q4t_cnt, nc * sizeof(unsigned), "decode scratch", err)))
-                return st;
-            CU_TRY(cudaMemset(s->q4t_cnt, 0, nc * sizeof(unsigned)), "clearing decode counters");
-            s->q4t_scr_floats = nf, s->q4t_cnt_n = nc;
-        }
+    if (s->q4t) { /* the per-head counters of the attention fused into the tile kernels */
+        int nh = 1;
+        for (int l = 0; l < s->n_layers; l++) nh = s->L[l].nh > nh ? s->L[l].nh : nh;
+        if ((st = cu_state_alloc(s, (void **)&s->q4t_hcnt, (size_t)nh * sizeof(unsigned), "decode counters", err)))
+            return st;
+        CU_TRY(cudaMemset(s->q4t_hcnt, 0, (size_t)nh * sizeof(unsigned)), "clearing decode counters");
     }
     int *ctl;
     if ((st = cu_state_alloc(s, (void **)&ctl, (2 + B) * sizeof(int), "token ids", err)) ||
@@ -414,8 +396,8 @@ static void state_opts(struct lmp_cuda_state *s, const struct lmp_cuda_opts *o)
     s->q4_pipe = o->q4_pipe == 1 ? 1 : o->q4_pipe == 2 ? 0 : Q4F_PIPE;
     s->q4_mega = s->q4f && o->q4_mega;
     s->q4t = s->q4f && !o->no_q4t;
-    s->q4t_depth = o->q4t_depth >= 0 && o->q4t_depth <= 3 ? o->q4t_depth : 0;
-    s->q4t_streamk = o->q4t_streamk;
+    s->q4t_depth = o->q4t_depth >= 0 && o->q4t_depth <= 6 ? o->q4t_depth : 0;
+    s->q4t_att = o->q4t_att == 1 ? 1 : o->q4t_att == 2 ? 0 : Q4T_ATT;
 }
 
 
@@ -753,8 +735,6 @@ static void layer_prods(const struct lmp_cuda_state *s, int l, struct q4f_extra 
     x.kvd = L->nkv * s->hd;
     x.kc = s->k_cache + s->kv_off[l];
     x.vc = s->v_cache + s->kv_off[l];
-    x.scr = s->q4t_scr;
-    x.cnt = s->q4t_cnt;
     P[0] = {{&L->m[CU_WQ], &L->m[CU_WK], &L->m[CU_WV]}, {s->q, s->k, s->v}, 3, Q4F_QKV, x};
     P[0].x.x = s->h, P[0].x.norm = L->attn_norm, P[0].x.acc = 0;
     P[1] = {{&L->m[CU_WO]}, {s->h}, 1, Q4F_PLAIN, x};
@@ -805,7 +785,7 @@ static enum lmp_status layer_q4f_fwd(struct lmp_cuda_state *s, int l, struct lmp
 /* Whether layer l decodes through the tensor-core tile kernels (decode_q4t.cu). */
 static int layer_q4t(const struct lmp_cuda_state *s, const struct cu_layer *L)
 {
-    if (!s->q4t || !s->q4t_scr || s->hd % 2) return 0;
+    if (!s->q4t || !s->q4t_hcnt || s->hd % 2) return 0;
     const struct cu_mat *qkv[3] = {&L->m[CU_WQ], &L->m[CU_WK], &L->m[CU_WV]};
     const struct cu_mat *gu[2] = {&L->m[CU_WGATE], &L->m[CU_WUP]};
     const struct cu_mat *wo = &L->m[CU_WO], *wd = &L->m[CU_WDOWN];
@@ -824,12 +804,20 @@ static enum lmp_status layer_q4t_fwd(struct lmp_cuda_state *s, int l, struct lmp
     struct layer_prod P[4];
     q4f_extra_init(s, &x);
     layer_prods(s, l, x, P);
+    if (s->q4t_att) { /* attention at the end of the q/k/v kernel */
+        P[0].x.att = s->att;
+        P[0].x.hcnt = s->q4t_hcnt;
+        P[0].x.nh = L->nh;
+        P[0].x.nkv = L->nkv;
+        P[0].x.max_ctx = s->max_ctx;
+    }
     for (int i = 0; i < 4; i++) {
         struct q4t_args a;
         k_q4t_args(&a, P[i].m, P[i].y, P[i].n, P[i].mode, &P[i].x);
-        if ((e = k_q4t_launch(st, &a, P[i].mode, s->pdl, s->q4t_depth, s->q4t_streamk, err))) return e;
-        if (i == 0 && (e = k_attention(st, s->att, s->q, P[0].x.kc, P[0].x.vc, 1, s->d_pos,
-                                       s->max_ctx, L->nh, L->nkv, s->hd, s->smem_max, s->pdl, err)))
+        if ((e = k_q4t_launch(st, &a, P[i].mode, s->pdl, s->q4t_depth, err))) return e;
+        if (i == 0 && !a.att &&
+            (e = k_attention(st, s->att, s->q, P[0].x.kc, P[0].x.vc, 1, s->d_pos, s->max_ctx, L->nh,
+                             L->nkv, s->hd, s->smem_max, s->pdl, err)))
             return e;
     }
     return LMP_OK;
@@ -949,7 +937,7 @@ static enum lmp_status layer_fwd(struct lmp_cuda_state *s, int l, float *h, int 
 static int head_q4t(const struct lmp_cuda_state *s)
 {
     const struct cu_mat *head = &s->out;
-    return s->q4t && s->q4t_scr && k_q4t_ok(&head, 1, Q4F_PLAIN, s->smem_max) && al16(s->h) &&
+    return s->q4t && s->q4t_hcnt && k_q4t_ok(&head, 1, Q4F_PLAIN, s->smem_max) && al16(s->h) &&
            al16(s->out_norm);
 }
 
@@ -993,13 +981,11 @@ static enum lmp_status batch_fwd(struct lmp_cuda_state *s, int n, int want_logit
         q4f_extra_init(s, &x);
         x.x = s->h;
         x.norm = s->out_norm;
-        x.scr = s->q4t_scr;
-        x.cnt = s->q4t_cnt;
         float *yl[1] = {s->logits};
         if (tile_head) {
             struct q4t_args a;
             k_q4t_args(&a, &head, yl, 1, Q4F_PLAIN, &x);
-            if ((e = k_q4t_launch(s->stream, &a, Q4F_PLAIN, s->pdl, s->q4t_depth, s->q4t_streamk, err))) return e;
+            if ((e = k_q4t_launch(s->stream, &a, Q4F_PLAIN, s->pdl, s->q4t_depth, err))) return e;
         } else if ((e = k_q4f(s->stream, &head, yl, 1, Q4F_PLAIN, &x, err)))
             return e;
         CU_LAUNCHED("head");

@@ -74,9 +74,11 @@ struct lmp_cuda_opts {
                          is made): for comparisons */
     int q4t_depth;    /* the tile kernels' shape: 0 the default (16 warps per block, each with
                          4 items of 1 KB in flight, gate/up 3 of 2 KB), 1 (16 warps; 6, 4),
-                         2 (32 warps, 2 items; gate/up as 0), 3 (32 warps; 3, 2) */
-    int q4t_streamk;  /* the tile kernels split tiles across blocks (stream-K, partial sums
-                         through global memory) instead of whole tiles per block */
+                         2 (32 warps, 2 items; gate/up as 0), 3 (32 warps; 3, 2); through a
+                         shared-memory ring filled by bulk copies: 4 (16 warps, 8 stages of
+                         1 KB; gate/up 4 of 2 KB), 5 (32 warps; 4, 2), 6 (16 warps; 4, 2) */
+    int q4t_att;      /* decode attention with the tile kernels: 0 the default (its own
+                         launch), 1 at the end of the q/k/v launch, 2 its own launch */
 };
 
 struct lmp_cuda_state;
