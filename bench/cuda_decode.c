@@ -1,9 +1,9 @@
 /* Decode benchmark on the GPU: a Llama-2-7B-shaped model (dim 4096, 32 layers, 32 heads,
- * ffn 11008, vocab 32000) with random weights made on the device, batch 1, tokens/s and
+ * ffn 11008 unless --ffn, vocab 32000) with random weights made on the device, batch 1, tokens/s and
  * the bandwidth it implies (weight bytes read per token x tokens/s) as a percentage of a
  * device-to-device cudaMemcpy measured in the same run (bytes read + bytes written).
  *
- *   build/cuda/cuda_decode [--layers N] [--tokens N] [--runs N] [--probe] [--only all | NAME[,NAME...]: f16, q4, q4-rows, q4-d1, q4-d2, q4-d3, q4-tma, q4-att, q4-tma-att, q4-sepatt, q4-tma-w32, q4-tma-s4, q4-w8, q4-w8-b1, q4-nopipe, q4-w8-nopipe, q4-nopdl, q4-mega, q4-mega-w8, q4-mega-nopipe, q4-nograph, q4-legacy, q4-legacy-w1, q4-unfused, q4exact, f16-w4, f16-w2, f16-unfused, f32]
+ *   build/cuda/cuda_decode [--layers N] [--tokens N] [--runs N] [--ffn N] [--probe] [--only all | NAME[,NAME...]: f16, q4, q4-rows, q4-d1, q4-w16, q4-d3, q4-tma, q4-att, q4-tma-att, q4-sepatt, q4-tma-w32, q4-tma-s4, q4-il, q4-tl, q4-tl-pack, q4-pack, q4-w16-pack, q4-kv, q4-tl-att, q4-pf2, q4-pf4, q4-pf8, q4-pf16, q4-tma-pf8, q4-tma-il, q4-w8, q4-w8-b1, q4-nopipe, q4-w8-nopipe, q4-nopdl, q4-mega, q4-mega-w8, q4-mega-nopipe, q4-nograph, q4-legacy, q4-legacy-w1, q4-unfused, q4exact, f16-w4, f16-pack, f16-w2, f16-unfused, f32]
  *
  * Timing: CUDA events around `tokens` decode steps (positions 0..tokens-1, each step one
  * small kernel writing token and position plus one graph launch), after a warm-up of 16
@@ -15,6 +15,120 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+static int cmp_d(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* median of v[0..n) (sorts v) */
+static double median_d(double *v, int n)
+{
+    if (n < 1) return 0.0;
+    qsort(v, (size_t)n, sizeof *v, cmp_d);
+    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+/* The tile kernels' timeline of the last decode step (lmp_cuda_timeline): per product
+ * (q/k/v, o, gate/up, down) over the middle layers, medians of the per-launch values, in us:
+ * gap (first block's start - the previous tile launch's last end; o: after q/k/v and the
+ * attention), wait (block start to past the dependency: median block), release (first
+ * block past the dependency - the previous launch's last end), input, weights (median and
+ * slowest block), out, span (last end - the previous launch's last end). The within-block
+ * intervals are clock64 at the SM clock `ghz`. */
+static void timeline_report(const unsigned long long *tl, int blocks, int layers, int nh, double ghz)
+{
+    static const char *prod[4] = {"q/k/v", "o", "gate/up", "down"};
+    const int l0 = layers >= 8 ? 2 : 0, l1 = layers >= 8 ? layers - 2 : layers;
+    printf("  timeline (us), layers %d-%d, medians over layers | gap | wait | release | input | weights (median block / slowest) | out | span |\n",
+           l0, l1 - 1);
+    double *v[8], *bw = malloc((size_t)(blocks > nh ? blocks : nh) * sizeof *bw), *bx = malloc((size_t)blocks * sizeof *bx);
+    for (int k = 0; k < 8; k++) v[k] = malloc((size_t)layers * sizeof(double));
+    for (int p = 0; p < 4; p++) {
+        int n = 0;
+        for (int l = l0; l < l1; l++) {
+            const int slot = l * 4 + p, prev = slot - 1;
+            if (prev < 0) continue;
+            const unsigned long long *S = tl + (size_t)slot * blocks * 10, *P = tl + (size_t)prev * blocks * 10;
+            unsigned long long first = ~0ull, last_prev = 0, first_rel = ~0ull, last = 0;
+            int nb = 0;
+            double iw = 0, ii = 0, io = 0, mx = 0;
+            for (int b = 0; b < blocks; b++) {
+                const unsigned long long *q = S + (size_t)b * 10, *r = P + (size_t)b * 10;
+                if (r[4] > last_prev) last_prev = r[4];
+                if (!q[0]) continue;
+                if (q[0] < first) first = q[0];
+                if (q[1] < first_rel) first_rel = q[1];
+                if (q[4] > last) last = q[4];
+                bw[nb] = (double)(q[6] - q[5]) / (ghz * 1e3);
+                bx[nb] = (double)(q[8] - q[7]) / (ghz * 1e3);
+                if (bx[nb] > mx) mx = bx[nb];
+                ii += (double)(q[7] - q[6]) / (ghz * 1e3);
+                io += (double)(q[9] - q[8]) / (ghz * 1e3);
+                nb++;
+            }
+            if (!nb || !last_prev) continue;
+            iw = median_d(bw, nb);
+            v[0][n] = ((double)first - (double)last_prev) / 1e3;
+            v[1][n] = iw;
+            v[2][n] = ((double)first_rel - (double)last_prev) / 1e3;
+            v[3][n] = ii / nb;
+            v[4][n] = median_d(bx, nb);
+            v[5][n] = mx;
+            v[6][n] = io / nb;
+            v[7][n] = ((double)last - (double)last_prev) / 1e3;
+            n++;
+        }
+        if (!n) continue;
+        double m[8];
+        for (int k = 0; k < 8; k++) m[k] = median_d(v[k], n);
+        printf("  | %-7s | %6.2f | %6.2f | %6.2f | %6.2f | %6.2f / %6.2f | %6.2f | %6.2f |\n", prod[p], m[0], m[1],
+               m[2], m[3], m[4], m[5], m[6], m[7]);
+    }
+    /* the attention launches (when separate): after the q/k/v launch's last end */
+    const unsigned long long *at = tl + (size_t)(layers * 4 + 1) * blocks * 10;
+    int n = 0, nph = 0;
+    double *ph[5];
+    for (int k = 0; k < 5; k++) ph[k] = malloc((size_t)layers * nh * sizeof(double));
+    for (int l = l0; l < l1; l++) {
+        const unsigned long long *S = tl + (size_t)(l * 4) * blocks * 10, *A = at + (size_t)l * 128 * 8;
+        unsigned long long qend = 0, first = ~0ull, rel = ~0ull, last = 0;
+        for (int b = 0; b < blocks; b++) qend = S[(size_t)b * 10 + 4] > qend ? S[(size_t)b * 10 + 4] : qend;
+        int nb = 0;
+        for (int h = 0; h < nh; h++) {
+            const unsigned long long *q = A + (size_t)h * 8;
+            if (!q[0]) continue;
+            /* phases: q, scores, softmax, P V, the rest (q[3..6] after each, q[2] the end) */
+            const unsigned long long pt[6] = {q[1], q[3], q[4], q[5], q[6], q[2]};
+            for (int k = 0; k < 5; k++) ph[k][nph] = pt[k + 1] >= pt[k] ? (double)(pt[k + 1] - pt[k]) / 1e3 : 0.0;
+            nph++;
+            first = q[0] < first ? q[0] : first;
+            rel = q[1] < rel ? q[1] : rel;
+            last = q[2] > last ? q[2] : last;
+            bw[nb++] = (double)(q[2] - q[1]) / 1e3;
+        }
+        if (!nb || !qend) continue;
+        v[0][n] = ((double)first - (double)qend) / 1e3;
+        v[1][n] = ((double)rel - (double)qend) / 1e3;
+        v[2][n] = median_d(bw, nb);
+        v[3][n] = ((double)last - (double)qend) / 1e3;
+        n++;
+    }
+    if (n) {
+        double m[4];
+        for (int k = 0; k < 4; k++) m[k] = median_d(v[k], n);
+        printf("  attention launch after q/k/v's last end (us): first start %.2f, first past the dependency %.2f, "
+               "head (median) %.2f, last end %.2f\n", m[0], m[1], m[2], m[3]);
+        printf("  attention head phases (us, medians): q %.2f, scores %.2f, softmax %.2f, P V %.2f, rest %.2f\n",
+               median_d(ph[0], nph), median_d(ph[1], nph), median_d(ph[2], nph), median_d(ph[3], nph),
+               median_d(ph[4], nph));
+    }
+    for (int k = 0; k < 5; k++) free(ph[k]);
+    for (int k = 0; k < 8; k++) free(v[k]);
+    free(bw);
+    free(bx);
+}
 
 static int cmp_f(const void *a, const void *b)
 {
@@ -142,6 +256,16 @@ static int run_one(const char *name, enum lmp_cuda_wtype wt, int bits, int group
                 name, r->gb, r->ms, r->tok_s, r->bw, r->pct, finite ? "finite" : "NOT FINITE");
     }
     free(t);
+    if (!st && o->q4t_timeline) {
+        const size_t n = (size_t)(c->n_layers * 4 + 1) * 1024 * 10 + (size_t)c->n_layers * 128 * 8;
+        unsigned long long *tlv = calloc(n, sizeof *tlv);
+        const int blocks = tlv ? lmp_cuda_timeline(s, tlv, n) : 0;
+        int dev = 0, khz = 0;
+        cudaGetDevice(&dev);
+        cudaDeviceGetAttribute(&khz, cudaDevAttrClockRate, dev);
+        if (blocks) timeline_report(tlv, blocks, c->n_layers, c->layer[0].n_heads, khz / 1e6);
+        free(tlv);
+    }
     if (!st && !strcmp(name, "q4")) kept_q4 = lg, lg = NULL;
     if (!st && !strcmp(name, "q4-rows")) kept_rows = lg, lg = NULL;
     free(lg);
@@ -153,21 +277,22 @@ static int run_one(const char *name, enum lmp_cuda_wtype wt, int bits, int group
 
 int main(int argc, char **argv)
 {
-    int layers = 32, tokens = 128, runs = 5;
+    int layers = 32, tokens = 128, runs = 5, ffn = 11008;
     const char *only = NULL;
     int probe = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--layers") && i + 1 < argc) layers = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--tokens") && i + 1 < argc) tokens = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--runs") && i + 1 < argc) runs = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--ffn") && i + 1 < argc) ffn = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--only") && i + 1 < argc) only = argv[++i];
         else if (!strcmp(argv[i], "--probe")) probe = 1;
         else {
-            fprintf(stderr, "usage: cuda_decode [--layers N] [--tokens N] [--runs N] [--probe] [--only all | NAME[,NAME...]: f16, q4, q4-rows, q4-d1, q4-d2, q4-d3, q4-tma, q4-att, q4-tma-att, q4-sepatt, q4-tma-w32, q4-tma-s4, q4-w8, q4-w8-b1, q4-nopipe, q4-w8-nopipe, q4-nopdl, q4-mega, q4-mega-w8, q4-mega-nopipe, q4-nograph, q4-legacy, q4-legacy-w1, q4-unfused, q4exact, f16-w4, f16-w2, f16-unfused, f32]\n");
+            fprintf(stderr, "usage: cuda_decode [--layers N] [--tokens N] [--runs N] [--ffn N] [--probe] [--only all | NAME[,NAME...]: f16, q4, q4-rows, q4-d1, q4-w16, q4-d3, q4-tma, q4-att, q4-tma-att, q4-sepatt, q4-tma-w32, q4-tma-s4, q4-il, q4-tl, q4-tl-pack, q4-pack, q4-w16-pack, q4-kv, q4-tl-att, q4-pf2, q4-pf4, q4-pf8, q4-pf16, q4-tma-pf8, q4-tma-il, q4-w8, q4-w8-b1, q4-nopipe, q4-w8-nopipe, q4-nopdl, q4-mega, q4-mega-w8, q4-mega-nopipe, q4-nograph, q4-legacy, q4-legacy-w1, q4-unfused, q4exact, f16-w4, f16-pack, f16-w2, f16-unfused, f32]\n");
             return 2;
         }
     }
-    if (layers < 1 || tokens < 1 || runs < 1) {
+    if (layers < 1 || tokens < 1 || runs < 1 || ffn < 128 || ffn % 128) {
         fprintf(stderr, "cuda_decode: bad arguments\n");
         return 2;
     }
@@ -205,7 +330,7 @@ int main(int argc, char **argv)
         fflush(stdout);
     }
     struct lmp_layer_cfg *lc = calloc((size_t)layers, sizeof *lc);
-    for (int l = 0; l < layers; l++) lc[l] = (struct lmp_layer_cfg){32, 32, 11008};
+    for (int l = 0; l < layers; l++) lc[l] = (struct lmp_layer_cfg){32, 32, ffn};
     struct lmp_config c;
     memset(&c, 0, sizeof c);
     c.dim = 4096;
@@ -216,8 +341,8 @@ int main(int argc, char **argv)
     c.rope_theta = 10000.0f;
     c.norm_eps = 1e-5f;
     c.layer = lc;
-    /* q4: the fused streaming kernels (decode_q4.cu) with PDL, 16 warps per block; the
-     * rest are the comparisons docs/GPU.md reports */
+    /* q4: the default (the tile kernels of decode_q4t.cu, PDL, one attention block per SM);
+     * the rest are the comparisons docs/GPU.md reports; -tl: with the per-block timeline */
     static const struct {
         const char *name;
         enum lmp_cuda_wtype wt;
@@ -227,7 +352,7 @@ int main(int argc, char **argv)
                  {"q4", LMP_CUDA_W_PACKED, 4, 128, {.device = 0}},
                  {"q4-rows", LMP_CUDA_W_PACKED, 4, 128, {.no_q4t = 1}},
                  {"q4-d1", LMP_CUDA_W_PACKED, 4, 128, {.q4t_depth = 1}},
-                 {"q4-d2", LMP_CUDA_W_PACKED, 4, 128, {.q4t_depth = 2}},
+                 {"q4-w16", LMP_CUDA_W_PACKED, 4, 128, {.q4t_depth = 2}},
                  {"q4-d3", LMP_CUDA_W_PACKED, 4, 128, {.q4t_depth = 3}},
                  {"q4-tma", LMP_CUDA_W_PACKED, 4, 128, {.q4t_depth = 4}},
                  {"q4-att", LMP_CUDA_W_PACKED, 4, 128, {.q4t_att = 1}},
@@ -235,6 +360,19 @@ int main(int argc, char **argv)
                  {"q4-sepatt", LMP_CUDA_W_PACKED, 4, 128, {.q4t_att = 2}},
                  {"q4-tma-w32", LMP_CUDA_W_PACKED, 4, 128, {.q4t_depth = 5}},
                  {"q4-tma-s4", LMP_CUDA_W_PACKED, 4, 128, {.q4t_depth = 6}},
+                 {"q4-il", LMP_CUDA_W_PACKED, 4, 128, {.q4t_depth = 7}},
+                 {"q4-tl", LMP_CUDA_W_PACKED, 4, 128, {.q4t_timeline = 1}},
+                 {"q4-tl-pack", LMP_CUDA_W_PACKED, 4, 128, {.q4t_timeline = 1, .att_pack = 1}},
+                 {"q4-pack", LMP_CUDA_W_PACKED, 4, 128, {.att_pack = 1}},
+                 {"q4-w16-pack", LMP_CUDA_W_PACKED, 4, 128, {.q4t_depth = 2, .att_pack = 1}},
+                 {"q4-kv", LMP_CUDA_W_PACKED, 4, 128, {.q4t_kvpf = 1}},
+                 {"q4-tl-att", LMP_CUDA_W_PACKED, 4, 128, {.q4t_timeline = 1, .q4t_att = 1}},
+                 {"q4-pf2", LMP_CUDA_W_PACKED, 4, 128, {.q4t_pf = 2}},
+                 {"q4-pf4", LMP_CUDA_W_PACKED, 4, 128, {.q4t_pf = 4}},
+                 {"q4-pf8", LMP_CUDA_W_PACKED, 4, 128, {.q4t_pf = 8}},
+                 {"q4-pf16", LMP_CUDA_W_PACKED, 4, 128, {.q4t_pf = 16}},
+                 {"q4-tma-pf8", LMP_CUDA_W_PACKED, 4, 128, {.q4t_depth = 6, .q4t_pf = 8}},
+                 {"q4-tma-il", LMP_CUDA_W_PACKED, 4, 128, {.q4t_depth = 9}},
                  {"q4-w8", LMP_CUDA_W_PACKED, 4, 128, {.q4_warps = 8, .no_q4t = 1}},
                  {"q4-w8-b1", LMP_CUDA_W_PACKED, 4, 128, {.q4_warps = 8, .q4_bps = 1, .no_q4t = 1}},
                  {"q4-nopipe", LMP_CUDA_W_PACKED, 4, 128, {.q4_pipe = 2, .no_q4t = 1}},
@@ -249,20 +387,22 @@ int main(int argc, char **argv)
                  {"q4-unfused", LMP_CUDA_W_PACKED, 4, 128, {.no_fuse = 1}},
                  {"q4exact", LMP_CUDA_W_PACKED, 4, 128, {.exact_gemv = 1}},
                  {"f16-w4", LMP_CUDA_W_F16, 0, 0, {.gemv_warps = 4}},
+                 {"f16-pack", LMP_CUDA_W_F16, 0, 0, {.att_pack = 1}},
                  {"f16-w2", LMP_CUDA_W_F16, 0, 0, {.gemv_warps = 2}},
                  {"f16-unfused", LMP_CUDA_W_F16, 0, 0, {.no_fuse = 1}},
                  {"f32", LMP_CUDA_W_F32, 0, 0, {.device = 0}}};
     enum { N_MODES = sizeof modes / sizeof modes[0] };
     struct row rows[N_MODES];
     int nr = 0, rc = 0;
-    printf("Llama-2-7B shape, %d layers, random weights, batch 1, %d tokens from position 0, median of %d runs\n",
-           layers, tokens, runs);
+    printf("Llama-2-7B shape%s, %d layers, random weights, batch 1, %d tokens from position 0, median of %d runs\n",
+           ffn == 11008 ? "" : " (other ffn)", layers, tokens, runs);
+    if (ffn != 11008) printf("ffn %d instead of 11008\n", ffn);
     fflush(stdout);
     for (int k = 0; k < N_MODES; k++) {
         /* without --only: the default and the comparisons docs/GPU.md reports; "all": every
          * mode but f32 */
-        static const char *dflt = "f16,q4,q4-rows,q4-d1,q4-d2,q4-tma,q4-att,q4-tma-att,q4-nopdl,"
-                                  "q4-nograph,q4-legacy,q4-mega,q4-unfused";
+        static const char *dflt = "f16,q4,q4-rows,q4-w16,q4-d1,q4-tma-s4,q4-att,q4-pack,q4-il,"
+                                  "q4-pf8,q4-kv,q4-tl,q4-nopdl,q4-nograph,q4-legacy,q4-unfused";
         if (only && !strcmp(only, "all") ? k == N_MODES - 1 : !in_list(only ? only : dflt, modes[k].name))
             continue;
         int e = run_one(modes[k].name, modes[k].wt, modes[k].bits, modes[k].group, &modes[k].o, &c,

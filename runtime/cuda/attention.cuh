@@ -26,14 +26,24 @@ static __device__ __forceinline__ float4 att_ld4(const float *p)
     return CG ? __ldcg((const float4 *)p) : *(const float4 *)p;
 }
 
+/* thread 0 of a block with a timeline (tb): %globaltimer into tb[k] */
+static __device__ __forceinline__ void att_mark(unsigned long long *tb, int k)
+{
+    if (tb) asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(tb[k]));
+}
+
+/* tb (thread 0, or NULL): the timeline of the phases, tb[0..3] after q, the scores, the
+ * softmax and P V */
 template <int NT, bool CG>
 static __device__ void att_row(float *o, const float *qi, const float *kc, const float *vc, int T,
-                               int kvd, int kh, int hd, float scale, float *sm)
+                               int kvd, int kh, int hd, float scale, float *sm,
+                               unsigned long long *tb = NULL)
 {
     const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5, nw = NT / 32;
     float *part = sm, *red = part + 4 * NT, *qs = red + 36, *s = qs + hd;
     for (int d = tid; d < hd; d += NT) qs[d] = att_ld<CG>(qi + d);
     __syncthreads();
+    att_mark(tb, 0);
     const int L = hd / 4; /* float4 lanes per row */
     const bool vec = hd % 4 == 0 && L <= 32 && 32 % L == 0;
     if (vec) {
@@ -77,6 +87,7 @@ static __device__ void att_row(float *o, const float *qi, const float *kc, const
         }
     }
     __syncthreads();
+    att_mark(tb, 1);
     float mx = -INFINITY;
     for (int t = tid; t < T; t += NT) mx = fmaxf(mx, s[t]);
     mx = block_max(mx, red);
@@ -87,6 +98,7 @@ static __device__ void att_row(float *o, const float *qi, const float *kc, const
         sum += e;
     }
     sum = block_sum(sum, red); /* ends with a barrier: s[] is complete */
+    att_mark(tb, 2);
     const float *vb = vc + (size_t)kh * hd;
     if (vec) {
         const int ng = NT / L, gi = tid / L, d4 = tid % L;
@@ -99,6 +111,7 @@ static __device__ void att_row(float *o, const float *qi, const float *kc, const
         }
         ((float4 *)part)[tid] = a;
         __syncthreads();
+        att_mark(tb, 3);
         if (tid < L) {
             float4 acc = ((const float4 *)part)[tid];
             for (int g = 1; g < ng; g++) {

@@ -128,7 +128,17 @@ struct q4t_args {
     unsigned *hcnt;
     int nh, nkv, max_ctx;
     float att_scale;
+    int il;                /* the warps take the block's items in turn (else contiguous shares) */
+    int pf;                /* items per warp prefetched into L2 before the dependency */
+    int kvpf;              /* QKV: the blocks prefetch the layer's cached K and V rows into L2 */
+    unsigned long long *tl; /* timeline (lmp_cuda_opts.q4t_timeline): Q4T_TL values per block */
+    int tl_slot;           /* its first block's row: (layer * 4 + product, the head n_layers * 4) x blocks */
 };
+
+/* timeline of a tile-kernel block: %globaltimer (ns) at start, after the dependency, after
+ * the input, after the weights (block barrier), at the end; then clock64 at the same points */
+#define Q4T_TL 10
+#define Q4T_TL_HEADS 128 /* after the blocks: per layer and head the attention's start, past the dependency, end, its phases (8) */
 
 struct q4f_layer_args {
     struct q4f_args qkv, o, gu, down;
@@ -163,6 +173,11 @@ struct lmp_cuda_state {
     int q4t_depth;           /* their items in flight per warp (k_q4t_launch) */
     unsigned *q4t_hcnt;      /* per-head counters of the attention fused into q/k/v */
     int q4t_att;             /* whether it is fused (else a separate attention launch) */
+    int q4t_pf;              /* items per warp their blocks prefetch into L2 at the start */
+    int q4t_kvpf;            /* their q/k/v blocks prefetch the cached K, V rows for the attention */
+    int att_pack;            /* decode attention blocks may share an SM (k_attention spread = 0) */
+    unsigned long long *q4t_tl; /* their timeline (q4t_timeline), Q4T_TL per block and launch */
+    int q4t_tl_blocks;       /* blocks per launch slot in it */
     int mk_state;            /* 0 not yet looked at, 1 ready, -1 does not apply */
     struct q4f_mega_args mk; /* its arguments (mk.L, mk.bar in device memory) */
     size_t mk_smem;
@@ -215,7 +230,8 @@ void k_kv_store(cudaStream_t st, float *kc, float *vc, const float *k, const flo
  * with programmatic dependent launch (after a kernel that triggers it) */
 enum lmp_status k_attention(cudaStream_t st, float *out, const float *q, const float *kc,
                             const float *vc, int n, const int *pos, int max_pos, int nh, int nkv,
-                            int hd, size_t smem_max, int pdl, struct lmp_err *err);
+                            int hd, size_t smem_max, int pdl, struct lmp_err *err, unsigned long long *tl = NULL,
+                            int spread = 0);
 void k_swiglu(cudaStream_t st, float *g, const float *u, long count);
 void k_add_bias(cudaStream_t st, float *y, const float *b, int n, int out);
 void k_embed(cudaStream_t st, float *h, const float *emb, const int32_t *tok, int n, int dim);

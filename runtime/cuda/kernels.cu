@@ -173,8 +173,12 @@ void k_rope_store(cudaStream_t st, float *q, const float *k, const float *v, flo
 #define ATT_SMEM(hd, max_pos) ATT_ROW_SMEM(ATT_THREADS, hd, max_pos)
 __global__ void __launch_bounds__(ATT_THREADS)
 attention_kernel(float *out, const float *q, const float *kc, const float *vc, const int *pos,
-                 int nh, int nkv, int hd, float scale)
+                 int nh, int nkv, int hd, float scale, unsigned long long *tl)
 {
+    /* tl (the decode timeline): %globaltimer at start, past the dependency, end, then
+       att_row's phases (5 values), 8 per block */
+    unsigned long long *tb = tl && !threadIdx.x ? tl + ((size_t)blockIdx.y * gridDim.x + blockIdx.x) * 8 : NULL;
+    if (tb) asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(tb[0]));
     extern __shared__ __align__(16) float sm[];
     const int i = blockIdx.x, h = blockIdx.y;
     const int kvd = nkv * hd, kh = h / (nh / nkv);
@@ -189,15 +193,27 @@ attention_kernel(float *out, const float *q, const float *kc, const float *vc, c
         }
     }
     pdl_wait(); /* q and row *pos + i of the caches come from the previous kernel */
+    if (tb) asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(tb[1]));
     att_row<ATT_THREADS, false>(out + ((size_t)i * nh + h) * hd, q + ((size_t)i * nh + h) * hd, kc,
-                                vc, p0 + i + 1, kvd, kh, hd, scale, sm);
+                                vc, p0 + i + 1, kvd, kh, hd, scale, sm, tb ? tb + 3 : NULL);
+    if (tb) {
+        __syncthreads();
+        asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(tb[2]));
+    }
 }
 
 enum lmp_status k_attention(cudaStream_t st, float *out, const float *q, const float *kc,
                             const float *vc, int n, const int *pos, int max_pos, int nh, int nkv,
-                            int hd, size_t smem_max, int pdl, struct lmp_err *err)
+                            int hd, size_t smem_max, int pdl, struct lmp_err *err, unsigned long long *tl,
+                            int spread)
 {
     size_t smem = ATT_SMEM(hd, max_pos) * sizeof(float);
+    /* spread (decode): one head per SM. Four 512-thread blocks fit an SM and land on the SMs
+       the previous kernel left free, where they share its L2 bandwidth: measured 7.5 us a
+       head at 128 positions (docs/GPU.md). Asking for over half the shared memory keeps one
+       block per SM. */
+    const size_t alone = smem_max / 2 + 1024;
+    if (spread && n == 1 && smem < alone && alone <= smem_max) smem = alone;
     if (smem > smem_max)
         return lmp_err_set(err, LMP_ERR_UNSUPPORTED,
                            "CUDA attention: context %d with head size %d needs %zu bytes of "
@@ -215,7 +231,7 @@ enum lmp_status k_attention(cudaStream_t st, float *out, const float *q, const f
     cfg.attrs = at;
     cfg.numAttrs = pdl ? 1 : 0;
     CU_TRY(cudaLaunchKernelEx(&cfg, attention_kernel, out, q, kc, vc, pos, nh, nkv, hd,
-                              1.0f / sqrtf((float)hd)),
+                              1.0f / sqrtf((float)hd), tl),
            "attention kernel");
     CU_LAUNCHED("attention kernel");
     return LMP_OK;
@@ -991,6 +1007,10 @@ enum lmp_status k_init_attrs(size_t smem_max, struct lmp_err *err)
 {
     int v = (int)smem_max;
     CU_TRY(cudaFuncSetAttribute(attention_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, v),
+           "attention kernel attributes");
+    /* the whole L1 as shared memory, as the tile kernels ask: an SM whose split would have to
+       change takes no block of the next kernel until it drains */
+    CU_TRY(cudaFuncSetAttribute(attention_kernel, cudaFuncAttributePreferredSharedMemoryCarveout, 100),
            "attention kernel attributes");
     enum lmp_status st = k_q4f_init_attrs(smem_max, err);
     return st ? st : k_q4t_init_attrs(smem_max, err);

@@ -265,8 +265,10 @@ extern "C" enum lmp_status lmp_cuda_k_qmatmul(const struct lmp_qview *w, const f
         }
         struct q4f_extra x;
         memset(&x, 0, sizeof x);
-        for (int i = 0; i < n; i++) { /* rows take turns: register ring, 32 warps, TMA ring */
-            const int shape = i % 3 == 1 ? 2 : i % 3 == 2 ? 4 : 0;
+        /* inputs take turns: register ring, 32 warps, TMA ring, both rings with the items in turn */
+        static const int shapes[5] = {0, 2, 4, 7, 9};
+        for (int i = 0; i < n; i++) {
+            const int shape = shapes[i % 5];
             float *yy[2] = {dy + (size_t)i * w->rows, NULL};
             x.x = dx + (size_t)i * w->cols;
             struct q4t_args a;

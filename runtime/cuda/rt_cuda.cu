@@ -209,6 +209,13 @@ enum lmp_status cu_state_finish(struct lmp_cuda_state *s, const float *rope_cs_h
             return st;
         CU_TRY(cudaMemset(s->q4t_hcnt, 0, (size_t)nh * sizeof(unsigned)), "clearing decode counters");
     }
+    if (s->q4t && s->q4t_tl_blocks) {
+        /* + per layer and head the attention's 3 values */
+        const size_t n = ((size_t)(s->n_layers * 4 + 1) * s->q4t_tl_blocks * Q4T_TL +
+                          (size_t)s->n_layers * Q4T_TL_HEADS * 8) * sizeof(unsigned long long);
+        if ((st = cu_state_alloc(s, (void **)&s->q4t_tl, n, "decode timeline", err))) return st;
+        CU_TRY(cudaMemset(s->q4t_tl, 0, n), "clearing the decode timeline");
+    }
     int *ctl;
     if ((st = cu_state_alloc(s, (void **)&ctl, (2 + B) * sizeof(int), "token ids", err)) ||
         (st = cu_state_alloc(s, &s->xprep, k_gemv_prep_bytes(s->max_in), "activations", err)))
@@ -396,8 +403,17 @@ static void state_opts(struct lmp_cuda_state *s, const struct lmp_cuda_opts *o)
     s->q4_pipe = o->q4_pipe == 1 ? 1 : o->q4_pipe == 2 ? 0 : Q4F_PIPE;
     s->q4_mega = s->q4f && o->q4_mega;
     s->q4t = s->q4f && !o->no_q4t;
-    s->q4t_depth = o->q4t_depth >= 0 && o->q4t_depth <= 6 ? o->q4t_depth : 0;
+    s->q4t_depth = o->q4t_depth >= 0 && o->q4t_depth <= 9 ? o->q4t_depth : 0;
     s->q4t_att = o->q4t_att == 1 ? 1 : o->q4t_att == 2 ? 0 : Q4T_ATT;
+    s->q4t_pf = o->q4t_pf >= 0 && o->q4t_pf <= 64 ? o->q4t_pf : 0;
+    s->q4t_kvpf = o->q4t_kvpf;
+    s->att_pack = o->att_pack;
+    if (o->q4t_timeline) {
+        int dev = 0, sms = 0;
+        if (cudaGetDevice(&dev) == cudaSuccess &&
+            cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) == cudaSuccess)
+            s->q4t_tl_blocks = sms; /* the tile kernels' grids: one block per SM at most */
+    }
 }
 
 
@@ -775,7 +791,7 @@ static enum lmp_status layer_q4f_fwd(struct lmp_cuda_state *s, int l, struct lmp
     layer_q4f_args(s, l, x, &la);
     if ((e = k_q4f_launch(st, &la.qkv, Q4F_QKV, &x, err))) return e;
     if ((e = k_attention(st, la.att, la.q, la.kc, la.vc, 1, s->d_pos, s->max_ctx, la.nh, la.nkv,
-                         s->hd, s->smem_max, s->pdl, err)))
+                         s->hd, s->smem_max, s->pdl, err, NULL, !s->att_pack)))
         return e;
     if ((e = k_q4f_launch(st, &la.o, Q4F_PLAIN, &x, err))) return e;
     if ((e = k_q4f_launch(st, &la.gu, Q4F_GU, &x, err))) return e;
@@ -814,10 +830,17 @@ static enum lmp_status layer_q4t_fwd(struct lmp_cuda_state *s, int l, struct lmp
     for (int i = 0; i < 4; i++) {
         struct q4t_args a;
         k_q4t_args(&a, P[i].m, P[i].y, P[i].n, P[i].mode, &P[i].x);
+        a.pf = s->q4t_pf;
+        a.kvpf = s->q4t_kvpf;
+        a.tl = s->q4t_tl;
+        a.tl_slot = (l * 4 + i) * s->q4t_tl_blocks;
         if ((e = k_q4t_launch(st, &a, P[i].mode, s->pdl, s->q4t_depth, err))) return e;
+        unsigned long long *atl = NULL; /* the attention's part of the timeline */
+        if (s->q4t_tl && L->nh <= Q4T_TL_HEADS)
+            atl = s->q4t_tl + (size_t)(s->n_layers * 4 + 1) * s->q4t_tl_blocks * Q4T_TL + (size_t)l * Q4T_TL_HEADS * 8;
         if (i == 0 && !a.att &&
             (e = k_attention(st, s->att, s->q, P[0].x.kc, P[0].x.vc, 1, s->d_pos, s->max_ctx, L->nh,
-                             L->nkv, s->hd, s->smem_max, s->pdl, err)))
+                             L->nkv, s->hd, s->smem_max, s->pdl, err, atl, !s->att_pack)))
             return e;
     }
     return LMP_OK;
@@ -908,7 +931,7 @@ static enum lmp_status layer_fwd(struct lmp_cuda_state *s, int l, float *h, int 
         return e;
     k_rope_store(st, s->q, s->k, s->v, kc, vc, n, L->nh, L->nkv, hd, s->rope_cs, s->d_pos);
     if ((e = k_attention(st, s->att, s->q, kc, vc, n, s->d_pos, s->max_ctx, L->nh, L->nkv, hd,
-                         s->smem_max, 0, err)))
+                         s->smem_max, 0, err, NULL, !s->att_pack)))
         return e;
     hook(hk, l, LMP_RT_O, s->att, n, qd);
     c.x = NULL; /* xprep may hold another input now */
@@ -939,6 +962,17 @@ static int head_q4t(const struct lmp_cuda_state *s)
     const struct cu_mat *head = &s->out;
     return s->q4t && s->q4t_hcnt && k_q4t_ok(&head, 1, Q4F_PLAIN, s->smem_max) && al16(s->h) &&
            al16(s->out_norm);
+}
+
+extern "C" int lmp_cuda_timeline(const struct lmp_cuda_state *s, unsigned long long *out, size_t n)
+{
+    if (!s->q4t_tl) return 0;
+    size_t have = (size_t)(s->n_layers * 4 + 1) * s->q4t_tl_blocks * Q4T_TL + (size_t)s->n_layers * Q4T_TL_HEADS * 8;
+    if (n > have) n = have;
+    if (cudaStreamSynchronize(s->stream) != cudaSuccess ||
+        cudaMemcpy(out, s->q4t_tl, n * sizeof *out, cudaMemcpyDeviceToHost) != cudaSuccess)
+        return 0;
+    return s->q4t_tl_blocks;
 }
 
 extern "C" void lmp_cuda_decode_info(const struct lmp_cuda_state *s, int *tile_layers, int *tile_head)
@@ -985,6 +1019,9 @@ static enum lmp_status batch_fwd(struct lmp_cuda_state *s, int n, int want_logit
         if (tile_head) {
             struct q4t_args a;
             k_q4t_args(&a, &head, yl, 1, Q4F_PLAIN, &x);
+            a.pf = s->q4t_pf;
+            a.tl = s->q4t_tl;
+            a.tl_slot = s->n_layers * 4 * s->q4t_tl_blocks;
             if ((e = k_q4t_launch(s->stream, &a, Q4F_PLAIN, s->pdl, s->q4t_depth, err))) return e;
         } else if ((e = k_q4f(s->stream, &head, yl, 1, Q4F_PLAIN, &x, err)))
             return e;

@@ -72,11 +72,22 @@ struct lmp_cuda_opts {
     int no_q4t;       /* 4-bit decode through the row-streaming kernels above instead of the
                          tensor-core tile kernels (decode_q4t.cu; no tile copy of the weights
                          is made): for comparisons */
-    int q4t_depth;    /* the tile kernels' shape: 0 the default (16 warps per block, each with
-                         4 items of 1 KB in flight, gate/up 3 of 2 KB), 1 (16 warps; 6, 4),
-                         2 (32 warps, 2 items; gate/up as 0), 3 (32 warps; 3, 2); through a
-                         shared-memory ring filled by bulk copies: 4 (16 warps, 8 stages of
-                         1 KB; gate/up 4 of 2 KB), 5 (32 warps; 4, 2), 6 (16 warps; 4, 2) */
+    int q4t_depth;    /* the tile kernels' shape: 0 the default (32 warps per block, each with
+                         2 items of 1 KB in flight; gate/up 16 warps, 3 of 2 KB), 1 (16 warps;
+                         6, 4), 2 (16 warps; 4, 3: the default until measured 47.8 vs 46.1 %),
+                         3 (32 warps; 3, 2); through a shared-memory ring filled by bulk
+                         copies: 4 (16 warps, 8 stages of 1 KB; gate/up 4 of 2 KB), 5 (32
+                         warps; 4, 2), 6 (16 warps; 4, 2); with the warps taking the block's
+                         items in turn (not contiguous shares): 7 (as 0), 8 (as 2), 9 (as 6) */
+    int q4t_pf;       /* the tile kernels' blocks prefetch this many items per warp (after
+                         the first in flight) into L2 before they wait for the previous
+                         kernel (0: none) */
+    int att_pack;     /* decode attention: let its blocks (one per head) share SMs, as before
+                         (comparisons; the default keeps one per SM) */
+    int q4t_kvpf;     /* the q/k/v tile kernel prefetches the layer's cached K and V rows into
+                         L2 before it waits for the previous kernel (for the attention) */
+    int q4t_timeline; /* the tile kernels record per block when they start, pass the dependency,
+                         have the input, have read the weights and end (lmp_cuda_timeline) */
     int q4t_att;      /* decode attention with the tile kernels: 0 the default (its own
                          launch), 1 at the end of the q/k/v launch, 2 its own launch */
 };
@@ -91,6 +102,13 @@ enum lmp_status lmp_cuda_state_create(const struct lmp_model *m, int max_ctx, in
                                       const struct lmp_cuda_opts *opts,
                                       struct lmp_cuda_state **out, struct lmp_err *err);
 void lmp_cuda_state_free(struct lmp_cuda_state *s); /* accepts NULL */
+/* With opts.q4t_timeline: copies the last decode step's timeline into out (up to n values:
+ * slot (layer * 4 + product, head n_layers * 4) x block x 10: %globaltimer ns at start,
+ * after the dependency, after the input, after the weights, at the end, then clock64 at
+ * the same points), then per layer 128 heads x 8 (the attention launch: %globaltimer at
+ * start, after the dependency, at the end, after its q, scores, softmax, P V and 0); returns
+ * the blocks per slot, 0 without one. */
+int lmp_cuda_timeline(const struct lmp_cuda_state *s, unsigned long long *out, size_t n);
 
 void lmp_cuda_reset(struct lmp_cuda_state *s);
 int lmp_cuda_n_past(const struct lmp_cuda_state *s);

@@ -19,7 +19,7 @@ export LD_LIBRARY_PATH
 echo "== tests"
 timeout 180 "$C/lmpress-cuda-tests" 2>&1 | tee "$OUT/tests.log"
 echo "== decode benchmark"
-timeout 120 "$C/cuda_decode" 2>&1 | tee "$OUT/decode.log"
+timeout 240 "$C/cuda_decode" 2>&1 | tee "$OUT/decode.log"
 echo "== GPTQ timing"
 timeout 200 "$C/cuda_gptq" 2>&1 | tee "$OUT/gptq.log"
 echo "== CLI"
