@@ -13,6 +13,7 @@
 
 #include "reduce.cuh"
 
+
 #define ATT_ROW_SMEM(nt, hd, max_t) (4 * (size_t)(nt) + 36 + (size_t)(hd) + (size_t)(max_t))
 
 template <bool CG>
@@ -33,11 +34,12 @@ static __device__ __forceinline__ void att_mark(unsigned long long *tb, int k)
 }
 
 /* tb (thread 0, or NULL): the timeline of the phases, tb[0..3] after q, the scores, the
- * softmax and P V */
+ * softmax and P V. ml (or NULL): the scores' max and the sum of their exponentials (a part
+ * of a split attention, att_split_kernel). */
 template <int NT, bool CG>
 static __device__ void att_row(float *o, const float *qi, const float *kc, const float *vc, int T,
                                int kvd, int kh, int hd, float scale, float *sm,
-                               unsigned long long *tb = NULL)
+                               unsigned long long *tb = NULL, float *ml = NULL)
 {
     const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5, nw = NT / 32;
     float *part = sm, *red = part + 4 * NT, *qs = red + 36, *s = qs + hd;
@@ -99,6 +101,7 @@ static __device__ void att_row(float *o, const float *qi, const float *kc, const
     }
     sum = block_sum(sum, red); /* ends with a barrier: s[] is complete */
     att_mark(tb, 2);
+    if (ml && tid == 0) ml[0] = mx, ml[1] = sum;
     const float *vb = vc + (size_t)kh * hd;
     if (vec) {
         const int ng = NT / L, gi = tid / L, d4 = tid % L;

@@ -156,6 +156,18 @@ struct q4f_mega_args {
     int n_layers, hd, has_head;
 };
 
+/* Decode attention split over positions (k_attention with n == 1): n blocks per head, each
+ * a contiguous share of the positions; per (head, share) hd + 2 floats of part (its output,
+ * the scores' max and exp sum); per head a counter (zero; the last share's block combines
+ * the parts in share order and resets it). */
+struct att_split {
+    float *part;
+    unsigned *cnt;
+    int n;
+};
+#define ATT_SPLIT_THREADS 256
+#define ATT_SPLIT_MAX 16
+
 struct lmp_cuda_state {
     int device;
     int dim, n_layers, hd, vocab, max_ctx, max_batch;
@@ -175,7 +187,8 @@ struct lmp_cuda_state {
     int q4t_att;             /* whether it is fused (else a separate attention launch) */
     int q4t_pf;              /* items per warp their blocks prefetch into L2 at the start */
     int q4t_kvpf;            /* their q/k/v blocks prefetch the cached K, V rows for the attention */
-    int att_pack;            /* decode attention blocks may share an SM (k_attention spread = 0) */
+    int att_pack;            /* decode attention one block per head (no split) */
+    struct att_split att_sp;  /* the decode attention split over positions */
     unsigned long long *q4t_tl; /* their timeline (q4t_timeline), Q4T_TL per block and launch */
     int q4t_tl_blocks;       /* blocks per launch slot in it */
     int mk_state;            /* 0 not yet looked at, 1 ready, -1 does not apply */
@@ -228,10 +241,11 @@ void k_kv_store(cudaStream_t st, float *kc, float *vc, const float *k, const flo
                 int kvd, const int *pos);
 /* causal GQA attention over the position-major cache; q, out (n, nh*hd); pdl: launched
  * with programmatic dependent launch (after a kernel that triggers it) */
+
 enum lmp_status k_attention(cudaStream_t st, float *out, const float *q, const float *kc,
                             const float *vc, int n, const int *pos, int max_pos, int nh, int nkv,
                             int hd, size_t smem_max, int pdl, struct lmp_err *err, unsigned long long *tl = NULL,
-                            int spread = 0);
+                            const struct att_split *sp = NULL);
 void k_swiglu(cudaStream_t st, float *g, const float *u, long count);
 void k_add_bias(cudaStream_t st, float *y, const float *b, int n, int out);
 void k_embed(cudaStream_t st, float *h, const float *emb, const int32_t *tok, int n, int dim);

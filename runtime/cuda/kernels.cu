@@ -202,18 +202,84 @@ attention_kernel(float *out, const float *q, const float *kc, const float *vc, c
     }
 }
 
+/* One block per (share j of the positions, head h) of one decode row: att_row over positions
+ * [j c, (j + 1) c) (c = ceil(T / S)) into its part (output normalized within the share, max,
+ * exp sum); the block that completes a head (per-head counter) combines its S parts in share
+ * order: out = sum_j e^(m_j - m) l_j o_j / sum_j e^(m_j - m) l_j. One block per head reads
+ * its K and V rows at ~25 GB/s (latency-bound, 45 us a head at 1024 positions, docs/GPU.md);
+ * S shares put S times the blocks on it. */
+__global__ void __launch_bounds__(ATT_SPLIT_THREADS)
+att_split_kernel(float *out, const float *q, const float *kc, const float *vc, const int *pos,
+                 int nh, int nkv, int hd, float scale, struct att_split sp, unsigned long long *tl)
+{
+    extern __shared__ __align__(16) float sm[];
+    __shared__ int last;
+    const int j = blockIdx.x, h = blockIdx.y, S = gridDim.x, tid = threadIdx.x;
+    const int kvd = nkv * hd, kh = h / (nh / nkv);
+    /* the timeline: share 0's start, release and phases; the end by the combining block */
+    unsigned long long *te = tl && !tid ? tl + (size_t)h * 8 : NULL, *tb = j ? NULL : te;
+    if (tb) asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(tb[0]));
+    pdl_trigger();
+    const int p0 = *pos, T = p0 + 1, c = (T + S - 1) / S, t0 = j * c, t1 = min(T, t0 + c);
+    {   /* the earlier steps' rows of the share into L2 before the dependency */
+        const int lines = (hd * 4 + 127) / 128, te = min(t1, p0);
+        for (int t = tid; t < (te - t0) * lines; t += ATT_SPLIT_THREADS) {
+            const size_t off = (size_t)(t0 + t / lines) * kvd + (size_t)kh * hd + (size_t)(t % lines) * 32;
+            asm volatile("prefetch.global.L2 [%0];" ::"l"(kc + off));
+            asm volatile("prefetch.global.L2 [%0];" ::"l"(vc + off));
+        }
+    }
+    pdl_wait();
+    if (tb) asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(tb[1]));
+    float *po = sp.part + ((size_t)h * S + j) * (hd + 2);
+    if (t1 > t0) {
+        att_row<ATT_SPLIT_THREADS, false>(po, q + (size_t)h * hd, kc + (size_t)t0 * kvd,
+                                          vc + (size_t)t0 * kvd, t1 - t0, kvd, kh, hd, scale, sm,
+                                          tb ? tb + 3 : NULL, po + hd);
+    } else { /* an empty share: weight 0 */
+        for (int d = tid; d < hd; d += ATT_SPLIT_THREADS) po[d] = 0.0f;
+        if (!tid) po[hd] = -INFINITY, po[hd + 1] = 0.0f;
+    }
+    __threadfence(); /* the part before the count */
+    __syncthreads();
+    if (!tid) {
+        last = atomicAdd(sp.cnt + h, 1u) + 1 == (unsigned)S;
+        if (last) sp.cnt[h] = 0; /* ready for the next launch */
+    }
+    __syncthreads();
+    if (!last) return;
+    __threadfence(); /* the other blocks' parts after their counts */
+    const float *ph = sp.part + (size_t)h * S * (hd + 2);
+    __shared__ float wk[ATT_SPLIT_MAX], den;
+    if (tid < 32) { /* the shares' weights e^(m_k - m) l_k / sum, by one warp */
+        const float mk = tid < S ? __ldcg(ph + (size_t)tid * (hd + 2) + hd) : -INFINITY;
+        const float lk = tid < S ? __ldcg(ph + (size_t)tid * (hd + 2) + hd + 1) : 0.0f;
+        const float m = warp_max(mk);
+        const float e = mk > -INFINITY ? expf(mk - m) * lk : 0.0f;
+        const float sum = warp_sum(e);
+        if (tid < S) wk[tid] = e;
+        if (!tid) den = sum;
+    }
+    __syncthreads();
+    const float r = 1.0f / den;
+    for (int d = tid; d < hd; d += ATT_SPLIT_THREADS) {
+        float a = 0.0f;
+        for (int k = 0; k < S; k++) /* in share order; independent loads */
+            if (wk[k] != 0.0f) a += wk[k] * __ldcg(ph + (size_t)k * (hd + 2) + d);
+        out[(size_t)h * hd + d] = a * r;
+    }
+    if (te) {
+        __syncthreads();
+        asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(te[2]));
+    }
+}
+
 enum lmp_status k_attention(cudaStream_t st, float *out, const float *q, const float *kc,
                             const float *vc, int n, const int *pos, int max_pos, int nh, int nkv,
                             int hd, size_t smem_max, int pdl, struct lmp_err *err, unsigned long long *tl,
-                            int spread)
+                            const struct att_split *sp)
 {
     size_t smem = ATT_SMEM(hd, max_pos) * sizeof(float);
-    /* spread (decode): one head per SM. Four 512-thread blocks fit an SM and land on the SMs
-       the previous kernel left free, where they share its L2 bandwidth: measured 7.5 us a
-       head at 128 positions (docs/GPU.md). Asking for over half the shared memory keeps one
-       block per SM. */
-    const size_t alone = smem_max / 2 + 1024;
-    if (spread && n == 1 && smem < alone && alone <= smem_max) smem = alone;
     if (smem > smem_max)
         return lmp_err_set(err, LMP_ERR_UNSUPPORTED,
                            "CUDA attention: context %d with head size %d needs %zu bytes of "
@@ -221,15 +287,26 @@ enum lmp_status k_attention(cudaStream_t st, float *out, const float *q, const f
                            max_pos, hd, smem, smem_max);
     if (n <= 0) return LMP_OK;
     cudaLaunchConfig_t cfg = {};
-    cfg.gridDim = dim3((unsigned)n, (unsigned)nh);
-    cfg.blockDim = dim3(ATT_THREADS);
-    cfg.dynamicSmemBytes = smem;
-    cfg.stream = st;
     cudaLaunchAttribute at[1];
     at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
     at[0].val.programmaticStreamSerializationAllowed = 1;
     cfg.attrs = at;
     cfg.numAttrs = pdl ? 1 : 0;
+    cfg.stream = st;
+    if (sp && sp->n > 1 && n == 1) {
+        const int S = sp->n;
+        cfg.gridDim = dim3((unsigned)S, (unsigned)nh);
+        cfg.blockDim = dim3(ATT_SPLIT_THREADS);
+        cfg.dynamicSmemBytes = ATT_ROW_SMEM(ATT_SPLIT_THREADS, hd, (max_pos + S - 1) / S) * sizeof(float);
+        CU_TRY(cudaLaunchKernelEx(&cfg, att_split_kernel, out, q, kc, vc, pos, nh, nkv, hd,
+                                  1.0f / sqrtf((float)hd), *sp, tl),
+               "split attention kernel");
+        CU_LAUNCHED("split attention kernel");
+        return LMP_OK;
+    }
+    cfg.gridDim = dim3((unsigned)n, (unsigned)nh);
+    cfg.blockDim = dim3(ATT_THREADS);
+    cfg.dynamicSmemBytes = smem;
     CU_TRY(cudaLaunchKernelEx(&cfg, attention_kernel, out, q, kc, vc, pos, nh, nkv, hd,
                               1.0f / sqrtf((float)hd), tl),
            "attention kernel");
@@ -1008,9 +1085,13 @@ enum lmp_status k_init_attrs(size_t smem_max, struct lmp_err *err)
     int v = (int)smem_max;
     CU_TRY(cudaFuncSetAttribute(attention_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, v),
            "attention kernel attributes");
+    CU_TRY(cudaFuncSetAttribute(att_split_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, v),
+           "attention kernel attributes");
     /* the whole L1 as shared memory, as the tile kernels ask: an SM whose split would have to
        change takes no block of the next kernel until it drains */
     CU_TRY(cudaFuncSetAttribute(attention_kernel, cudaFuncAttributePreferredSharedMemoryCarveout, 100),
+           "attention kernel attributes");
+    CU_TRY(cudaFuncSetAttribute(att_split_kernel, cudaFuncAttributePreferredSharedMemoryCarveout, 100),
            "attention kernel attributes");
     enum lmp_status st = k_q4f_init_attrs(smem_max, err);
     return st ? st : k_q4t_init_attrs(smem_max, err);

@@ -119,8 +119,17 @@ extern "C" enum lmp_status lmp_cuda_k_attention(float *out, const float *q, cons
     TRY(up(&b, (void **)&dpos, pz, sizeof pz, err));
     TRY(poison(dout, (size_t)n * n_heads * hd, err));
     TRY(k_init_attrs(smem_limit(), err));
-    /* with the PDL attribute (its prefetch before the wait; no predecessor to overlap) */
-    TRY(k_attention(0, dout, dq, dk, dv, n, dpos, ld, n_heads, n_kv, hd, smem_limit(), 1, err));
+    /* with the PDL attribute (its prefetch before the wait; no predecessor to overlap); one
+       row (decode): split over the positions in 7 shares, some empty when pos < 6 */
+    if (n == 1) {
+        struct att_split sp = {NULL, NULL, 7};
+        TRY(up(&b, (void **)&sp.part, NULL, (size_t)n_heads * sp.n * (hd + 2) * 4, err));
+        TRY(up(&b, (void **)&sp.cnt, NULL, (size_t)n_heads * sizeof(unsigned), err));
+        CU_TRY(cudaMemset(sp.cnt, 0, (size_t)n_heads * sizeof(unsigned)), "clearing attention counters");
+        TRY(poison(sp.part, (size_t)n_heads * sp.n * (hd + 2), err));
+        TRY(k_attention(0, dout, dq, dk, dv, n, dpos, ld, n_heads, n_kv, hd, smem_limit(), 1, err, NULL, &sp));
+    } else
+        TRY(k_attention(0, dout, dq, dk, dv, n, dpos, ld, n_heads, n_kv, hd, smem_limit(), 1, err));
     TRY(down(out, dout, qs, err));
 done:
     free(k2);

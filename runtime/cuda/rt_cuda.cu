@@ -209,6 +209,24 @@ enum lmp_status cu_state_finish(struct lmp_cuda_state *s, const float *rope_cs_h
             return st;
         CU_TRY(cudaMemset(s->q4t_hcnt, 0, (size_t)nh * sizeof(unsigned)), "clearing decode counters");
     }
+    if (!s->att_pack) { /* the decode attention split over positions: ~2 blocks per SM */
+        int nh = 1, dev = 0, sms = 1;
+        for (int l = 0; l < s->n_layers; l++) nh = s->L[l].nh > nh ? s->L[l].nh : nh;
+        if (cudaGetDevice(&dev) != cudaSuccess ||
+            cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess)
+            sms = 1;
+        int S = (2 * sms + nh / 2) / nh;
+        S = S < 1 ? 1 : S > ATT_SPLIT_MAX ? ATT_SPLIT_MAX : S;
+        if (S > 1) {
+            if ((st = cu_state_alloc(s, (void **)&s->att_sp.part, (size_t)nh * S * (s->hd + 2) * sizeof(float),
+                                     "attention parts", err)) ||
+                (st = cu_state_alloc(s, (void **)&s->att_sp.cnt, (size_t)nh * sizeof(unsigned), "attention counters",
+                                     err)))
+                return st;
+            CU_TRY(cudaMemset(s->att_sp.cnt, 0, (size_t)nh * sizeof(unsigned)), "clearing attention counters");
+            s->att_sp.n = S;
+        }
+    }
     if (s->q4t && s->q4t_tl_blocks) {
         /* + per layer and head the attention's 3 values */
         const size_t n = ((size_t)(s->n_layers * 4 + 1) * s->q4t_tl_blocks * Q4T_TL +
@@ -791,7 +809,7 @@ static enum lmp_status layer_q4f_fwd(struct lmp_cuda_state *s, int l, struct lmp
     layer_q4f_args(s, l, x, &la);
     if ((e = k_q4f_launch(st, &la.qkv, Q4F_QKV, &x, err))) return e;
     if ((e = k_attention(st, la.att, la.q, la.kc, la.vc, 1, s->d_pos, s->max_ctx, la.nh, la.nkv,
-                         s->hd, s->smem_max, s->pdl, err, NULL, !s->att_pack)))
+                         s->hd, s->smem_max, s->pdl, err, NULL, s->att_sp.n > 1 ? &s->att_sp : NULL)))
         return e;
     if ((e = k_q4f_launch(st, &la.o, Q4F_PLAIN, &x, err))) return e;
     if ((e = k_q4f_launch(st, &la.gu, Q4F_GU, &x, err))) return e;
@@ -840,7 +858,7 @@ static enum lmp_status layer_q4t_fwd(struct lmp_cuda_state *s, int l, struct lmp
             atl = s->q4t_tl + (size_t)(s->n_layers * 4 + 1) * s->q4t_tl_blocks * Q4T_TL + (size_t)l * Q4T_TL_HEADS * 8;
         if (i == 0 && !a.att &&
             (e = k_attention(st, s->att, s->q, P[0].x.kc, P[0].x.vc, 1, s->d_pos, s->max_ctx, L->nh,
-                             L->nkv, s->hd, s->smem_max, s->pdl, err, atl, !s->att_pack)))
+                             L->nkv, s->hd, s->smem_max, s->pdl, err, atl, s->att_sp.n > 1 ? &s->att_sp : NULL)))
             return e;
     }
     return LMP_OK;
@@ -931,7 +949,7 @@ static enum lmp_status layer_fwd(struct lmp_cuda_state *s, int l, float *h, int 
         return e;
     k_rope_store(st, s->q, s->k, s->v, kc, vc, n, L->nh, L->nkv, hd, s->rope_cs, s->d_pos);
     if ((e = k_attention(st, s->att, s->q, kc, vc, n, s->d_pos, s->max_ctx, L->nh, L->nkv, hd,
-                         s->smem_max, 0, err, NULL, !s->att_pack)))
+                         s->smem_max, 0, err, NULL, s->att_sp.n > 1 ? &s->att_sp : NULL)))
         return e;
     hook(hk, l, LMP_RT_O, s->att, n, qd);
     c.x = NULL; /* xprep may hold another input now */

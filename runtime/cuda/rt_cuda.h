@@ -82,8 +82,9 @@ struct lmp_cuda_opts {
     int q4t_pf;       /* the tile kernels' blocks prefetch this many items per warp (after
                          the first in flight) into L2 before they wait for the previous
                          kernel (0: none) */
-    int att_pack;     /* decode attention: let its blocks (one per head) share SMs, as before
-                         (comparisons; the default keeps one per SM) */
+    int att_pack;     /* decode attention one block per head over all positions, as before
+                         (comparisons; the default splits each head's positions over several
+                         blocks and combines their parts) */
     int q4t_kvpf;     /* the q/k/v tile kernel prefetches the layer's cached K and V rows into
                          L2 before it waits for the previous kernel (for the attention) */
     int q4t_timeline; /* the tile kernels record per block when they start, pass the dependency,
