@@ -25,12 +25,21 @@
 #define EVAL_TXT "data/tinystories/eval.txt"
 #define CALIB_TXT "data/tinystories/calib.txt"
 
+/* fresh random inputs per run; the seed is printed, and LMP_CUDA_SEED=N repeats a run */
 static unsigned long long seed_now(void)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    unsigned long long s = (unsigned long long)ts.tv_nsec * 2654435761ull + (unsigned long long)ts.tv_sec;
-    return s ? s : 1;
+    const char *e = getenv("LMP_CUDA_SEED");
+    unsigned long long s;
+    if (e && *e) {
+        s = strtoull(e, NULL, 10);
+    } else {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        s = (unsigned long long)ts.tv_nsec * 2654435761ull + (unsigned long long)ts.tv_sec;
+    }
+    s = s ? s : 1;
+    printf("    seed %llu (LMP_CUDA_SEED=%llu repeats it)\n", s, s);
+    return s;
 }
 
 static void need_gpu(void)
