@@ -292,8 +292,12 @@ int main(int argc, char **argv)
             return 2;
         }
     }
-    if (layers < 1 || tokens < 1 || runs < 1 || ffn < 128 || ffn % 128) {
-        fprintf(stderr, "cuda_decode: bad arguments\n");
+    if (layers < 1 || tokens < 1 || runs < 1) {
+        fprintf(stderr, "cuda_decode: --layers, --tokens and --runs must be positive\n");
+        return 2;
+    }
+    if (ffn < 128 || ffn % 128) {
+        fprintf(stderr, "cuda_decode: --ffn %d: must be a positive multiple of 128\n", ffn);
         return 2;
     }
     struct lmp_cuda_info info;

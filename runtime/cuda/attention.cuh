@@ -13,7 +13,6 @@
 
 #include "reduce.cuh"
 
-
 #define ATT_ROW_SMEM(nt, hd, max_t) (4 * (size_t)(nt) + 36 + (size_t)(hd) + (size_t)(max_t))
 
 template <bool CG>
@@ -25,6 +24,19 @@ template <bool CG>
 static __device__ __forceinline__ float4 att_ld4(const float *p)
 {
     return CG ? __ldcg((const float4 *)p) : *(const float4 *)p;
+}
+
+/* rows [t0, t1) of head kh of both caches into L2, by the block's nt threads (before a
+ * dependency wait: rows of earlier steps) */
+static __device__ __forceinline__ void att_prefetch(const float *kc, const float *vc, int t0, int t1,
+                                                    int kvd, int kh, int hd, int nt)
+{
+    const int lines = (hd * 4 + 127) / 128; /* 128-byte lines per row and head */
+    for (int t = threadIdx.x; t < (t1 - t0) * lines; t += nt) {
+        const size_t off = (size_t)(t0 + t / lines) * kvd + (size_t)kh * hd + (size_t)(t % lines) * 32;
+        asm volatile("prefetch.global.L2 [%0];" ::"l"(kc + off));
+        asm volatile("prefetch.global.L2 [%0];" ::"l"(vc + off));
+    }
 }
 
 /* thread 0 of a block with a timeline (tb): %globaltimer into tb[k] */

@@ -801,6 +801,10 @@ void k_q4t_args(struct q4t_args *a, const struct cu_mat *const *m, float *const 
     a->vc = x->vc;
     a->hd = x->hd;
     a->kvd = x->kvd;
+    a->pf = x->pf;
+    a->kvpf = mode == Q4F_QKV && x->kvpf;
+    a->tl = x->tl;
+    a->tl_slot = x->tl_slot;
     if (mode == Q4F_QKV && x->att && x->hcnt && x->nh <= Q4T_MAX_HEADS && x->hd % 16 == 0) {
         a->att = x->att; /* attention fused in (q4t_block_out) */
         a->hcnt = x->hcnt;

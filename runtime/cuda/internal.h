@@ -106,6 +106,9 @@ struct q4f_extra {
     int nh, nkv, max_ctx;
     int pipe;              /* a warp's next step loaded while the current one is computed */
     int bps;               /* blocks per SM of the persistent grid (0: as many as fit) */
+    int pf, kvpf;          /* tile kernels: q4t_args.pf, .kvpf */
+    unsigned long long *tl; /* tile kernels: the timeline and this launch's row (q4t_args) */
+    int tl_slot;
 };
 
 /* the tensor-core tile kernels (decode_q4t.cu): the same three modes on the tile layout */
@@ -191,6 +194,7 @@ struct lmp_cuda_state {
     struct att_split att_sp;  /* the decode attention split over positions */
     unsigned long long *q4t_tl; /* their timeline (q4t_timeline), Q4T_TL per block and launch */
     int q4t_tl_blocks;       /* blocks per launch slot in it */
+    int sms;                 /* the device's SM count */
     int mk_state;            /* 0 not yet looked at, 1 ready, -1 does not apply */
     struct q4f_mega_args mk; /* its arguments (mk.L, mk.bar in device memory) */
     size_t mk_smem;

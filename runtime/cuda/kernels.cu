@@ -178,27 +178,20 @@ attention_kernel(float *out, const float *q, const float *kc, const float *vc, c
     /* tl (the decode timeline): %globaltimer at start, past the dependency, end, then
        att_row's phases (5 values), 8 per block */
     unsigned long long *tb = tl && !threadIdx.x ? tl + ((size_t)blockIdx.y * gridDim.x + blockIdx.x) * 8 : NULL;
-    if (tb) asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(tb[0]));
+    att_mark(tb, 0);
     extern __shared__ __align__(16) float sm[];
     const int i = blockIdx.x, h = blockIdx.y;
     const int kvd = nkv * hd, kh = h / (nh / nkv);
     pdl_trigger();
     const int p0 = *pos;
-    {
-        const int lines = (hd * 4 + 127) / 128; /* 128-byte lines per row and head */
-        for (int t = threadIdx.x; t < p0 * lines; t += ATT_THREADS) {
-            const size_t off = (size_t)(t / lines) * kvd + (size_t)kh * hd + (size_t)(t % lines) * 32;
-            asm volatile("prefetch.global.L2 [%0];" ::"l"(kc + off));
-            asm volatile("prefetch.global.L2 [%0];" ::"l"(vc + off));
-        }
-    }
+    att_prefetch(kc, vc, 0, p0, kvd, kh, hd, ATT_THREADS);
     pdl_wait(); /* q and row *pos + i of the caches come from the previous kernel */
-    if (tb) asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(tb[1]));
+    att_mark(tb, 1);
     att_row<ATT_THREADS, false>(out + ((size_t)i * nh + h) * hd, q + ((size_t)i * nh + h) * hd, kc,
                                 vc, p0 + i + 1, kvd, kh, hd, scale, sm, tb ? tb + 3 : NULL);
     if (tb) {
         __syncthreads();
-        asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(tb[2]));
+        att_mark(tb, 2);
     }
 }
 
@@ -218,19 +211,12 @@ att_split_kernel(float *out, const float *q, const float *kc, const float *vc, c
     const int kvd = nkv * hd, kh = h / (nh / nkv);
     /* the timeline: share 0's start, release and phases; the end by the combining block */
     unsigned long long *te = tl && !tid ? tl + (size_t)h * 8 : NULL, *tb = j ? NULL : te;
-    if (tb) asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(tb[0]));
+    att_mark(tb, 0);
     pdl_trigger();
     const int p0 = *pos, T = p0 + 1, c = (T + S - 1) / S, t0 = j * c, t1 = min(T, t0 + c);
-    {   /* the earlier steps' rows of the share into L2 before the dependency */
-        const int lines = (hd * 4 + 127) / 128, te = min(t1, p0);
-        for (int t = tid; t < (te - t0) * lines; t += ATT_SPLIT_THREADS) {
-            const size_t off = (size_t)(t0 + t / lines) * kvd + (size_t)kh * hd + (size_t)(t % lines) * 32;
-            asm volatile("prefetch.global.L2 [%0];" ::"l"(kc + off));
-            asm volatile("prefetch.global.L2 [%0];" ::"l"(vc + off));
-        }
-    }
+    att_prefetch(kc, vc, t0, min(t1, p0), kvd, kh, hd, ATT_SPLIT_THREADS); /* earlier steps' rows */
     pdl_wait();
-    if (tb) asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(tb[1]));
+    att_mark(tb, 1);
     float *po = sp.part + ((size_t)h * S + j) * (hd + 2);
     if (t1 > t0) {
         att_row<ATT_SPLIT_THREADS, false>(po, q + (size_t)h * hd, kc + (size_t)t0 * kvd,
@@ -270,7 +256,7 @@ att_split_kernel(float *out, const float *q, const float *kc, const float *vc, c
     }
     if (te) {
         __syncthreads();
-        asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(te[2]));
+        att_mark(te, 2);
     }
 }
 

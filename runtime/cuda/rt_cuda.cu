@@ -131,6 +131,18 @@ static int mul_ok(size_t a, size_t b, size_t *out)
     return 1;
 }
 
+/* the timeline's values: per launch slot (layer x 4 products + the head) and block, then per
+ * layer and head the attention's */
+static size_t tl_values(const struct lmp_cuda_state *s)
+{
+    return (size_t)(s->n_layers * 4 + 1) * s->q4t_tl_blocks * Q4T_TL + (size_t)s->n_layers * Q4T_TL_HEADS * 8;
+}
+static unsigned long long *tl_attention(const struct lmp_cuda_state *s, int l)
+{
+    if (!s->q4t_tl || s->L[l].nh > Q4T_TL_HEADS) return NULL;
+    return s->q4t_tl + (size_t)(s->n_layers * 4 + 1) * s->q4t_tl_blocks * Q4T_TL + (size_t)l * Q4T_TL_HEADS * 8;
+}
+
 /* Per-layer maxima, cache offsets, KV cache, scratch, stream and cuBLAS. */
 enum lmp_status cu_state_finish(struct lmp_cuda_state *s, const float *rope_cs_host,
                                 struct lmp_err *err)
@@ -210,12 +222,9 @@ enum lmp_status cu_state_finish(struct lmp_cuda_state *s, const float *rope_cs_h
         CU_TRY(cudaMemset(s->q4t_hcnt, 0, (size_t)nh * sizeof(unsigned)), "clearing decode counters");
     }
     if (!s->att_pack) { /* the decode attention split over positions: ~2 blocks per SM */
-        int nh = 1, dev = 0, sms = 1;
+        int nh = 1;
         for (int l = 0; l < s->n_layers; l++) nh = s->L[l].nh > nh ? s->L[l].nh : nh;
-        if (cudaGetDevice(&dev) != cudaSuccess ||
-            cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess)
-            sms = 1;
-        int S = (2 * sms + nh / 2) / nh;
+        int S = (2 * s->sms + nh / 2) / nh;
         S = S < 1 ? 1 : S > ATT_SPLIT_MAX ? ATT_SPLIT_MAX : S;
         if (S > 1) {
             if ((st = cu_state_alloc(s, (void **)&s->att_sp.part, (size_t)nh * S * (s->hd + 2) * sizeof(float),
@@ -228,9 +237,7 @@ enum lmp_status cu_state_finish(struct lmp_cuda_state *s, const float *rope_cs_h
         }
     }
     if (s->q4t && s->q4t_tl_blocks) {
-        /* + per layer and head the attention's 3 values */
-        const size_t n = ((size_t)(s->n_layers * 4 + 1) * s->q4t_tl_blocks * Q4T_TL +
-                          (size_t)s->n_layers * Q4T_TL_HEADS * 8) * sizeof(unsigned long long);
+        const size_t n = tl_values(s) * sizeof(unsigned long long);
         if ((st = cu_state_alloc(s, (void **)&s->q4t_tl, n, "decode timeline", err))) return st;
         CU_TRY(cudaMemset(s->q4t_tl, 0, n), "clearing the decode timeline");
     }
@@ -426,12 +433,9 @@ static void state_opts(struct lmp_cuda_state *s, const struct lmp_cuda_opts *o)
     s->q4t_pf = o->q4t_pf >= 0 && o->q4t_pf <= 64 ? o->q4t_pf : 0;
     s->q4t_kvpf = o->q4t_kvpf;
     s->att_pack = o->att_pack;
-    if (o->q4t_timeline) {
-        int dev = 0, sms = 0;
-        if (cudaGetDevice(&dev) == cudaSuccess &&
-            cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) == cudaSuccess)
-            s->q4t_tl_blocks = sms; /* the tile kernels' grids: one block per SM at most */
-    }
+    if (cudaDeviceGetAttribute(&s->sms, cudaDevAttrMultiProcessorCount, s->device) != cudaSuccess || s->sms < 1)
+        s->sms = 1;
+    if (o->q4t_timeline) s->q4t_tl_blocks = s->sms; /* the tile kernels' grids: one block per SM at most */
 }
 
 
@@ -748,7 +752,11 @@ static void q4f_extra_init(const struct lmp_cuda_state *s, struct q4f_extra *x)
     x->bps = s->q4_bps;
     x->pipe = s->q4_pipe;
     x->pdl = s->pdl;
+    x->pf = s->q4t_pf;
+    x->kvpf = s->q4t_kvpf;
+    x->tl = s->q4t_tl;
 }
+
 
 /* The four products of layer l's decode (q/k/v, o, gate/up, down) as the fused kernels
  * take them: matrices, outputs, mode and inputs; x gives the launch settings. */
@@ -847,18 +855,13 @@ static enum lmp_status layer_q4t_fwd(struct lmp_cuda_state *s, int l, struct lmp
     }
     for (int i = 0; i < 4; i++) {
         struct q4t_args a;
+        P[i].x.tl_slot = (l * 4 + i) * s->q4t_tl_blocks;
         k_q4t_args(&a, P[i].m, P[i].y, P[i].n, P[i].mode, &P[i].x);
-        a.pf = s->q4t_pf;
-        a.kvpf = s->q4t_kvpf;
-        a.tl = s->q4t_tl;
-        a.tl_slot = (l * 4 + i) * s->q4t_tl_blocks;
         if ((e = k_q4t_launch(st, &a, P[i].mode, s->pdl, s->q4t_depth, err))) return e;
-        unsigned long long *atl = NULL; /* the attention's part of the timeline */
-        if (s->q4t_tl && L->nh <= Q4T_TL_HEADS)
-            atl = s->q4t_tl + (size_t)(s->n_layers * 4 + 1) * s->q4t_tl_blocks * Q4T_TL + (size_t)l * Q4T_TL_HEADS * 8;
         if (i == 0 && !a.att &&
             (e = k_attention(st, s->att, s->q, P[0].x.kc, P[0].x.vc, 1, s->d_pos, s->max_ctx, L->nh,
-                             L->nkv, s->hd, s->smem_max, s->pdl, err, atl, s->att_sp.n > 1 ? &s->att_sp : NULL)))
+                             L->nkv, s->hd, s->smem_max, s->pdl, err, tl_attention(s, l),
+                             s->att_sp.n > 1 ? &s->att_sp : NULL)))
             return e;
     }
     return LMP_OK;
@@ -985,8 +988,7 @@ static int head_q4t(const struct lmp_cuda_state *s)
 extern "C" int lmp_cuda_timeline(const struct lmp_cuda_state *s, unsigned long long *out, size_t n)
 {
     if (!s->q4t_tl) return 0;
-    size_t have = (size_t)(s->n_layers * 4 + 1) * s->q4t_tl_blocks * Q4T_TL + (size_t)s->n_layers * Q4T_TL_HEADS * 8;
-    if (n > have) n = have;
+    if (n > tl_values(s)) n = tl_values(s);
     if (cudaStreamSynchronize(s->stream) != cudaSuccess ||
         cudaMemcpy(out, s->q4t_tl, n * sizeof *out, cudaMemcpyDeviceToHost) != cudaSuccess)
         return 0;
@@ -1036,10 +1038,8 @@ static enum lmp_status batch_fwd(struct lmp_cuda_state *s, int n, int want_logit
         float *yl[1] = {s->logits};
         if (tile_head) {
             struct q4t_args a;
+            x.tl_slot = s->n_layers * 4 * s->q4t_tl_blocks;
             k_q4t_args(&a, &head, yl, 1, Q4F_PLAIN, &x);
-            a.pf = s->q4t_pf;
-            a.tl = s->q4t_tl;
-            a.tl_slot = s->n_layers * 4 * s->q4t_tl_blocks;
             if ((e = k_q4t_launch(s->stream, &a, Q4F_PLAIN, s->pdl, s->q4t_depth, err))) return e;
         } else if ((e = k_q4f(s->stream, &head, yl, 1, Q4F_PLAIN, &x, err)))
             return e;
