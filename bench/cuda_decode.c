@@ -3,7 +3,7 @@
  * the bandwidth it implies (weight bytes read per token x tokens/s) as a percentage of a
  * device-to-device cudaMemcpy measured in the same run (bytes read + bytes written).
  *
- *   build/cuda/cuda_decode [--layers N] [--tokens N] [--runs N] [--ffn N] [--probe] [--only all | NAME[,NAME...]: f16, q4, q4-rows, q4-d1, q4-w16, q4-d3, q4-tma, q4-att, q4-tma-att, q4-sepatt, q4-tma-w32, q4-tma-s4, q4-il, q4-tl, q4-tl-pack, q4-pack, q4-w16-pack, q4-kv, q4-tl-att, q4-pf2, q4-pf4, q4-pf8, q4-pf16, q4-tma-pf8, q4-tma-il, q4-w8, q4-w8-b1, q4-nopipe, q4-w8-nopipe, q4-nopdl, q4-mega, q4-mega-w8, q4-mega-nopipe, q4-nograph, q4-legacy, q4-legacy-w1, q4-unfused, q4exact, f16-w4, f16-pack, f16-w2, f16-unfused, f32]
+ *   build/cuda/cuda_decode [--layers N] [--tokens N] [--runs N] [--ffn N] [--probe] [--only all | NAME[,NAME...]: f16, q4, q4-p, q4-p-tl, q4-rows, q4-d1, q4-w16, q4-d3, q4-tma, q4-att, q4-tma-att, q4-sepatt, q4-tma-w32, q4-tma-s4, q4-il, q4-tl, q4-tl-pack, q4-pack, q4-w16-pack, q4-kv, q4-tl-att, q4-pf2, q4-pf4, q4-pf8, q4-pf16, q4-tma-pf8, q4-tma-il, q4-w8, q4-w8-b1, q4-nopipe, q4-w8-nopipe, q4-nopdl, q4-mega, q4-mega-w8, q4-mega-nopipe, q4-nograph, q4-legacy, q4-legacy-w1, q4-unfused, q4exact, f16-w4, f16-pack, f16-w2, f16-unfused, f32]
  *
  * Timing: CUDA events around `tokens` decode steps (positions 0..tokens-1, each step one
  * small kernel writing token and position plus one graph launch), after a warm-up of 16
@@ -28,6 +28,58 @@ static double median_d(double *v, int n)
     if (n < 1) return 0.0;
     qsort(v, (size_t)n, sizeof *v, cmp_d);
     return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+/* The persistent kernel's timeline of the last decode step (lmp_cuda_q4p_timeline): per phase
+ * over the middle layers, medians over layers of: sync (first block past its wait - the
+ * previous phase's last end: the count's latency), wait (median block: start to past the
+ * wait), input (median block), work (median block, past the input to its end; the
+ * attention: past the wait to its end), slowest work, span (last end - previous last end),
+ * in us (%globaltimer). */
+static void q4p_timeline_report(const unsigned long long *tl, int blocks, int layers)
+{
+    static const char *ph[5] = {"q/k/v", "attention", "o", "gate/up", "down"};
+    const int l0 = layers >= 8 ? 2 : 1, l1 = layers >= 8 ? layers - 2 : layers;
+    printf("  persistent kernel timeline (us), layers %d-%d, medians over layers | sync | wait | input | work (median / slowest block) | span |\n",
+           l0, l1 - 1);
+    double *v[6], *bw = malloc((size_t)blocks * sizeof *bw), *bi = malloc((size_t)blocks * sizeof *bi),
+                  *bk = malloc((size_t)blocks * sizeof *bk);
+    for (int k = 0; k < 6; k++) v[k] = malloc((size_t)layers * sizeof(double));
+    double tot = 0;
+    for (int p = 0; p < 5; p++) {
+        int n = 0;
+        for (int l = l0; l < l1; l++) {
+            const int slot = l * 5 + p, prev = slot - 1;
+            const unsigned long long *S = tl + (size_t)slot * blocks * 4, *P = tl + (size_t)prev * blocks * 4;
+            unsigned long long last_prev = 0, first_rel = ~0ull, last = 0;
+            double mx = 0;
+            for (int b = 0; b < blocks; b++) {
+                const unsigned long long *q = S + (size_t)b * 4;
+                last_prev = P[(size_t)b * 4 + 3] > last_prev ? P[(size_t)b * 4 + 3] : last_prev;
+                first_rel = q[1] < first_rel ? q[1] : first_rel;
+                last = q[3] > last ? q[3] : last;
+                bw[b] = (double)(q[1] - q[0]) / 1e3;
+                bi[b] = p == 1 ? 0.0 : (double)(q[2] - q[1]) / 1e3;
+                bk[b] = (double)(q[3] - (p == 1 ? q[1] : q[2])) / 1e3;
+                mx = bk[b] > mx ? bk[b] : mx;
+            }
+            v[0][n] = ((double)first_rel - (double)last_prev) / 1e3;
+            v[1][n] = median_d(bw, blocks);
+            v[2][n] = median_d(bi, blocks);
+            v[3][n] = median_d(bk, blocks);
+            v[4][n] = mx;
+            v[5][n] = ((double)last - (double)last_prev) / 1e3;
+            n++;
+        }
+        if (!n) continue;
+        double m[6];
+        for (int k = 0; k < 6; k++) m[k] = median_d(v[k], n);
+        tot += m[5];
+        printf("  | %-9s | %6.2f | %6.2f | %6.2f | %6.2f / %6.2f | %6.2f |\n", ph[p], m[0], m[1], m[2], m[3], m[4], m[5]);
+    }
+    printf("  spans add up to %.2f us per layer\n", tot);
+    for (int k = 0; k < 6; k++) free(v[k]);
+    free(bw), free(bi), free(bk);
 }
 
 /* The tile kernels' timeline of the last decode step (lmp_cuda_timeline): per product
@@ -203,7 +255,7 @@ static int in_list(const char *list, const char *name)
 
 /* logits of the warm-up's last token: kept for "q4" and "q4-rows" (two implementations of
  * the same 4-bit decode) to be compared */
-static float *kept_q4, *kept_rows;
+static float *kept_q4, *kept_rows, *kept_p;
 
 static int run_one(const char *name, enum lmp_cuda_wtype wt, int bits, int group,
                    const struct lmp_cuda_opts *o, struct lmp_config *c, int tokens, int runs,
@@ -256,7 +308,14 @@ static int run_one(const char *name, enum lmp_cuda_wtype wt, int bits, int group
                 name, r->gb, r->ms, r->tok_s, r->bw, r->pct, finite ? "finite" : "NOT FINITE");
     }
     free(t);
-    if (!st && o->q4t_timeline) {
+    if (!st && o->q4t_persist == 1) fprintf(stderr, "  %-10s persistent kernel: %s\n", name, lmp_cuda_decode_persistent(s) ? "yes" : "no");
+    if (!st && o->q4t_timeline && lmp_cuda_decode_persistent(s)) {
+        const size_t n = (size_t)c->n_layers * 5 * 1024 * 4;
+        unsigned long long *tlv = calloc(n, sizeof *tlv);
+        const int blocks = tlv ? lmp_cuda_q4p_timeline(s, tlv, n) : 0;
+        if (blocks) q4p_timeline_report(tlv, blocks, c->n_layers);
+        free(tlv);
+    } else if (!st && o->q4t_timeline) {
         const size_t n = (size_t)(c->n_layers * 4 + 1) * 1024 * 10 + (size_t)c->n_layers * 128 * 8;
         unsigned long long *tlv = calloc(n, sizeof *tlv);
         const int blocks = tlv ? lmp_cuda_timeline(s, tlv, n) : 0;
@@ -268,6 +327,7 @@ static int run_one(const char *name, enum lmp_cuda_wtype wt, int bits, int group
     }
     if (!st && !strcmp(name, "q4")) kept_q4 = lg, lg = NULL;
     if (!st && !strcmp(name, "q4-rows")) kept_rows = lg, lg = NULL;
+    if (!st && !strcmp(name, "q4-p")) kept_p = lg, lg = NULL;
     free(lg);
     cudaEventDestroy(e0);
     cudaEventDestroy(e1);
@@ -288,7 +348,7 @@ int main(int argc, char **argv)
         else if (!strcmp(argv[i], "--only") && i + 1 < argc) only = argv[++i];
         else if (!strcmp(argv[i], "--probe")) probe = 1;
         else {
-            fprintf(stderr, "usage: cuda_decode [--layers N] [--tokens N] [--runs N] [--ffn N] [--probe] [--only all | NAME[,NAME...]: f16, q4, q4-rows, q4-d1, q4-w16, q4-d3, q4-tma, q4-att, q4-tma-att, q4-sepatt, q4-tma-w32, q4-tma-s4, q4-il, q4-tl, q4-tl-pack, q4-pack, q4-w16-pack, q4-kv, q4-tl-att, q4-pf2, q4-pf4, q4-pf8, q4-pf16, q4-tma-pf8, q4-tma-il, q4-w8, q4-w8-b1, q4-nopipe, q4-w8-nopipe, q4-nopdl, q4-mega, q4-mega-w8, q4-mega-nopipe, q4-nograph, q4-legacy, q4-legacy-w1, q4-unfused, q4exact, f16-w4, f16-pack, f16-w2, f16-unfused, f32]\n");
+            fprintf(stderr, "usage: cuda_decode [--layers N] [--tokens N] [--runs N] [--ffn N] [--probe] [--only all | NAME[,NAME...]: f16, q4, q4-p, q4-p-tl, q4-rows, q4-d1, q4-w16, q4-d3, q4-tma, q4-att, q4-tma-att, q4-sepatt, q4-tma-w32, q4-tma-s4, q4-il, q4-tl, q4-tl-pack, q4-pack, q4-w16-pack, q4-kv, q4-tl-att, q4-pf2, q4-pf4, q4-pf8, q4-pf16, q4-tma-pf8, q4-tma-il, q4-w8, q4-w8-b1, q4-nopipe, q4-w8-nopipe, q4-nopdl, q4-mega, q4-mega-w8, q4-mega-nopipe, q4-nograph, q4-legacy, q4-legacy-w1, q4-unfused, q4exact, f16-w4, f16-pack, f16-w2, f16-unfused, f32]\n");
             return 2;
         }
     }
@@ -355,6 +415,14 @@ int main(int argc, char **argv)
     } modes[] = {{"f16", LMP_CUDA_W_F16, 0, 0, {.device = 0}},
                  {"q4", LMP_CUDA_W_PACKED, 4, 128, {.device = 0}},
                  {"q4-rows", LMP_CUDA_W_PACKED, 4, 128, {.no_q4t = 1}},
+                 {"q4-p", LMP_CUDA_W_PACKED, 4, 128, {.q4t_persist = 1}},
+                 {"q4-p-tl", LMP_CUDA_W_PACKED, 4, 128, {.q4t_persist = 1, .q4t_timeline = 1}},
+                 {"q4-pc", LMP_CUDA_W_PACKED, 4, 128, {.q4t_persist = 1, .q4p_flags = 1}},
+                 {"q4-pc-tl", LMP_CUDA_W_PACKED, 4, 128, {.q4t_persist = 1, .q4p_flags = 1, .q4t_timeline = 1}},
+                 {"q4-p-nm-tl", LMP_CUDA_W_PACKED, 4, 128, {.q4t_persist = 1, .q4p_flags = 2, .q4t_timeline = 1}},
+                 {"q4-pc-nm-tl", LMP_CUDA_W_PACKED, 4, 128, {.q4t_persist = 1, .q4p_flags = 3, .q4t_timeline = 1}},
+                 {"q4-pc-s4", LMP_CUDA_W_PACKED, 4, 128, {.q4t_persist = 1, .q4p_flags = 1, .q4p_slots = 4}},
+                 {"q4-p-s4", LMP_CUDA_W_PACKED, 4, 128, {.q4t_persist = 1, .q4p_slots = 4}},
                  {"q4-d1", LMP_CUDA_W_PACKED, 4, 128, {.q4t_depth = 1}},
                  {"q4-w16", LMP_CUDA_W_PACKED, 4, 128, {.q4t_depth = 2}},
                  {"q4-d3", LMP_CUDA_W_PACKED, 4, 128, {.q4t_depth = 3}},
@@ -405,7 +473,7 @@ int main(int argc, char **argv)
     for (int k = 0; k < N_MODES; k++) {
         /* without --only: the default and the comparisons docs/GPU.md reports; "all": every
          * mode but f32 */
-        static const char *dflt = "f16,q4,q4-rows,q4-w16,q4-d1,q4-tma-s4,q4-att,q4-pack,q4-il,"
+        static const char *dflt = "f16,q4,q4-p,q4-p-tl,q4-rows,q4-w16,q4-d1,q4-tma-s4,q4-att,q4-pack,q4-il,"
                                   "q4-pf8,q4-kv,q4-tl,q4-nopdl,q4-nograph,q4-legacy,q4-unfused";
         if (only && !strcmp(only, "all") ? k == N_MODES - 1 : !in_list(only ? only : dflt, modes[k].name))
             continue;
@@ -424,7 +492,17 @@ int main(int argc, char **argv)
         printf("q4 (tile kernels) vs q4-rows (row-streaming kernels), logits after 16 tokens: max |diff| %.3g, max |logit| %.3g\n",
                md, mx);
     }
-    free(kept_q4), free(kept_rows);
+    if (kept_q4 && kept_p) { /* the persistent kernel and the tile kernels on the same weights */
+        double mx = 0, md = 0;
+        for (int i = 0; i < c.vocab; i++) {
+            const double a = fabs((double)kept_q4[i]), d = fabs((double)kept_p[i] - kept_q4[i]);
+            mx = a > mx ? a : mx;
+            md = d > md ? d : md;
+        }
+        printf("q4-p (persistent kernel) vs q4 (tile kernels), logits after 16 tokens: max |diff| %.3g, max |logit| %.3g\n",
+               md, mx);
+    }
+    free(kept_q4), free(kept_rows), free(kept_p);
     printf("\n| weights | GB read / token | ms / token | tokens/s | GB/s | %% of D2D copy (%.0f GB/s) |\n",
            copy_gbs);
     printf("|---|---|---|---|---|---|\n");

@@ -171,6 +171,42 @@ struct att_split {
 #define ATT_SPLIT_THREADS 256
 #define ATT_SPLIT_MAX 16
 
+/* The persistent 4-bit decode kernel (decode_q4p.cu): every layer of a step in one launch.
+ * Per layer the descriptor of its seven matrices in the tile layout (q, k, v, o, gate, up,
+ * down), norms and caches; the kernel's arguments, device pointers throughout. */
+enum { Q4P_WQ, Q4P_WK, Q4P_WV, Q4P_WO, Q4P_WGATE, Q4P_WUP, Q4P_WDOWN, Q4P_NMAT };
+struct q4p_mat {
+    const void *codes, *sz;   /* t_codes, t_sz */
+    const float *bias;
+    int ngr, cshift;          /* groups per row; chunk j's group is j >> cshift */
+};
+struct q4p_layer {
+    struct q4p_mat m[Q4P_NMAT];
+    const float *attn_norm, *ffn_norm;
+    float *kc, *vc;
+    int nh, nkv, ffn;
+};
+/* phases of a layer, each ended by a count of the blocks that are done with it */
+enum { Q4P_QKV, Q4P_ATT, Q4P_O, Q4P_GU, Q4P_DOWN, Q4P_PHASES };
+struct q4p_args {
+    const struct q4p_layer *L; /* (n_layers) */
+    int n_layers, dim, hd, S;  /* S: attention shares per head */
+    int slots;                 /* ring slots (1 KB + 64 B) per warp */
+    int flags;                 /* Q4P_CPASYNC, Q4P_NOMATH */
+    int aw_off, part_off, sz_off, ring_off; /* the dynamic shared memory's parts */
+    float eps, att_scale;
+    const int *pos;
+    const float *cs;
+    float *x, *q, *g;          /* residual (dim), q (nh hd), gate/up out (ffn) */
+    float *ao, *aml;           /* attention parts: (nh S hd) outputs, (nh S 2) max and sum */
+    unsigned *cnt;             /* (n_layers * Q4P_PHASES), zeroed before each launch */
+    unsigned long long *tl;    /* optional: per (layer, phase, block) %globaltimer at its start,
+                                  past the wait, with the input ready, at the end */
+};
+#define Q4P_TL 4
+#define Q4P_CPASYNC 1 /* the ring filled by cp.async per lane, not bulk copies (TMA) */
+#define Q4P_NOMATH 2  /* diagnostics: the products skipped (wrong results), the ring alone */
+
 struct lmp_cuda_state {
     int device;
     int dim, n_layers, hd, vocab, max_ctx, max_batch;
@@ -198,6 +234,11 @@ struct lmp_cuda_state {
     int mk_state;            /* 0 not yet looked at, 1 ready, -1 does not apply */
     struct q4f_mega_args mk; /* its arguments (mk.L, mk.bar in device memory) */
     size_t mk_smem;
+    int q4p;                 /* the persistent tile decode kernel (decode_q4p.cu) where it applies */
+    int q4p_flags, q4p_slots; /* its variant (Q4P_CPASYNC ...) and most ring slots per warp */
+    int qp_state;            /* 0 not yet looked at, 1 ready, -1 does not apply */
+    struct q4p_args qp;      /* its arguments (device pointers) */
+    size_t qp_smem;
     struct cu_layer *L;      /* (n_layers), host array of device pointers */
     float *tok_embd;         /* (vocab, dim) */
     float *out_norm;         /* (dim) */
@@ -343,6 +384,16 @@ void k_q4t_args(struct q4t_args *a, const struct cu_mat *const *m, float *const 
 enum lmp_status k_q4t_launch(cudaStream_t st, const struct q4t_args *a, int mode, int pdl,
                              int shape, struct lmp_err *err);
 enum lmp_status k_q4t_init_attrs(size_t smem_max, struct lmp_err *err);
+
+/* Sets a's slots and shared-memory offsets for inputs up to max_cols wide, part_bytes of
+ * partial sums, max_nh heads and contexts up to max_ctx; returns the dynamic shared memory
+ * of a launch, or 0 when fewer than 2 ring slots per warp fit. */
+size_t k_q4p_layout(struct q4p_args *a, int max_cols, size_t part_bytes, int max_nh, int max_ctx,
+                    size_t smem_max);
+#define Q4P_NW 16               /* warps per block */
+#define Q4P_MAX_COLS (4 * 512 * 8) /* widest input (4 pairs of float4 per thread) */
+enum lmp_status k_q4p_launch(cudaStream_t st, const struct q4p_args *a, size_t smem, int blocks,
+                             struct lmp_err *err);
 
 /* nll (n) double */
 void k_nll(cudaStream_t st, double *nll, const float *logits, const int32_t *target, int n,

@@ -432,6 +432,9 @@ static void state_opts(struct lmp_cuda_state *s, const struct lmp_cuda_opts *o)
     s->q4t_att = o->q4t_att == 1 ? 1 : o->q4t_att == 2 ? 0 : Q4T_ATT;
     s->q4t_pf = o->q4t_pf >= 0 && o->q4t_pf <= 64 ? o->q4t_pf : 0;
     s->q4t_kvpf = o->q4t_kvpf;
+    s->q4p = s->q4t && o->q4t_persist == 1;
+    s->q4p_flags = o->q4p_flags;
+    s->q4p_slots = o->q4p_slots;
     s->att_pack = o->att_pack;
     if (cudaDeviceGetAttribute(&s->sms, cudaDevAttrMultiProcessorCount, s->device) != cudaSuccess || s->sms < 1)
         s->sms = 1;
@@ -920,6 +923,110 @@ static int mega_ready(struct lmp_cuda_state *s)
     return 1;
 }
 
+/* Whether the decode step's layers run as the persistent tile kernel (decode_q4p.cu):
+ * every layer on the tile kernels, the inputs at most Q4P_MAX_COLS wide, its shared memory
+ * fits; builds its arguments once (the state's buffers do not move). */
+static int q4p_ready(struct lmp_cuda_state *s)
+{
+    if (s->qp_state) return s->qp_state > 0;
+    s->qp_state = -1;
+    if (!s->q4p || s->hd % 4) return 0;
+    const int G = s->sms;
+    int max_cols = s->dim, max_nh = 1;
+    size_t part = 0;
+    for (int l = 0; l < s->n_layers; l++) {
+        const struct cu_layer *L = &s->L[l];
+        if (!layer_q4t(s, L)) return 0;
+        const int qd = L->nh * s->hd, kvd = L->nkv * s->hd;
+        max_cols = qd > max_cols ? qd : max_cols;
+        max_cols = L->ffn > max_cols ? L->ffn : max_cols;
+        max_nh = L->nh > max_nh ? L->nh : max_nh;
+        const int tiles[4] = {(qd + 2 * kvd) / 16, (s->dim + 15) / 16, (L->ffn + 15) / 16, (s->dim + 15) / 16};
+        for (int p = 0; p < 4; p++) { /* the partial sums: tiles per block x warps x rows */
+            const size_t b = (size_t)((tiles[p] + G - 1) / G) * Q4P_NW * (p == 2 ? 32 : 16) * sizeof(float);
+            part = b > part ? b : part;
+        }
+    }
+    if (max_cols > Q4P_MAX_COLS) return 0;
+    struct q4p_args *a = &s->qp;
+    memset(a, 0, sizeof *a);
+    a->n_layers = s->n_layers;
+    a->dim = s->dim;
+    a->hd = s->hd;
+    a->S = G / max_nh < 1 ? 1 : G / max_nh > ATT_SPLIT_MAX ? ATT_SPLIT_MAX : G / max_nh;
+    a->eps = s->norm_eps;
+    a->att_scale = 1.0f / sqrtf((float)s->hd);
+    a->flags = s->q4p_flags;
+    a->slots = s->q4p_slots; /* the most (0: as many as fit) */
+    a->pos = s->d_pos;
+    a->cs = s->rope_cs;
+    a->x = s->h;
+    a->q = s->q;
+    a->g = s->g;
+    const size_t smem = k_q4p_layout(a, max_cols, part, max_nh, s->max_ctx, s->smem_max);
+    if (!smem) return 0;
+    struct q4p_layer *h = (struct q4p_layer *)calloc((size_t)s->n_layers, sizeof *h);
+    if (!h) return 0;
+    static const int mats[Q4P_NMAT] = {CU_WQ, CU_WK, CU_WV, CU_WO, CU_WGATE, CU_WUP, CU_WDOWN};
+    for (int l = 0; l < s->n_layers; l++) {
+        const struct cu_layer *L = &s->L[l];
+        for (int i = 0; i < Q4P_NMAT; i++) {
+            const struct cu_mat *m = &L->m[mats[i]];
+            struct q4p_mat *q = &h[l].m[i];
+            q->codes = m->t_codes;
+            q->sz = m->t_sz;
+            q->bias = m->bias;
+            q->ngr = m->n_groups;
+            q->cshift = 0;
+            if (m->n_groups == 1) q->cshift = 30;
+            else
+                while ((128 << q->cshift) < m->group) q->cshift++;
+        }
+        h[l].attn_norm = L->attn_norm;
+        h[l].ffn_norm = L->ffn_norm;
+        h[l].kc = s->k_cache + s->kv_off[l];
+        h[l].vc = s->v_cache + s->kv_off[l];
+        h[l].nh = L->nh;
+        h[l].nkv = L->nkv;
+        h[l].ffn = L->ffn;
+    }
+    struct lmp_err err;
+    void *dl = NULL, *dc = NULL, *dao = NULL, *daml = NULL, *dtl = NULL;
+    const size_t bytes = (size_t)s->n_layers * sizeof *h, units = (size_t)max_nh * a->S;
+    const size_t tl = s->q4t_tl_blocks ? (size_t)s->n_layers * Q4P_PHASES * G * Q4P_TL * sizeof(unsigned long long) : 0;
+    int bad = cu_state_alloc(s, &dl, bytes, "decode kernel arguments", &err) ||
+              cu_state_alloc(s, &dc, (size_t)s->n_layers * Q4P_PHASES * sizeof(unsigned), "decode counts", &err) ||
+              cu_state_alloc(s, &dao, units * s->hd * sizeof(float), "attention parts", &err) ||
+              cu_state_alloc(s, &daml, units * 2 * sizeof(float), "attention parts", &err) ||
+              (tl && cu_state_alloc(s, &dtl, tl, "decode timeline", &err)) ||
+              cudaMemcpy(dl, h, bytes, cudaMemcpyHostToDevice) != cudaSuccess ||
+              (tl && cudaMemset(dtl, 0, tl) != cudaSuccess);
+    free(h);
+    if (bad) {
+        (void)cudaGetLastError();
+        return 0;
+    }
+    a->L = (const struct q4p_layer *)dl;
+    a->cnt = (unsigned *)dc;
+    a->ao = (float *)dao;
+    a->aml = (float *)daml;
+    a->tl = (unsigned long long *)dtl;
+    s->qp_smem = smem;
+    s->qp_state = 1;
+    return 1;
+}
+
+extern "C" int lmp_cuda_q4p_timeline(const struct lmp_cuda_state *s, unsigned long long *out, size_t n)
+{
+    if (s->qp_state <= 0 || !s->qp.tl) return 0;
+    const size_t all = (size_t)s->n_layers * Q4P_PHASES * s->sms * Q4P_TL;
+    if (n > all) n = all;
+    if (cudaStreamSynchronize(s->stream) != cudaSuccess ||
+        cudaMemcpy(out, s->qp.tl, n * sizeof *out, cudaMemcpyDeviceToHost) != cudaSuccess)
+        return 0;
+    return s->sms;
+}
+
 /* One block on h (n, dim); the position is *s->d_pos on the device. */
 static enum lmp_status layer_fwd(struct lmp_cuda_state *s, int l, float *h, int n,
                                  const struct lmp_cuda_hooks *hk, struct lmp_err *err)
@@ -995,6 +1102,8 @@ extern "C" int lmp_cuda_timeline(const struct lmp_cuda_state *s, unsigned long l
     return s->q4t_tl_blocks;
 }
 
+extern "C" int lmp_cuda_decode_persistent(struct lmp_cuda_state *s) { return q4p_ready(s); }
+
 extern "C" void lmp_cuda_decode_info(const struct lmp_cuda_state *s, int *tile_layers, int *tile_head)
 {
     *tile_layers = 0;
@@ -1020,11 +1129,15 @@ static enum lmp_status batch_fwd(struct lmp_cuda_state *s, int n, int want_logit
         CU_LAUNCHED("head");
         return LMP_OK;
     }
-    for (int l = 0; l < s->n_layers; l++)
-        if ((e = n == 1 && layer_q4t(s, &s->L[l])   ? layer_q4t_fwd(s, l, err)
-                 : n == 1 && layer_q4f(s, &s->L[l]) ? layer_q4f_fwd(s, l, err)
-                                                    : layer_fwd(s, l, s->h, n, NULL, err)))
-            return e;
+    if (n == 1 && q4p_ready(s)) { /* every layer in one persistent launch */
+        if ((e = k_q4p_launch(s->stream, &s->qp, s->qp_smem, s->sms, err))) return e;
+    } else {
+        for (int l = 0; l < s->n_layers; l++)
+            if ((e = n == 1 && layer_q4t(s, &s->L[l])   ? layer_q4t_fwd(s, l, err)
+                     : n == 1 && layer_q4f(s, &s->L[l]) ? layer_q4f_fwd(s, l, err)
+                                                        : layer_fwd(s, l, s->h, n, NULL, err)))
+                return e;
+    }
     if (!want_logits) return LMP_OK;
     struct xp_cache c = {NULL, -1, NULL};
     const struct cu_mat *head = &s->out;
@@ -1060,6 +1173,9 @@ static enum lmp_status decode_step(struct lmp_cuda_state *s, int32_t tok, int po
     if (s->no_graph || s->graph_state < 0) return batch_fwd(s, 1, 1, err);
     if (s->graph_state == 0) {
         cudaGraph_t g = NULL;
+        /* their allocations and copies are not allowed while the stream is captured */
+        (void)q4p_ready(s);
+        (void)mega_ready(s);
         CU_TRY(cudaStreamBeginCapture(s->stream, cudaStreamCaptureModeThreadLocal),
                "starting a graph capture");
         struct lmp_err e2;

@@ -91,6 +91,13 @@ struct lmp_cuda_opts {
                          have the input, have read the weights and end (lmp_cuda_timeline) */
     int q4t_att;      /* decode attention with the tile kernels: 0 the default (its own
                          launch), 1 at the end of the q/k/v launch, 2 its own launch */
+    int q4t_persist;  /* 4-bit decode of all layers as one persistent kernel over the tile
+                         layout (decode_q4p.cu: the weights stream through a shared-memory
+                         ring ahead of the phases' dependencies) where every layer takes the
+                         tile kernels: 0 the default, 1 on, 2 off */
+    int q4p_flags;    /* its variants (comparisons): 1 the ring filled by cp.async, not TMA;
+                         2 diagnostics: the products skipped (wrong logits) */
+    int q4p_slots;    /* its ring slots per warp at most (0: as many as fit, up to 16) */
 };
 
 struct lmp_cuda_state;
@@ -110,6 +117,11 @@ void lmp_cuda_state_free(struct lmp_cuda_state *s); /* accepts NULL */
  * start, after the dependency, at the end, after its q, scores, softmax, P V and 0); returns
  * the blocks per slot, 0 without one. */
 int lmp_cuda_timeline(const struct lmp_cuda_state *s, unsigned long long *out, size_t n);
+/* With opts.q4t_timeline and the persistent tile kernel (q4t_persist): the last step's
+ * %globaltimer ns per (layer, phase: q/k/v, attention, o, gate/up, down, block) at the
+ * phase's start, past its wait, with its input ready and at its end (4 values; the
+ * attention has no input step, its third value is 0); returns the blocks, 0 without one. */
+int lmp_cuda_q4p_timeline(const struct lmp_cuda_state *s, unsigned long long *out, size_t n);
 
 void lmp_cuda_reset(struct lmp_cuda_state *s);
 int lmp_cuda_n_past(const struct lmp_cuda_state *s);
@@ -256,6 +268,8 @@ enum lmp_status lmp_cuda_read_probe(size_t bytes, int pattern, int reps, float *
 /* How decode (one token) runs on this state: the layers and whether the head go through
  * the tensor-core tile kernels (decode_q4t.cu). */
 void lmp_cuda_decode_info(const struct lmp_cuda_state *s, int *tile_layers, int *tile_head);
+/* Whether decode steps run every layer as the persistent tile kernel (opts.q4t_persist). */
+int lmp_cuda_decode_persistent(struct lmp_cuda_state *s);
 enum lmp_status lmp_cuda_k_qmatmul(const struct lmp_qview *w, const float *X, int n, float *Y,
                                    int variant, struct lmp_err *err);
 /* row-wise negative log-likelihood: nll[i] = logsumexp(logits[i]) - logits[i][target[i]] */

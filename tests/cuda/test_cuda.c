@@ -330,7 +330,7 @@ static float *cpu_logits(const struct lmp_model *m, const int32_t *tok, int n)
 /* GPU logits: a prefill of n0 tokens, then one token at a time (the graph), then the rest
  * as a batch */
 /* what the last gpu_logits decoded through: layers and head on the tile kernels */
-static int last_tile_layers = -1, last_tile_head = -1;
+static int last_tile_layers = -1, last_tile_head = -1, last_persistent = -1;
 
 static float *gpu_logits(const struct lmp_model *m, const int32_t *tok, int n, int n0, int n1,
                          const struct lmp_cuda_opts *o)
@@ -350,6 +350,7 @@ static float *gpu_logits(const struct lmp_model *m, const int32_t *tok, int n, i
     for (int i = n0; !st && i < n0 + n1; i++)
         st = lmp_cuda_forward(s, tok + i, 1, i, lg + (size_t)i * V, &err);
     if (!st) st = lmp_cuda_forward(s, tok + n0 + n1, n - n0 - n1, n0 + n1, lg + (size_t)(n0 + n1) * V, &err);
+    last_persistent = lmp_cuda_decode_persistent(s);
     if (st) {
         lmp_test_fail(__FILE__, __LINE__, "gpu forward: %s", err.msg);
         free(lg);
@@ -521,31 +522,35 @@ TEST(cuda_forward_q4_g128_vs_cpu)
     REQUIRE(lc);
     const float mx = max_abs(lc, 30L * 211);
     static const struct {
-        int no_pdl, mega, no_q4t, depth, att;
+        int no_pdl, mega, no_q4t, depth, att, persist;
         const char *what;
-    } var[] = {{0, 0, 0, 0, 0, "Q4 g128 logits, tensor-core tile decode kernels"},
-               {0, 0, 0, 0, 1, "Q4 g128 logits, tile decode kernels, attention fused in"},
-               {0, 0, 0, 0, 2, "Q4 g128 logits, tile decode kernels, attention launched apart"},
-               {1, 0, 0, 4, 1, "Q4 g128 logits, TMA ring, attention fused in, no PDL"},
-               {0, 0, 0, 4, 1, "Q4 g128 logits, TMA ring, attention fused in"},
-               {1, 0, 0, 0, 0, "Q4 g128 logits, tile decode kernels without PDL"},
-               {0, 0, 0, 2, 0, "Q4 g128 logits, tile decode kernels, 32 warps"},
-               {0, 0, 0, 3, 0, "Q4 g128 logits, tile decode kernels, 32 warps, 3 in flight"},
-               {0, 0, 0, 4, 0, "Q4 g128 logits, tile decode kernels, TMA ring"},
-               {1, 0, 0, 5, 0, "Q4 g128 logits, tile decode kernels, TMA ring, 32 warps, no PDL"},
-               {0, 0, 0, 6, 0, "Q4 g128 logits, tile decode kernels, TMA ring of 4"},
-               {0, 0, 0, 1, 0, "Q4 g128 logits, tile decode kernels, 6 in flight"},
-               {0, 0, 1, 0, 0, "Q4 g128 logits, row-streaming decode kernels"},
-               {1, 0, 1, 0, 0, "Q4 g128 logits, row-streaming decode kernels without PDL"},
-               {0, 1, 1, 0, 0, "Q4 g128 logits, persistent decode kernel"}};
+    } var[] = {{0, 0, 0, 0, 0, 0, "Q4 g128 logits, tensor-core tile decode kernels"},
+               {0, 0, 0, 0, 0, 1, "Q4 g128 logits, persistent tile decode kernel"},
+               {0, 0, 0, 0, 0, 2, "Q4 g128 logits, persistent tile decode kernel, cp.async ring"},
+               {0, 0, 0, 0, 1, 0, "Q4 g128 logits, tile decode kernels, attention fused in"},
+               {0, 0, 0, 0, 2, 0, "Q4 g128 logits, tile decode kernels, attention launched apart"},
+               {1, 0, 0, 4, 1, 0, "Q4 g128 logits, TMA ring, attention fused in, no PDL"},
+               {0, 0, 0, 4, 1, 0, "Q4 g128 logits, TMA ring, attention fused in"},
+               {1, 0, 0, 0, 0, 0, "Q4 g128 logits, tile decode kernels without PDL"},
+               {0, 0, 0, 2, 0, 0, "Q4 g128 logits, tile decode kernels, 32 warps"},
+               {0, 0, 0, 3, 0, 0, "Q4 g128 logits, tile decode kernels, 32 warps, 3 in flight"},
+               {0, 0, 0, 4, 0, 0, "Q4 g128 logits, tile decode kernels, TMA ring"},
+               {1, 0, 0, 5, 0, 0, "Q4 g128 logits, tile decode kernels, TMA ring, 32 warps, no PDL"},
+               {0, 0, 0, 6, 0, 0, "Q4 g128 logits, tile decode kernels, TMA ring of 4"},
+               {0, 0, 0, 1, 0, 0, "Q4 g128 logits, tile decode kernels, 6 in flight"},
+               {0, 0, 1, 0, 0, 0, "Q4 g128 logits, row-streaming decode kernels"},
+               {1, 0, 1, 0, 0, 0, "Q4 g128 logits, row-streaming decode kernels without PDL"},
+               {0, 1, 1, 0, 0, 0, "Q4 g128 logits, persistent decode kernel"}};
     for (size_t v = 0; v < sizeof var / sizeof var[0]; v++) {
         struct lmp_cuda_opts o = {.no_pdl = var[v].no_pdl, .q4_mega = var[v].mega,
                                   .no_q4t = var[v].no_q4t, .q4t_depth = var[v].depth,
-                                  .q4t_att = var[v].att};
+                                  .q4t_att = var[v].att, .q4t_persist = var[v].persist ? 1 : 0,
+                                  .q4p_flags = var[v].persist == 2 ? 1 : 0};
         float *lg = gpu_logits(m, tok, 30, 10, 8, &o);
         REQUIRE(lg);
         /* the tile kernels take every layer of this model unless told not to (its head is
          * not quantised) */
+        CHECK_MSG(last_persistent == (var[v].persist != 0), "%s: persistent kernel %d", var[v].what, last_persistent);
         CHECK_MSG(last_tile_layers == (var[v].no_q4t ? 0 : 2) && last_tile_head == 0,
                   "%s: %d layers, head %d on the tile kernels", var[v].what, last_tile_layers,
                   last_tile_head);
