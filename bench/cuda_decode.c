@@ -3,7 +3,7 @@
  * the bandwidth it implies (weight bytes read per token x tokens/s) as a percentage of a
  * device-to-device cudaMemcpy measured in the same run (bytes read + bytes written).
  *
- *   build/cuda/cuda_decode [--layers N] [--tokens N] [--runs N] [--ffn N] [--probe] [--only all | NAME[,NAME...]: f16, q4, q4-p, q4-p-tl, q4-rows, q4-d1, q4-w16, q4-d3, q4-tma, q4-att, q4-tma-att, q4-sepatt, q4-tma-w32, q4-tma-s4, q4-il, q4-tl, q4-tl-pack, q4-pack, q4-w16-pack, q4-kv, q4-tl-att, q4-pf2, q4-pf4, q4-pf8, q4-pf16, q4-tma-pf8, q4-tma-il, q4-w8, q4-w8-b1, q4-nopipe, q4-w8-nopipe, q4-nopdl, q4-mega, q4-mega-w8, q4-mega-nopipe, q4-nograph, q4-legacy, q4-legacy-w1, q4-unfused, q4exact, f16-w4, f16-pack, f16-w2, f16-unfused, f32]
+ *   build/cuda/cuda_decode [--layers N] [--tokens N] [--runs N] [--ffn N] [--probe] [--only all | NAME[,NAME...]: f16, q4, q4-p, q4-p-tl, q4-pc, q4-pc-tl, q4-p-nm-tl, q4-pc-nm-tl, q4-pc-s4, q4-p-s4, q4-p-s2-tl, q4-p-s3-tl, q4-p-s6-tl, q4-p-s2-nm-tl, q4-rows, q4-d1, q4-w16, q4-d3, q4-tma, q4-att, q4-tma-att, q4-sepatt, q4-tma-w32, q4-tma-s4, q4-il, q4-tl, q4-tl-pack, q4-pack, q4-w16-pack, q4-kv, q4-tl-att, q4-pf2, q4-pf4, q4-pf8, q4-pf16, q4-tma-pf8, q4-tma-il, q4-w8, q4-w8-b1, q4-nopipe, q4-w8-nopipe, q4-nopdl, q4-mega, q4-mega-w8, q4-mega-nopipe, q4-nograph, q4-legacy, q4-legacy-w1, q4-unfused, q4exact, f16-w4, f16-pack, f16-w2, f16-unfused, f32]
  *
  * Timing: CUDA events around `tokens` decode steps (positions 0..tokens-1, each step one
  * small kernel writing token and position plus one graph launch), after a warm-up of 16
@@ -36,32 +36,35 @@ static double median_d(double *v, int n)
  * wait), input (median block), work (median block, past the input to its end; the
  * attention: past the wait to its end), slowest work, span (last end - previous last end),
  * in us (%globaltimer). */
-static void q4p_timeline_report(const unsigned long long *tl, int blocks, int layers)
+static void q4p_timeline_report(const unsigned long long *tl, int blocks, int layers, double clk_ghz)
 {
     static const char *ph[5] = {"q/k/v", "attention", "o", "gate/up", "down"};
     const int l0 = layers >= 8 ? 2 : 1, l1 = layers >= 8 ? layers - 2 : layers;
-    printf("  persistent kernel timeline (us), layers %d-%d, medians over layers | sync | wait | input | work (median / slowest block) | span |\n",
+    printf("  persistent kernel timeline (us), layers %d-%d, medians over layers | sync | wait | input | work (median / slowest block) | span | warp 0 in the ring: waiting, refilling (clocks as us) |\n",
            l0, l1 - 1);
-    double *v[6], *bw = malloc((size_t)blocks * sizeof *bw), *bi = malloc((size_t)blocks * sizeof *bi),
-                  *bk = malloc((size_t)blocks * sizeof *bk);
-    for (int k = 0; k < 6; k++) v[k] = malloc((size_t)layers * sizeof(double));
+    double *v[8], *bw = malloc((size_t)blocks * sizeof *bw), *bi = malloc((size_t)blocks * sizeof *bi),
+                  *bk = malloc((size_t)blocks * sizeof *bk), *bf = malloc((size_t)blocks * sizeof *bf),
+                  *bl = malloc((size_t)blocks * sizeof *bl);
+    for (int k = 0; k < 8; k++) v[k] = malloc((size_t)layers * sizeof(double));
     double tot = 0;
     for (int p = 0; p < 5; p++) {
         int n = 0;
         for (int l = l0; l < l1; l++) {
             const int slot = l * 5 + p, prev = slot - 1;
-            const unsigned long long *S = tl + (size_t)slot * blocks * 4, *P = tl + (size_t)prev * blocks * 4;
+            const unsigned long long *S = tl + (size_t)slot * blocks * 6, *P = tl + (size_t)prev * blocks * 6;
             unsigned long long last_prev = 0, first_rel = ~0ull, last = 0;
             double mx = 0;
             for (int b = 0; b < blocks; b++) {
-                const unsigned long long *q = S + (size_t)b * 4;
-                last_prev = P[(size_t)b * 4 + 3] > last_prev ? P[(size_t)b * 4 + 3] : last_prev;
+                const unsigned long long *q = S + (size_t)b * 6;
+                last_prev = P[(size_t)b * 6 + 3] > last_prev ? P[(size_t)b * 6 + 3] : last_prev;
                 first_rel = q[1] < first_rel ? q[1] : first_rel;
                 last = q[3] > last ? q[3] : last;
                 bw[b] = (double)(q[1] - q[0]) / 1e3;
                 bi[b] = p == 1 ? 0.0 : (double)(q[2] - q[1]) / 1e3;
                 bk[b] = (double)(q[3] - (p == 1 ? q[1] : q[2])) / 1e3;
                 mx = bk[b] > mx ? bk[b] : mx;
+                bf[b] = p == 1 ? 0.0 : (double)q[4] / (clk_ghz * 1e3);
+                bl[b] = p == 1 ? 0.0 : (double)q[5] / (clk_ghz * 1e3);
             }
             v[0][n] = ((double)first_rel - (double)last_prev) / 1e3;
             v[1][n] = median_d(bw, blocks);
@@ -69,17 +72,20 @@ static void q4p_timeline_report(const unsigned long long *tl, int blocks, int la
             v[3][n] = median_d(bk, blocks);
             v[4][n] = mx;
             v[5][n] = ((double)last - (double)last_prev) / 1e3;
+            v[6][n] = median_d(bf, blocks);
+            v[7][n] = median_d(bl, blocks);
             n++;
         }
         if (!n) continue;
-        double m[6];
-        for (int k = 0; k < 6; k++) m[k] = median_d(v[k], n);
+        double m[8];
+        for (int k = 0; k < 8; k++) m[k] = median_d(v[k], n);
         tot += m[5];
-        printf("  | %-9s | %6.2f | %6.2f | %6.2f | %6.2f / %6.2f | %6.2f |\n", ph[p], m[0], m[1], m[2], m[3], m[4], m[5]);
+        printf("  | %-9s | %6.2f | %6.2f | %6.2f | %6.2f / %6.2f | %6.2f | %6.2f | %6.2f |\n", ph[p], m[0], m[1], m[2], m[3],
+               m[4], m[5], m[6], m[7]);
     }
     printf("  spans add up to %.2f us per layer\n", tot);
-    for (int k = 0; k < 6; k++) free(v[k]);
-    free(bw), free(bi), free(bk);
+    for (int k = 0; k < 8; k++) free(v[k]);
+    free(bw), free(bi), free(bk), free(bf), free(bl);
 }
 
 /* The tile kernels' timeline of the last decode step (lmp_cuda_timeline): per product
@@ -308,12 +314,15 @@ static int run_one(const char *name, enum lmp_cuda_wtype wt, int bits, int group
                 name, r->gb, r->ms, r->tok_s, r->bw, r->pct, finite ? "finite" : "NOT FINITE");
     }
     free(t);
-    if (!st && o->q4t_persist == 1) fprintf(stderr, "  %-10s persistent kernel: %s\n", name, lmp_cuda_decode_persistent(s) ? "yes" : "no");
+    if (!st && o->q4t_persist == 1) fprintf(stderr, "  %-10s persistent kernel: ring of %d slots per warp (0: not used)\n", name, lmp_cuda_decode_persistent(s));
     if (!st && o->q4t_timeline && lmp_cuda_decode_persistent(s)) {
-        const size_t n = (size_t)c->n_layers * 5 * 1024 * 4;
+        const size_t n = (size_t)c->n_layers * 5 * 1024 * 6;
         unsigned long long *tlv = calloc(n, sizeof *tlv);
         const int blocks = tlv ? lmp_cuda_q4p_timeline(s, tlv, n) : 0;
-        if (blocks) q4p_timeline_report(tlv, blocks, c->n_layers);
+        int dev = 0, khz = 0;
+        cudaGetDevice(&dev);
+        cudaDeviceGetAttribute(&khz, cudaDevAttrClockRate, dev);
+        if (blocks) q4p_timeline_report(tlv, blocks, c->n_layers, khz / 1e6);
         free(tlv);
     } else if (!st && o->q4t_timeline) {
         const size_t n = (size_t)(c->n_layers * 4 + 1) * 1024 * 10 + (size_t)c->n_layers * 128 * 8;
@@ -348,7 +357,7 @@ int main(int argc, char **argv)
         else if (!strcmp(argv[i], "--only") && i + 1 < argc) only = argv[++i];
         else if (!strcmp(argv[i], "--probe")) probe = 1;
         else {
-            fprintf(stderr, "usage: cuda_decode [--layers N] [--tokens N] [--runs N] [--ffn N] [--probe] [--only all | NAME[,NAME...]: f16, q4, q4-p, q4-p-tl, q4-rows, q4-d1, q4-w16, q4-d3, q4-tma, q4-att, q4-tma-att, q4-sepatt, q4-tma-w32, q4-tma-s4, q4-il, q4-tl, q4-tl-pack, q4-pack, q4-w16-pack, q4-kv, q4-tl-att, q4-pf2, q4-pf4, q4-pf8, q4-pf16, q4-tma-pf8, q4-tma-il, q4-w8, q4-w8-b1, q4-nopipe, q4-w8-nopipe, q4-nopdl, q4-mega, q4-mega-w8, q4-mega-nopipe, q4-nograph, q4-legacy, q4-legacy-w1, q4-unfused, q4exact, f16-w4, f16-pack, f16-w2, f16-unfused, f32]\n");
+            fprintf(stderr, "usage: cuda_decode [--layers N] [--tokens N] [--runs N] [--ffn N] [--probe] [--only all | NAME[,NAME...]: f16, q4, q4-p, q4-p-tl, q4-pc, q4-pc-tl, q4-p-nm-tl, q4-pc-nm-tl, q4-pc-s4, q4-p-s4, q4-p-s2-tl, q4-p-s3-tl, q4-p-s6-tl, q4-p-s2-nm-tl, q4-rows, q4-d1, q4-w16, q4-d3, q4-tma, q4-att, q4-tma-att, q4-sepatt, q4-tma-w32, q4-tma-s4, q4-il, q4-tl, q4-tl-pack, q4-pack, q4-w16-pack, q4-kv, q4-tl-att, q4-pf2, q4-pf4, q4-pf8, q4-pf16, q4-tma-pf8, q4-tma-il, q4-w8, q4-w8-b1, q4-nopipe, q4-w8-nopipe, q4-nopdl, q4-mega, q4-mega-w8, q4-mega-nopipe, q4-nograph, q4-legacy, q4-legacy-w1, q4-unfused, q4exact, f16-w4, f16-pack, f16-w2, f16-unfused, f32]\n");
             return 2;
         }
     }
@@ -423,6 +432,11 @@ int main(int argc, char **argv)
                  {"q4-pc-nm-tl", LMP_CUDA_W_PACKED, 4, 128, {.q4t_persist = 1, .q4p_flags = 3, .q4t_timeline = 1}},
                  {"q4-pc-s4", LMP_CUDA_W_PACKED, 4, 128, {.q4t_persist = 1, .q4p_flags = 1, .q4p_slots = 4}},
                  {"q4-p-s4", LMP_CUDA_W_PACKED, 4, 128, {.q4t_persist = 1, .q4p_slots = 4}},
+                 {"q4-p-s2-tl", LMP_CUDA_W_PACKED, 4, 128, {.q4t_persist = 1, .q4p_slots = 2, .q4t_timeline = 1}},
+                 {"q4-p-s3-tl", LMP_CUDA_W_PACKED, 4, 128, {.q4t_persist = 1, .q4p_slots = 3, .q4t_timeline = 1}},
+                 {"q4-p-s6-tl", LMP_CUDA_W_PACKED, 4, 128, {.q4t_persist = 1, .q4p_slots = 6, .q4t_timeline = 1}},
+                 {"q4-p-s2-nm-tl", LMP_CUDA_W_PACKED, 4, 128,
+                  {.q4t_persist = 1, .q4p_slots = 2, .q4p_flags = 2, .q4t_timeline = 1}},
                  {"q4-d1", LMP_CUDA_W_PACKED, 4, 128, {.q4t_depth = 1}},
                  {"q4-w16", LMP_CUDA_W_PACKED, 4, 128, {.q4t_depth = 2}},
                  {"q4-d3", LMP_CUDA_W_PACKED, 4, 128, {.q4t_depth = 3}},

@@ -189,6 +189,7 @@ struct q4p_ring {
     int N, slot;
     uint32_t par;
     q4p_cur f;
+    long long cw, ci; /* with the timeline: clocks waiting for slots, refilling them */
 };
 
 /* the next unit: its codes (c0, c1: the lane's two 16-byte words) and scales/zeros (the
@@ -197,7 +198,9 @@ static __device__ __forceinline__ void q4p_take(const q4p_args &A, q4p_ring &R, 
                                                 uint4 &c1, uint2 &sz)
 {
     const uint32_t bar = R.bar_s + 8 * R.slot;
+    const long long c0_ = A.tl ? clock64() : 0;
     q4t_bar_wait(bar, R.par);
+    const long long c1_ = A.tl ? clock64() : 0;
     const uint4 *st = (const uint4 *)(R.codes + (R.slot << 10));
     c0 = st[lane];
     c1 = st[32 + lane];
@@ -208,6 +211,7 @@ static __device__ __forceinline__ void q4p_take(const q4p_args &A, q4p_ring &R, 
         else if (lane == 0) q4p_issue(R.f, R.codes_s + (R.slot << 10), R.sz_s + R.slot * 64, bar);
         q4p_advance(A, R.f, w);
     }
+    if (A.tl) R.cw += c1_ - c0_, R.ci += clock64() - c1_;
     if (++R.slot == R.N) R.slot = 0, R.par ^= 1;
 }
 
@@ -430,6 +434,11 @@ static __device__ __forceinline__ void q4p_products(const q4p_args &A, int l, in
             if (j == nc) j = 0, t++;
         }
     }
+    if (A.tl && !threadIdx.x) { /* warp 0's clocks in the ring this phase */
+        unsigned long long *m = A.tl + (((size_t)l * Q4P_PHASES + p) * gridDim.x + blockIdx.x) * Q4P_TL;
+        m[4] = (unsigned long long)R.cw, m[5] = (unsigned long long)R.ci;
+        R.cw = R.ci = 0;
+    }
     __syncthreads();
     /* the block's rows: slots added in warp order */
     for (int k = threadIdx.x; k < (S.t1 - S.t0) * 8; k += Q4P_NT) {
@@ -504,7 +513,7 @@ __global__ void __launch_bounds__(Q4P_NT, 1) q4p_kernel(const __grid_constant__ 
     R.codes_s = q4t_saddr(R.codes);
     R.sz_s = q4t_saddr(R.sz);
     R.bar_s = q4t_saddr(&bars[w * Q4P_MAXSLOTS]);
-    R.N = N, R.slot = 0, R.par = 0;
+    R.N = N, R.slot = 0, R.par = 0, R.cw = R.ci = 0;
     if (lane == 0) {
         for (int d = 0; d < N; d++) {
             if (A.flags & Q4P_CPASYNC)

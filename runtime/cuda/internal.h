@@ -201,9 +201,10 @@ struct q4p_args {
     float *ao, *aml;           /* attention parts: (nh S hd) outputs, (nh S 2) max and sum */
     unsigned *cnt;             /* (n_layers * Q4P_PHASES), zeroed before each launch */
     unsigned long long *tl;    /* optional: per (layer, phase, block) %globaltimer at its start,
-                                  past the wait, with the input ready, at the end */
+                                  past the wait, with the input ready, at the end; clocks
+                                  warp 0 waited for its ring's slots, spent refilling them */
 };
-#define Q4P_TL 4
+#define Q4P_TL 6
 #define Q4P_CPASYNC 1 /* the ring filled by cp.async per lane, not bulk copies (TMA) */
 #define Q4P_NOMATH 2  /* diagnostics: the products skipped (wrong results), the ring alone */
 

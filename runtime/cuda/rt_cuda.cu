@@ -1102,7 +1102,7 @@ extern "C" int lmp_cuda_timeline(const struct lmp_cuda_state *s, unsigned long l
     return s->q4t_tl_blocks;
 }
 
-extern "C" int lmp_cuda_decode_persistent(struct lmp_cuda_state *s) { return q4p_ready(s); }
+extern "C" int lmp_cuda_decode_persistent(struct lmp_cuda_state *s) { return q4p_ready(s) ? s->qp.slots : 0; }
 
 extern "C" void lmp_cuda_decode_info(const struct lmp_cuda_state *s, int *tile_layers, int *tile_head)
 {

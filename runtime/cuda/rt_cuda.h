@@ -119,8 +119,9 @@ void lmp_cuda_state_free(struct lmp_cuda_state *s); /* accepts NULL */
 int lmp_cuda_timeline(const struct lmp_cuda_state *s, unsigned long long *out, size_t n);
 /* With opts.q4t_timeline and the persistent tile kernel (q4t_persist): the last step's
  * %globaltimer ns per (layer, phase: q/k/v, attention, o, gate/up, down, block) at the
- * phase's start, past its wait, with its input ready and at its end (4 values; the
- * attention has no input step, its third value is 0); returns the blocks, 0 without one. */
+ * phase's start, past its wait, with its input ready, at its end, then the clocks warp 0
+ * waited for its ring's slots and spent refilling them (6 values; the attention has only the first,
+ * second and fourth); returns the blocks, 0 without one. */
 int lmp_cuda_q4p_timeline(const struct lmp_cuda_state *s, unsigned long long *out, size_t n);
 
 void lmp_cuda_reset(struct lmp_cuda_state *s);
@@ -268,7 +269,8 @@ enum lmp_status lmp_cuda_read_probe(size_t bytes, int pattern, int reps, float *
 /* How decode (one token) runs on this state: the layers and whether the head go through
  * the tensor-core tile kernels (decode_q4t.cu). */
 void lmp_cuda_decode_info(const struct lmp_cuda_state *s, int *tile_layers, int *tile_head);
-/* Whether decode steps run every layer as the persistent tile kernel (opts.q4t_persist). */
+/* Whether decode steps run every layer as the persistent tile kernel (opts.q4t_persist):
+ * its ring slots per warp, 0 when they do not. */
 int lmp_cuda_decode_persistent(struct lmp_cuda_state *s);
 enum lmp_status lmp_cuda_k_qmatmul(const struct lmp_qview *w, const float *X, int n, float *Y,
                                    int variant, struct lmp_err *err);
