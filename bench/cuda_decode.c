@@ -3,7 +3,7 @@
  * the bandwidth it implies (weight bytes read per token x tokens/s) as a percentage of a
  * device-to-device cudaMemcpy measured in the same run (bytes read + bytes written).
  *
- *   build/cuda/cuda_decode [--layers N] [--tokens N] [--runs N] [--ffn N] [--probe] [--only all | NAME[,NAME...]: f16, q4, q4-p, q4-p-tl, q4-pc, q4-pc-tl, q4-p-nm-tl, q4-pc-nm-tl, q4-pc-s4, q4-p-s4, q4-p-s2-tl, q4-p-s3-tl, q4-p-s6-tl, q4-p-s2-nm-tl, q4-rows, q4-d1, q4-w16, q4-d3, q4-tma, q4-att, q4-tma-att, q4-sepatt, q4-tma-w32, q4-tma-s4, q4-il, q4-tl, q4-tl-pack, q4-pack, q4-w16-pack, q4-kv, q4-tl-att, q4-pf2, q4-pf4, q4-pf8, q4-pf16, q4-tma-pf8, q4-tma-il, q4-w8, q4-w8-b1, q4-nopipe, q4-w8-nopipe, q4-nopdl, q4-mega, q4-mega-w8, q4-mega-nopipe, q4-nograph, q4-legacy, q4-legacy-w1, q4-unfused, q4exact, f16-w4, f16-pack, f16-w2, f16-unfused, f32]
+ *   build/cuda/cuda_decode [--layers N] [--tokens N] [--runs N] [--ffn N] [--probe] [--only all | NAME[,NAME...]: f16, q4, q4-p, q4-p-tl, q4-pc, q4-pc-tl, q4-p-nm-tl, q4-pc-nm-tl, q4-pc-s4, q4-p-s4, q4-p-s2-tl, q4-p-s3-tl, q4-p-s6-tl, q4-p-s2-nm-tl, q4-pw, q4-pw-tl, q4-pw-nm-tl, q4-rows, q4-d1, q4-w16, q4-d3, q4-tma, q4-att, q4-tma-att, q4-sepatt, q4-tma-w32, q4-tma-s4, q4-il, q4-tl, q4-tl-pack, q4-pack, q4-w16-pack, q4-kv, q4-tl-att, q4-pf2, q4-pf4, q4-pf8, q4-pf16, q4-tma-pf8, q4-tma-il, q4-w8, q4-w8-b1, q4-nopipe, q4-w8-nopipe, q4-nopdl, q4-mega, q4-mega-w8, q4-mega-nopipe, q4-nograph, q4-legacy, q4-legacy-w1, q4-unfused, q4exact, f16-w4, f16-pack, f16-w2, f16-unfused, f32]
  *
  * Timing: CUDA events around `tokens` decode steps (positions 0..tokens-1, each step one
  * small kernel writing token and position plus one graph launch), after a warm-up of 16
@@ -357,7 +357,7 @@ int main(int argc, char **argv)
         else if (!strcmp(argv[i], "--only") && i + 1 < argc) only = argv[++i];
         else if (!strcmp(argv[i], "--probe")) probe = 1;
         else {
-            fprintf(stderr, "usage: cuda_decode [--layers N] [--tokens N] [--runs N] [--ffn N] [--probe] [--only all | NAME[,NAME...]: f16, q4, q4-p, q4-p-tl, q4-pc, q4-pc-tl, q4-p-nm-tl, q4-pc-nm-tl, q4-pc-s4, q4-p-s4, q4-p-s2-tl, q4-p-s3-tl, q4-p-s6-tl, q4-p-s2-nm-tl, q4-rows, q4-d1, q4-w16, q4-d3, q4-tma, q4-att, q4-tma-att, q4-sepatt, q4-tma-w32, q4-tma-s4, q4-il, q4-tl, q4-tl-pack, q4-pack, q4-w16-pack, q4-kv, q4-tl-att, q4-pf2, q4-pf4, q4-pf8, q4-pf16, q4-tma-pf8, q4-tma-il, q4-w8, q4-w8-b1, q4-nopipe, q4-w8-nopipe, q4-nopdl, q4-mega, q4-mega-w8, q4-mega-nopipe, q4-nograph, q4-legacy, q4-legacy-w1, q4-unfused, q4exact, f16-w4, f16-pack, f16-w2, f16-unfused, f32]\n");
+            fprintf(stderr, "usage: cuda_decode [--layers N] [--tokens N] [--runs N] [--ffn N] [--probe] [--only all | NAME[,NAME...]: f16, q4, q4-p, q4-p-tl, q4-pc, q4-pc-tl, q4-p-nm-tl, q4-pc-nm-tl, q4-pc-s4, q4-p-s4, q4-p-s2-tl, q4-p-s3-tl, q4-p-s6-tl, q4-p-s2-nm-tl, q4-pw, q4-pw-tl, q4-pw-nm-tl, q4-rows, q4-d1, q4-w16, q4-d3, q4-tma, q4-att, q4-tma-att, q4-sepatt, q4-tma-w32, q4-tma-s4, q4-il, q4-tl, q4-tl-pack, q4-pack, q4-w16-pack, q4-kv, q4-tl-att, q4-pf2, q4-pf4, q4-pf8, q4-pf16, q4-tma-pf8, q4-tma-il, q4-w8, q4-w8-b1, q4-nopipe, q4-w8-nopipe, q4-nopdl, q4-mega, q4-mega-w8, q4-mega-nopipe, q4-nograph, q4-legacy, q4-legacy-w1, q4-unfused, q4exact, f16-w4, f16-pack, f16-w2, f16-unfused, f32]\n");
             return 2;
         }
     }
@@ -432,6 +432,9 @@ int main(int argc, char **argv)
                  {"q4-pc-nm-tl", LMP_CUDA_W_PACKED, 4, 128, {.q4t_persist = 1, .q4p_flags = 3, .q4t_timeline = 1}},
                  {"q4-pc-s4", LMP_CUDA_W_PACKED, 4, 128, {.q4t_persist = 1, .q4p_flags = 1, .q4p_slots = 4}},
                  {"q4-p-s4", LMP_CUDA_W_PACKED, 4, 128, {.q4t_persist = 1, .q4p_slots = 4}},
+                 {"q4-pw", LMP_CUDA_W_PACKED, 4, 128, {.q4t_persist = 1, .q4p_flags = 4}},
+                 {"q4-pw-tl", LMP_CUDA_W_PACKED, 4, 128, {.q4t_persist = 1, .q4p_flags = 4, .q4t_timeline = 1}},
+                 {"q4-pw-nm-tl", LMP_CUDA_W_PACKED, 4, 128, {.q4t_persist = 1, .q4p_flags = 6, .q4t_timeline = 1}},
                  {"q4-p-s2-tl", LMP_CUDA_W_PACKED, 4, 128, {.q4t_persist = 1, .q4p_slots = 2, .q4t_timeline = 1}},
                  {"q4-p-s3-tl", LMP_CUDA_W_PACKED, 4, 128, {.q4t_persist = 1, .q4p_slots = 3, .q4t_timeline = 1}},
                  {"q4-p-s6-tl", LMP_CUDA_W_PACKED, 4, 128, {.q4t_persist = 1, .q4p_slots = 6, .q4t_timeline = 1}},

@@ -56,7 +56,7 @@ static __device__ void att_row(float *o, const float *qi, const float *kc, const
     const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5, nw = NT / 32;
     float *part = sm, *red = part + 4 * NT, *qs = red + 36, *s = qs + hd;
     for (int d = tid; d < hd; d += NT) qs[d] = att_ld<CG>(qi + d);
-    __syncthreads();
+    BLOCK_SYNC();
     att_mark(tb, 0);
     const int L = hd / 4; /* float4 lanes per row */
     const bool vec = hd % 4 == 0 && L <= 32 && 32 % L == 0;
@@ -100,7 +100,7 @@ static __device__ void att_row(float *o, const float *qi, const float *kc, const
             }
         }
     }
-    __syncthreads();
+    BLOCK_SYNC();
     att_mark(tb, 1);
     float mx = -INFINITY;
     for (int t = tid; t < T; t += NT) mx = fmaxf(mx, s[t]);
@@ -125,7 +125,7 @@ static __device__ void att_row(float *o, const float *qi, const float *kc, const
             a.x += p * v.x, a.y += p * v.y, a.z += p * v.z, a.w += p * v.w;
         }
         ((float4 *)part)[tid] = a;
-        __syncthreads();
+        BLOCK_SYNC();
         att_mark(tb, 3);
         if (tid < L) {
             float4 acc = ((const float4 *)part)[tid];
@@ -145,7 +145,7 @@ static __device__ void att_row(float *o, const float *qi, const float *kc, const
             for (int t = gi; t < T; t += ng) a += s[t] * att_ld<CG>(vb + (size_t)t * kvd + d);
         }
         part[tid] = a;
-        __syncthreads();
+        BLOCK_SYNC();
         if (gi == 0) {
             float acc = part[d];
             for (int g = 1; g < ng; g++) acc += part[g * hd + d];

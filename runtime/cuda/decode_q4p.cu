@@ -29,6 +29,10 @@
  * Every block must be resident at once (the counts are waited for): launched cooperatively.
  * A wait that lasts more than 5 s traps (an error at the next synchronization, not a hang). */
 #include "internal.h"
+/* the block's barrier: the 16 product warps only (with Q4P_PRODUCER a 17th warp issues the
+ * copies and never waits at it) */
+#define BLOCK_SYNC() asm volatile("bar.sync 1, 512;" ::: "memory")
+#define BLOCK_WARPS Q4P_NW
 #include "reduce.cuh"
 #include "attention.cuh"
 #include "q4t.cuh"
@@ -206,7 +210,11 @@ static __device__ __forceinline__ void q4p_take(const q4p_args &A, q4p_ring &R, 
     c1 = st[32 + lane];
     sz = R.sz[R.slot * 8 + (lane >> 2)];
     __syncwarp(); /* every lane has read the slot */
-    if (R.f.l < A.n_layers) {
+    if (A.flags & Q4P_PRODUCER) { /* the slot back to the copy warp */
+        if (lane == 0)
+            asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(R.bar_s + 8 * Q4P_MAXSLOTS * Q4P_NW + 8 * R.slot)
+                         : "memory");
+    } else if (R.f.l < A.n_layers) {
         if (A.flags & Q4P_CPASYNC) q4p_issue_cpa(R.f, R.codes_s + (R.slot << 10), R.sz_s + R.slot * 64, bar, lane);
         else if (lane == 0) q4p_issue(R.f, R.codes_s + (R.slot << 10), R.sz_s + R.slot * 64, bar);
         q4p_advance(A, R.f, w);
@@ -242,13 +250,13 @@ static __device__ __forceinline__ void q4p_wait(const unsigned *c)
         }
         __threadfence();
     }
-    __syncthreads();
+    BLOCK_SYNC();
 }
 
 /* the block is done with a phase: its writes, then the count */
 static __device__ __forceinline__ void q4p_signal(unsigned *c)
 {
-    __syncthreads();
+    BLOCK_SYNC();
     if (threadIdx.x == 0) {
         __threadfence();
         atomicAdd(c, 1u);
@@ -332,7 +340,7 @@ static __device__ __forceinline__ float q4p_prep(int cols, const float *norm, fl
         }
         if (q < nq && (tid & 15) == 0) ox[q >> 4] = make_float2(off, X);
     }
-    __syncthreads();
+    BLOCK_SYNC();
     return ldexpf(1.0f, -E);
 }
 
@@ -375,7 +383,7 @@ static __device__ __forceinline__ void q4p_products(const q4p_args &A, int l, in
             const float r = 1.0f / den;
             for (int j = 0; j < S_; j++) aw[h * S_ + j] *= r;
         }
-        __syncthreads();
+        BLOCK_SYNC();
         const int hd4 = A.hd >> 2;
         ys = q4p_prep(cols, NULL, A.eps, sm, red, [&](int f) {
             const int h = f / hd4, d4 = f - h * hd4;
@@ -439,7 +447,7 @@ static __device__ __forceinline__ void q4p_products(const q4p_args &A, int l, in
         m[4] = (unsigned long long)R.cw, m[5] = (unsigned long long)R.ci;
         R.cw = R.ci = 0;
     }
-    __syncthreads();
+    BLOCK_SYNC();
     /* the block's rows: slots added in warp order */
     for (int k = threadIdx.x; k < (S.t1 - S.t0) * 8; k += Q4P_NT) {
         const int tl = k >> 3, rr = 2 * (k & 7);
@@ -495,18 +503,57 @@ static __device__ __forceinline__ void q4p_attention(const q4p_args &A, int l, u
             for (int d = threadIdx.x; d < A.hd; d += Q4P_NT) po[d] = 0.0f;
             if (!threadIdx.x) ml[0] = -INFINITY, ml[1] = 0.0f;
         }
-        __syncthreads(); /* att_row's shared memory, for the next unit */
+        BLOCK_SYNC(); /* att_row's shared memory, for the next unit */
     }
     q4p_signal(A.cnt + l * Q4P_PHASES + Q4P_ATT);
     q4p_mark(A, l, Q4P_ATT, 3);
 }
 
-__global__ void __launch_bounds__(Q4P_NT, 1) q4p_kernel(const __grid_constant__ struct q4p_args A)
+/* With Q4P_PRODUCER: warp Q4P_NW of the block issues every copy, its lane w for product warp
+ * w: the ring's first units, then each further unit once the warp has given the slot back
+ * (the slot's "empty" barrier); the product warps only wait for their slots ("full"), so
+ * they never block on issuing a copy, and the copies keep going while they wait. */
+static __device__ void q4p_producer(const q4p_args &A, unsigned char *sm, uint32_t bars_s)
+{
+    const int lane = threadIdx.x & 31, N = A.slots;
+    if (lane >= Q4P_NW) return;
+    const int w = lane;
+    const uint32_t codes_s = q4t_saddr(sm + A.ring_off + (size_t)w * N * 1024);
+    const uint32_t sz_s = q4t_saddr(sm + A.sz_off + (size_t)w * N * 64);
+    const uint32_t full = bars_s + 8 * (w * Q4P_MAXSLOTS), empty = full + 8 * (Q4P_NW * Q4P_MAXSLOTS);
+    q4p_cur f;
+    f.l = 0, f.p = Q4P_QKV;
+    q4p_cur_phase(A, f, w);
+    int slot = 0;
+    uint32_t lap = 0; /* laps done around the ring */
+    while (f.l < A.n_layers) { /* the lanes in step: each tests its slot, issues if free */
+        uint32_t ok = 1;
+        if (lap) /* has warp w read this slot's previous unit? */
+            asm volatile("{\n.reg .pred P;\nmbarrier.test_wait.parity.shared::cta.b64 P, [%1], %2;\n"
+                         "selp.u32 %0, 1, 0, P;\n}"
+                         : "=r"(ok)
+                         : "r"(empty + 8 * slot), "r"((lap - 1) & 1)
+                         : "memory");
+        if (ok) {
+            q4p_issue(f, codes_s + (slot << 10), sz_s + slot * 64, full + 8 * slot);
+            q4p_advance(A, f, w);
+            if (++slot == N) slot = 0, lap++;
+        }
+    }
+}
+
+__global__ void __launch_bounds__(Q4P_NT + 32, 1) q4p_kernel(const __grid_constant__ struct q4p_args A)
 {
     extern __shared__ __align__(128) unsigned char sm[];
-    __shared__ __align__(8) unsigned long long bars[Q4P_NW * Q4P_MAXSLOTS];
+    __shared__ __align__(8) unsigned long long bars[2 * Q4P_NW * Q4P_MAXSLOTS]; /* full, empty */
     __shared__ float red[66];
     const int lane = threadIdx.x & 31, w = threadIdx.x >> 5, N = A.slots;
+    const bool prod = (A.flags & Q4P_PRODUCER) != 0;
+    if (w == Q4P_NW) { /* the copy warp */
+        __syncthreads(); /* the barriers initialized */
+        if (prod) q4p_producer(A, sm, q4t_saddr(bars));
+        return;
+    }
     q4p_ring R;
     R.codes = sm + A.ring_off + (size_t)w * N * 1024;
     R.sz = (const uint2 *)(sm + A.sz_off + (size_t)w * N * 64);
@@ -520,16 +567,20 @@ __global__ void __launch_bounds__(Q4P_NT, 1) q4p_kernel(const __grid_constant__ 
                 asm volatile("mbarrier.init.shared::cta.b64 [%0], 32;" ::"r"(R.bar_s + 8 * d) : "memory");
             else
                 q4t_bar_init(R.bar_s + 8 * d);
+            q4t_bar_init(R.bar_s + 8 * (Q4P_NW * Q4P_MAXSLOTS) + 8 * d); /* empty: the warp's lane 0 */
         }
         asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
     }
-    __syncwarp();
+    if (blockDim.x > Q4P_NT) __syncthreads(); /* with the copy warp (it waits for the barriers) */
+    else __syncwarp();
     R.f.l = 0, R.f.p = Q4P_QKV;
-    q4p_cur_phase(A, R.f, w);
-    for (int d = 0; d < N && R.f.l < A.n_layers; d++) { /* the ring's first units */
-        if (A.flags & Q4P_CPASYNC) q4p_issue_cpa(R.f, R.codes_s + (d << 10), R.sz_s + d * 64, R.bar_s + 8 * d, lane);
-        else if (lane == 0) q4p_issue(R.f, R.codes_s + (d << 10), R.sz_s + d * 64, R.bar_s + 8 * d);
-        q4p_advance(A, R.f, w);
+    if (!prod) {
+        q4p_cur_phase(A, R.f, w);
+        for (int d = 0; d < N && R.f.l < A.n_layers; d++) { /* the ring's first units */
+            if (A.flags & Q4P_CPASYNC) q4p_issue_cpa(R.f, R.codes_s + (d << 10), R.sz_s + d * 64, R.bar_s + 8 * d, lane);
+            else if (lane == 0) q4p_issue(R.f, R.codes_s + (d << 10), R.sz_s + d * 64, R.bar_s + 8 * d);
+            q4p_advance(A, R.f, w);
+        }
     }
     const int p0 = *A.pos;
     for (int l = 0; l < A.n_layers; l++) {
@@ -580,7 +631,9 @@ size_t k_q4p_layout(struct q4p_args *a, int max_cols, size_t part_bytes, int max
         return 0;
     }
     int per = 0;
-    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per, q4p_kernel, Q4P_NT, off) != cudaSuccess || per < 1) {
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per, q4p_kernel, Q4P_NT + (a->flags & Q4P_PRODUCER ? 32 : 0), off) !=
+            cudaSuccess ||
+        per < 1) {
         (void)cudaGetLastError();
         return 0;
     }
@@ -598,7 +651,7 @@ enum lmp_status k_q4p_launch(cudaStream_t st, const struct q4p_args *a, size_t s
     at.id = cudaLaunchAttributeCooperative; /* every block resident: the counts are waited for */
     at.val.cooperative = 1;
     cfg.gridDim = dim3((unsigned)blocks);
-    cfg.blockDim = dim3(Q4P_NT);
+    cfg.blockDim = dim3(Q4P_NT + (a->flags & Q4P_PRODUCER ? 32 : 0));
     cfg.dynamicSmemBytes = smem;
     cfg.stream = st;
     cfg.attrs = &at;

@@ -192,7 +192,7 @@ struct q4p_args {
     const struct q4p_layer *L; /* (n_layers) */
     int n_layers, dim, hd, S;  /* S: attention shares per head */
     int slots;                 /* ring slots (1 KB + 64 B) per warp */
-    int flags;                 /* Q4P_CPASYNC, Q4P_NOMATH */
+    int flags;                 /* Q4P_CPASYNC, Q4P_NOMATH, Q4P_PRODUCER */
     int aw_off, part_off, sz_off, ring_off; /* the dynamic shared memory's parts */
     float eps, att_scale;
     const int *pos;
@@ -207,6 +207,7 @@ struct q4p_args {
 #define Q4P_TL 6
 #define Q4P_CPASYNC 1 /* the ring filled by cp.async per lane, not bulk copies (TMA) */
 #define Q4P_NOMATH 2  /* diagnostics: the products skipped (wrong results), the ring alone */
+#define Q4P_PRODUCER 4 /* a 17th warp issues the ring's copies (TMA), the product warps only read */
 
 struct lmp_cuda_state {
     int device;

@@ -17,54 +17,62 @@ static __device__ __forceinline__ float warp_max(float v)
     return v;
 }
 
+/* The block's barrier and its warp count as these helpers (and attention.cuh) see them: a
+ * kernel whose block has warps that do not take part (decode_q4p.cu's copy warp) defines
+ * both before including this header. */
+#ifndef BLOCK_SYNC
+#define BLOCK_SYNC() __syncthreads()
+#define BLOCK_WARPS ((int)(blockDim.x >> 5))
+#endif
+
 /* Sum / max over the block (blockDim.x a multiple of 32, <= 1024); every thread gets it.
  * red: 33 floats of shared memory. */
 static __device__ __forceinline__ float block_sum(float v, float *red)
 {
-    int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = BLOCK_WARPS;
     v = warp_sum(v);
-    __syncthreads();
+    BLOCK_SYNC();
     if (lane == 0) red[w] = v;
-    __syncthreads();
+    BLOCK_SYNC();
     if (w == 0) {
         float t = lane < nw ? red[lane] : 0.0f;
         t = warp_sum(t);
         if (lane == 0) red[32] = t;
     }
-    __syncthreads();
+    BLOCK_SYNC();
     return red[32];
 }
 static __device__ __forceinline__ float block_max(float v, float *red)
 {
-    int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = BLOCK_WARPS;
     v = warp_max(v);
-    __syncthreads();
+    BLOCK_SYNC();
     if (lane == 0) red[w] = v;
-    __syncthreads();
+    BLOCK_SYNC();
     if (w == 0) {
         float t = lane < nw ? red[lane] : -INFINITY;
         t = warp_max(t);
         if (lane == 0) red[32] = t;
     }
-    __syncthreads();
+    BLOCK_SYNC();
     return red[32];
 }
 /* Sum of s and max of m over the block in one pass; red: 66 floats of shared memory. */
 static __device__ __forceinline__ void block_sum_max(float &s, float &m, float *red)
 {
-    int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = BLOCK_WARPS;
     s = warp_sum(s);
     m = warp_max(m);
-    __syncthreads();
+    BLOCK_SYNC();
     if (lane == 0) red[w] = s, red[33 + w] = m;
-    __syncthreads();
+    BLOCK_SYNC();
     if (w == 0) {
         float t = lane < nw ? red[lane] : 0.0f, u = lane < nw ? red[33 + lane] : -INFINITY;
         t = warp_sum(t);
         u = warp_max(u);
         if (lane == 0) red[32] = t, red[65] = u;
     }
-    __syncthreads();
+    BLOCK_SYNC();
     s = red[32];
     m = red[65];
 }

@@ -527,6 +527,7 @@ TEST(cuda_forward_q4_g128_vs_cpu)
     } var[] = {{0, 0, 0, 0, 0, 0, "Q4 g128 logits, tensor-core tile decode kernels"},
                {0, 0, 0, 0, 0, 1, "Q4 g128 logits, persistent tile decode kernel"},
                {0, 0, 0, 0, 0, 2, "Q4 g128 logits, persistent tile decode kernel, cp.async ring"},
+               {0, 0, 0, 0, 0, 3, "Q4 g128 logits, persistent tile decode kernel, copy warp"},
                {0, 0, 0, 0, 1, 0, "Q4 g128 logits, tile decode kernels, attention fused in"},
                {0, 0, 0, 0, 2, 0, "Q4 g128 logits, tile decode kernels, attention launched apart"},
                {1, 0, 0, 4, 1, 0, "Q4 g128 logits, TMA ring, attention fused in, no PDL"},
@@ -545,7 +546,7 @@ TEST(cuda_forward_q4_g128_vs_cpu)
         struct lmp_cuda_opts o = {.no_pdl = var[v].no_pdl, .q4_mega = var[v].mega,
                                   .no_q4t = var[v].no_q4t, .q4t_depth = var[v].depth,
                                   .q4t_att = var[v].att, .q4t_persist = var[v].persist ? 1 : 0,
-                                  .q4p_flags = var[v].persist == 2 ? 1 : 0};
+                                  .q4p_flags = var[v].persist == 2 ? 1 : var[v].persist == 3 ? 4 : 0};
         float *lg = gpu_logits(m, tok, 30, 10, 8, &o);
         REQUIRE(lg);
         /* the tile kernels take every layer of this model unless told not to (its head is
