@@ -30,6 +30,20 @@ static double median_d(double *v, int n)
     return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
+/* Max |a - b| against max |b| over n logits (both kept after 16 tokens); nothing when one
+ * of them was not run. */
+static void logits_diff(const char *an, const float *a, const char *bn, const float *b, int n)
+{
+    if (!a || !b) return;
+    double mx = 0, md = 0;
+    for (int i = 0; i < n; i++) {
+        const double v = fabs((double)b[i]), d = fabs((double)a[i] - b[i]);
+        mx = v > mx ? v : mx;
+        md = d > md ? d : md;
+    }
+    printf("%s vs %s, logits after 16 tokens: max |diff| %.3g, max |logit| %.3g\n", an, bn, md, mx);
+}
+
 /* The persistent kernel's timeline of the last decode step (lmp_cuda_q4p_timeline): per phase
  * over the middle layers, medians over layers of: sync (first block past its wait - the
  * previous phase's last end: the count's latency), wait (median block: start to past the
@@ -499,26 +513,9 @@ int main(int argc, char **argv)
         if (e) rc = e;
         else nr++;
     }
-    if (kept_q4 && kept_rows) { /* the tile and the row-streaming kernels on the same weights */
-        double mx = 0, md = 0;
-        for (int i = 0; i < c.vocab; i++) {
-            const double a = fabs((double)kept_rows[i]), d = fabs((double)kept_q4[i] - kept_rows[i]);
-            mx = a > mx ? a : mx;
-            md = d > md ? d : md;
-        }
-        printf("q4 (tile kernels) vs q4-rows (row-streaming kernels), logits after 16 tokens: max |diff| %.3g, max |logit| %.3g\n",
-               md, mx);
-    }
-    if (kept_q4 && kept_p) { /* the persistent kernel and the tile kernels on the same weights */
-        double mx = 0, md = 0;
-        for (int i = 0; i < c.vocab; i++) {
-            const double a = fabs((double)kept_q4[i]), d = fabs((double)kept_p[i] - kept_q4[i]);
-            mx = a > mx ? a : mx;
-            md = d > md ? d : md;
-        }
-        printf("q4-p (persistent kernel) vs q4 (tile kernels), logits after 16 tokens: max |diff| %.3g, max |logit| %.3g\n",
-               md, mx);
-    }
+    /* decode paths on the same weights */
+    logits_diff("q4 (tile kernels)", kept_q4, "q4-rows (row-streaming kernels)", kept_rows, c.vocab);
+    logits_diff("q4-p (persistent kernel)", kept_p, "q4 (tile kernels)", kept_q4, c.vocab);
     free(kept_q4), free(kept_rows), free(kept_p);
     printf("\n| weights | GB read / token | ms / token | tokens/s | GB/s | %% of D2D copy (%.0f GB/s) |\n",
            copy_gbs);

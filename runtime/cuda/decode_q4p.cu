@@ -308,11 +308,8 @@ static __device__ __forceinline__ float q4p_prep(int cols, const float *norm, fl
     block_sum_max(ss, mx, red);
     const float inv = norm ? 1.0f / sqrtf(ss / (float)cols + eps) : 1.0f;
     mx *= inv;
-    int e = 0;
-    if (mx > 0.0f && mx <= 3.0e38f) frexpf(mx, &e); /* mx = f 2^e, f in [0.5, 1) */
-    const int E = mx > 0.0f && mx <= 3.0e38f ? 14 - e : 0;
+    const int E = q4t_scale_exp(mx);
     const float sc = ldexpf(inv, E);
-    const __half2 sixteenth = __float2half2_rn(0.0625f);
 #pragma unroll
     for (int r = 0; r < Q4P_QR; r++) {
         const int q = tid + r * Q4P_NT, s = q >> 1, h = q & 1;
@@ -321,16 +318,10 @@ static __device__ __forceinline__ float q4p_prep(int cols, const float *norm, fl
             const float4 a = va[r], b = vb[r];
 #pragma unroll
             for (int c1 = 0; c1 < 2; c1++) {
-                const __half2 lo = c1 ? __floats2half2_rn(a.z * sc, a.w * sc) : __floats2half2_rn(a.x * sc, a.y * sc);
-                const __half2 hi = c1 ? __floats2half2_rn(b.z * sc, b.w * sc) : __floats2half2_rn(b.x * sc, b.y * sc);
-                const __half2 hi16 = __hmul2(hi, sixteenth);
-                uint2 u;
-                u.x = *(const uint32_t *)&lo;
-                u.y = *(const uint32_t *)&hi16;
-                xb[((s >> 1) * 4 + 2 * h + c1) * 2 + (s & 1)] = u;
-                const float2 fl = __half22float2(lo), fh = __half22float2(hi);
-                off += 1024.0f * (fl.x + fl.y) + 64.0f * (fh.x + fh.y);
-                X += fl.x + fl.y + fh.x + fh.y;
+                float o1, x1;
+                xb[((s >> 1) * 4 + 2 * h + c1) * 2 + (s & 1)] =
+                    c1 ? q4t_bfrag(a.z, a.w, b.z, b.w, sc, o1, x1) : q4t_bfrag(a.x, a.y, b.x, b.y, sc, o1, x1);
+                off += o1, X += x1;
             }
         }
 #pragma unroll

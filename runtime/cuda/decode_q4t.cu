@@ -120,21 +120,12 @@ static __device__ float q4t_prep(const struct q4t_args &A, unsigned char *sm, fl
     block_sum_max(ss, mx, red); /* its barriers order the xf writes before the reads */
     const float inv = A.norm ? 1.0f / sqrtf(ss / (float)cols + A.eps) : 1.0f;
     mx *= inv;
-    int e = 0;
-    if (mx > 0.0f && mx <= 3.0e38f) frexpf(mx, &e); /* mx = f 2^e, f in [0.5, 1) */
-    const int E = mx > 0.0f && mx <= 3.0e38f ? 14 - e : 0;
+    const int E = q4t_scale_exp(mx);
     const float sc = ldexpf(inv, E);
     for (int i = tid; i < c4; i += nthr) { /* c4 % 32 == 0: whole warps */
         const int s = i >> 2, c = i & 3, k = 16 * s + 2 * c;
-        const __half2 lo = __floats2half2_rn(xf[k] * sc, xf[k + 1] * sc);
-        const __half2 hi = __floats2half2_rn(xf[k + 8] * sc, xf[k + 9] * sc);
-        const __half2 hi16 = __hmul2(hi, __float2half2_rn(0.0625f));
-        uint2 u;
-        u.x = *(const uint32_t *)&lo;
-        u.y = *(const uint32_t *)&hi16;
-        xb[((s >> 1) * 4 + c) * 2 + (s & 1)] = u;
-        const float2 fl = __half22float2(lo), fh = __half22float2(hi);
-        float off = 1024.0f * (fl.x + fl.y) + 64.0f * (fh.x + fh.y), X = fl.x + fl.y + fh.x + fh.y;
+        float off, X;
+        xb[((s >> 1) * 4 + c) * 2 + (s & 1)] = q4t_bfrag(xf[k], xf[k + 1], xf[k + 8], xf[k + 9], sc, off, X);
         off = warp_sum(off);
         X = warp_sum(X);
         if ((tid & 31) == 0) ox[i >> 5] = make_float2(off, X);
@@ -685,10 +676,7 @@ void k_q4t_args(struct q4t_args *a, const struct cu_mat *const *m, float *const 
     a->cols = m[0]->cols;
     a->nc = m[0]->cols / 128;
     a->ngr = m[0]->n_groups;
-    a->cshift = 0;
-    if (a->ngr == 1) a->cshift = 30;
-    else
-        while ((128 << a->cshift) < m[0]->group) a->cshift++;
+    a->cshift = q4t_cshift(a->ngr, m[0]->group);
     int tiles = 0;
     for (int i = 0; i < n; i++) {
         struct q4t_mat *q = &a->m[i];

@@ -171,6 +171,16 @@ struct att_split {
 #define ATT_SPLIT_THREADS 256
 #define ATT_SPLIT_MAX 16
 
+/* The tile layout's chunk-to-group shift: chunk j (128 columns) of a row is in group
+ * j >> shift (one group per row: 30, every chunk in group 0). */
+static inline int q4t_cshift(int n_groups, int group)
+{
+    int sh = 0;
+    if (n_groups == 1) return 30;
+    while ((128 << sh) < group) sh++;
+    return sh;
+}
+
 /* The persistent 4-bit decode kernel (decode_q4p.cu): every layer of a step in one launch.
  * Per layer the descriptor of its seven matrices in the tile layout (q, k, v, o, gate, up,
  * down), norms and caches; the kernel's arguments, device pointers throughout. */

@@ -97,4 +97,28 @@ static __device__ __forceinline__ void q4t_bar_wait(uint32_t bar, uint32_t phase
                  "r"(phase)
                  : "memory");
 }
+/* The inputs' power of two: x 2^E puts max |x| (mx, after the norm) in [2^13, 2^14), so the
+ * fp16 B fragments keep their precision; 0 for a zero or non-finite max. */
+static __device__ __forceinline__ int q4t_scale_exp(float mx)
+{
+    int e = 0;
+    if (!(mx > 0.0f && mx <= 3.0e38f)) return 0;
+    frexpf(mx, &e); /* mx = f 2^e, f in [0.5, 1) */
+    return 14 - e;
+}
+/* One lane's B fragment pair from x[k], x[k + 1] (lo) and x[k + 8], x[k + 9] (hi) times sc:
+ * (lo, hi / 16) as fp16, and its share of the chunk's offset sum and of sum x (fp16 values). */
+static __device__ __forceinline__ uint2 q4t_bfrag(float l0, float l1, float h0, float h1, float sc, float &off,
+                                                  float &X)
+{
+    const __half2 lo = __floats2half2_rn(l0 * sc, l1 * sc), hi = __floats2half2_rn(h0 * sc, h1 * sc);
+    const __half2 hi16 = __hmul2(hi, __float2half2_rn(0.0625f));
+    uint2 u;
+    u.x = *(const uint32_t *)&lo;
+    u.y = *(const uint32_t *)&hi16;
+    const float2 fl = __half22float2(lo), fh = __half22float2(hi);
+    off = 1024.0f * (fl.x + fl.y) + 64.0f * (fh.x + fh.y);
+    X = fl.x + fl.y + fh.x + fh.y;
+    return u;
+}
 #endif

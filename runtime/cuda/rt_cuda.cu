@@ -977,10 +977,7 @@ static int q4p_ready(struct lmp_cuda_state *s)
             q->sz = m->t_sz;
             q->bias = m->bias;
             q->ngr = m->n_groups;
-            q->cshift = 0;
-            if (m->n_groups == 1) q->cshift = 30;
-            else
-                while ((128 << q->cshift) < m->group) q->cshift++;
+            q->cshift = q4t_cshift(m->n_groups, m->group);
         }
         h[l].attn_norm = L->attn_norm;
         h[l].ffn_norm = L->ffn_norm;

@@ -95,8 +95,9 @@ struct lmp_cuda_opts {
                          layout (decode_q4p.cu: the weights stream through a shared-memory
                          ring ahead of the phases' dependencies) where every layer takes the
                          tile kernels: 0 the default, 1 on, 2 off */
-    int q4p_flags;    /* its variants (comparisons): 1 the ring filled by cp.async, not TMA;
-                         2 diagnostics: the products skipped (wrong logits) */
+    int q4p_flags;    /* its variants (comparisons), bits: 1 the ring filled by cp.async, not
+                         TMA; 2 diagnostics: the products skipped (wrong logits); 4 a 17th warp
+                         per block issues every copy (TMA) */
     int q4p_slots;    /* its ring slots per warp at most (0: as many as fit, up to 16) */
 };
 
