@@ -3,7 +3,8 @@
  * the bandwidth it implies (weight bytes read per token x tokens/s) as a percentage of a
  * device-to-device cudaMemcpy measured in the same run (bytes read + bytes written).
  *
- *   build/cuda/cuda_decode [--layers N] [--tokens N] [--runs N] [--ffn N] [--probe] [--only all | NAME[,NAME...]: f16, q4, q4-p, q4-p-tl, q4-pc, q4-pc-tl, q4-p-nm-tl, q4-pc-nm-tl, q4-pc-s4, q4-p-s4, q4-p-s2-tl, q4-p-s3-tl, q4-p-s6-tl, q4-p-s2-nm-tl, q4-pw, q4-pw-tl, q4-pw-nm-tl, q4-rows, q4-d1, q4-w16, q4-d3, q4-tma, q4-att, q4-tma-att, q4-sepatt, q4-tma-w32, q4-tma-s4, q4-il, q4-tl, q4-tl-pack, q4-pack, q4-w16-pack, q4-kv, q4-tl-att, q4-pf2, q4-pf4, q4-pf8, q4-pf16, q4-tma-pf8, q4-tma-il, q4-w8, q4-w8-b1, q4-nopipe, q4-w8-nopipe, q4-nopdl, q4-mega, q4-mega-w8, q4-mega-nopipe, q4-nograph, q4-legacy, q4-legacy-w1, q4-unfused, q4exact, f16-w4, f16-pack, f16-w2, f16-unfused, f32]
+ *   build/cuda/cuda_decode [--layers N] [--tokens N] [--runs N] [--ffn N] [--probe] [--only all | NAME[,NAME...]]
+ *   (any other argument prints the usage and the modes, the table `modes` below)
  *
  * Timing: CUDA events around `tokens` decode steps (positions 0..tokens-1, each step one
  * small kernel writing token and position plus one graph launch), after a warm-up of 16
@@ -358,6 +359,93 @@ static int run_one(const char *name, enum lmp_cuda_wtype wt, int bits, int group
     return st ? 1 : 0;
 }
 
+/* q4: the default (the tile kernels of decode_q4t.cu, PDL, one attention block per SM);
+ * the rest are the comparisons docs/GPU.md reports; -tl: with the per-block timeline */
+static const struct {
+    const char *name;
+    enum lmp_cuda_wtype wt;
+    int bits, group;
+    struct lmp_cuda_opts o;
+} modes[] = {{"f16", LMP_CUDA_W_F16, 0, 0, {.device = 0}},
+             {"q4", LMP_CUDA_W_PACKED, 4, 128, {.device = 0}},
+             {"q4-rows", LMP_CUDA_W_PACKED, 4, 128, {.no_q4t = 1}},
+             {"q4-p", LMP_CUDA_W_PACKED, 4, 128, {.q4t_persist = 1}},
+             {"q4-p-tl", LMP_CUDA_W_PACKED, 4, 128, {.q4t_persist = 1, .q4t_timeline = 1}},
+             {"q4-pc", LMP_CUDA_W_PACKED, 4, 128, {.q4t_persist = 1, .q4p_flags = 1}},
+             {"q4-pc-tl", LMP_CUDA_W_PACKED, 4, 128, {.q4t_persist = 1, .q4p_flags = 1, .q4t_timeline = 1}},
+             {"q4-p-nm-tl", LMP_CUDA_W_PACKED, 4, 128, {.q4t_persist = 1, .q4p_flags = 2, .q4t_timeline = 1}},
+             {"q4-pc-nm-tl", LMP_CUDA_W_PACKED, 4, 128, {.q4t_persist = 1, .q4p_flags = 3, .q4t_timeline = 1}},
+             {"q4-pc-s4", LMP_CUDA_W_PACKED, 4, 128, {.q4t_persist = 1, .q4p_flags = 1, .q4p_slots = 4}},
+             {"q4-p-s4", LMP_CUDA_W_PACKED, 4, 128, {.q4t_persist = 1, .q4p_slots = 4}},
+             {"q4-pw", LMP_CUDA_W_PACKED, 4, 128, {.q4t_persist = 1, .q4p_flags = 4}},
+             {"q4-pw-tl", LMP_CUDA_W_PACKED, 4, 128, {.q4t_persist = 1, .q4p_flags = 4, .q4t_timeline = 1}},
+             {"q4-pw-nm-tl", LMP_CUDA_W_PACKED, 4, 128, {.q4t_persist = 1, .q4p_flags = 6, .q4t_timeline = 1}},
+             {"q4-p-s2-tl", LMP_CUDA_W_PACKED, 4, 128, {.q4t_persist = 1, .q4p_slots = 2, .q4t_timeline = 1}},
+             {"q4-p-s3-tl", LMP_CUDA_W_PACKED, 4, 128, {.q4t_persist = 1, .q4p_slots = 3, .q4t_timeline = 1}},
+             {"q4-p-s6-tl", LMP_CUDA_W_PACKED, 4, 128, {.q4t_persist = 1, .q4p_slots = 6, .q4t_timeline = 1}},
+             {"q4-p-s2-nm-tl", LMP_CUDA_W_PACKED, 4, 128,
+              {.q4t_persist = 1, .q4p_slots = 2, .q4p_flags = 2, .q4t_timeline = 1}},
+             {"q4-d1", LMP_CUDA_W_PACKED, 4, 128, {.q4t_depth = 1}},
+             {"q4-w16", LMP_CUDA_W_PACKED, 4, 128, {.q4t_depth = 2}},
+             {"q4-d3", LMP_CUDA_W_PACKED, 4, 128, {.q4t_depth = 3}},
+             {"q4-tma", LMP_CUDA_W_PACKED, 4, 128, {.q4t_depth = 4}},
+             {"q4-att", LMP_CUDA_W_PACKED, 4, 128, {.q4t_att = 1}},
+             {"q4-tma-att", LMP_CUDA_W_PACKED, 4, 128, {.q4t_depth = 4, .q4t_att = 1}},
+             {"q4-sepatt", LMP_CUDA_W_PACKED, 4, 128, {.q4t_att = 2}},
+             {"q4-tma-w32", LMP_CUDA_W_PACKED, 4, 128, {.q4t_depth = 5}},
+             {"q4-tma-s4", LMP_CUDA_W_PACKED, 4, 128, {.q4t_depth = 6}},
+             {"q4-il", LMP_CUDA_W_PACKED, 4, 128, {.q4t_depth = 7}},
+             {"q4-tl", LMP_CUDA_W_PACKED, 4, 128, {.q4t_timeline = 1}},
+             {"q4-tl-pack", LMP_CUDA_W_PACKED, 4, 128, {.q4t_timeline = 1, .att_pack = 1}},
+             {"q4-pack", LMP_CUDA_W_PACKED, 4, 128, {.att_pack = 1}},
+             {"q4-w16-pack", LMP_CUDA_W_PACKED, 4, 128, {.q4t_depth = 2, .att_pack = 1}},
+             {"q4-kv", LMP_CUDA_W_PACKED, 4, 128, {.q4t_kvpf = 1}},
+             {"q4-tl-att", LMP_CUDA_W_PACKED, 4, 128, {.q4t_timeline = 1, .q4t_att = 1}},
+             {"q4-pf2", LMP_CUDA_W_PACKED, 4, 128, {.q4t_pf = 2}},
+             {"q4-pf4", LMP_CUDA_W_PACKED, 4, 128, {.q4t_pf = 4}},
+             {"q4-pf8", LMP_CUDA_W_PACKED, 4, 128, {.q4t_pf = 8}},
+             {"q4-pf16", LMP_CUDA_W_PACKED, 4, 128, {.q4t_pf = 16}},
+             {"q4-tma-pf8", LMP_CUDA_W_PACKED, 4, 128, {.q4t_depth = 6, .q4t_pf = 8}},
+             {"q4-tma-il", LMP_CUDA_W_PACKED, 4, 128, {.q4t_depth = 9}},
+             {"q4-w8", LMP_CUDA_W_PACKED, 4, 128, {.q4_warps = 8, .no_q4t = 1}},
+             {"q4-w8-b1", LMP_CUDA_W_PACKED, 4, 128, {.q4_warps = 8, .q4_bps = 1, .no_q4t = 1}},
+             {"q4-nopipe", LMP_CUDA_W_PACKED, 4, 128, {.q4_pipe = 2, .no_q4t = 1}},
+             {"q4-w8-nopipe", LMP_CUDA_W_PACKED, 4, 128, {.q4_warps = 8, .q4_pipe = 2, .no_q4t = 1}},
+             {"q4-nopdl", LMP_CUDA_W_PACKED, 4, 128, {.no_pdl = 1}},
+             {"q4-mega", LMP_CUDA_W_PACKED, 4, 128, {.q4_mega = 1, .no_q4t = 1}},
+             {"q4-mega-w8", LMP_CUDA_W_PACKED, 4, 128, {.q4_mega = 1, .q4_warps = 8, .no_q4t = 1}},
+             {"q4-mega-nopipe", LMP_CUDA_W_PACKED, 4, 128, {.q4_mega = 1, .q4_pipe = 2, .no_q4t = 1}},
+             {"q4-nograph", LMP_CUDA_W_PACKED, 4, 128, {.no_graph = 1}},
+             {"q4-legacy", LMP_CUDA_W_PACKED, 4, 128, {.legacy_decode = 1, .no_q4t = 1}},
+             {"q4-legacy-w1", LMP_CUDA_W_PACKED, 4, 128, {.gemv_warps = 1, .legacy_decode = 1, .no_q4t = 1}},
+             {"q4-unfused", LMP_CUDA_W_PACKED, 4, 128, {.no_fuse = 1}},
+             {"q4exact", LMP_CUDA_W_PACKED, 4, 128, {.exact_gemv = 1}},
+             {"f16-w4", LMP_CUDA_W_F16, 0, 0, {.gemv_warps = 4}},
+             {"f16-pack", LMP_CUDA_W_F16, 0, 0, {.att_pack = 1}},
+             {"f16-w2", LMP_CUDA_W_F16, 0, 0, {.gemv_warps = 2}},
+             {"f16-unfused", LMP_CUDA_W_F16, 0, 0, {.no_fuse = 1}},
+             {"f32", LMP_CUDA_W_F32, 0, 0, {.device = 0}}};
+enum { N_MODES = sizeof modes / sizeof modes[0] };
+
+/* every name of a comma-separated --only list is a mode */
+static int check_modes(const char *list)
+{
+    for (const char *p = list; *p;) {
+        const char *e = strchr(p, ',');
+        const size_t k = e ? (size_t)(e - p) : strlen(p);
+        int found = 0;
+        for (int m = 0; m < N_MODES && !found; m++)
+            found = strlen(modes[m].name) == k && !strncmp(modes[m].name, p, k);
+        if (!found) {
+            fprintf(stderr, "cuda_decode: --only: unknown mode '%.*s' (cuda_decode --help lists them)\n", (int)k, p);
+            return 0;
+        }
+        if (!e) break;
+        p = e + 1;
+    }
+    return 1;
+}
+
 int main(int argc, char **argv)
 {
     int layers = 32, tokens = 128, runs = 5, ffn = 11008;
@@ -371,10 +459,13 @@ int main(int argc, char **argv)
         else if (!strcmp(argv[i], "--only") && i + 1 < argc) only = argv[++i];
         else if (!strcmp(argv[i], "--probe")) probe = 1;
         else {
-            fprintf(stderr, "usage: cuda_decode [--layers N] [--tokens N] [--runs N] [--ffn N] [--probe] [--only all | NAME[,NAME...]: f16, q4, q4-p, q4-p-tl, q4-pc, q4-pc-tl, q4-p-nm-tl, q4-pc-nm-tl, q4-pc-s4, q4-p-s4, q4-p-s2-tl, q4-p-s3-tl, q4-p-s6-tl, q4-p-s2-nm-tl, q4-pw, q4-pw-tl, q4-pw-nm-tl, q4-rows, q4-d1, q4-w16, q4-d3, q4-tma, q4-att, q4-tma-att, q4-sepatt, q4-tma-w32, q4-tma-s4, q4-il, q4-tl, q4-tl-pack, q4-pack, q4-w16-pack, q4-kv, q4-tl-att, q4-pf2, q4-pf4, q4-pf8, q4-pf16, q4-tma-pf8, q4-tma-il, q4-w8, q4-w8-b1, q4-nopipe, q4-w8-nopipe, q4-nopdl, q4-mega, q4-mega-w8, q4-mega-nopipe, q4-nograph, q4-legacy, q4-legacy-w1, q4-unfused, q4exact, f16-w4, f16-pack, f16-w2, f16-unfused, f32]\n");
+            fprintf(stderr, "usage: cuda_decode [--layers N] [--tokens N] [--runs N] [--ffn N] [--probe] [--only all | NAME[,NAME...]]\nmodes:");
+            for (int m = 0; m < N_MODES; m++) fprintf(stderr, " %s", modes[m].name);
+            fprintf(stderr, "\n");
             return 2;
         }
     }
+    if (only && strcmp(only, "all") && !check_modes(only)) return 2;
     if (layers < 1 || tokens < 1 || runs < 1) {
         fprintf(stderr, "cuda_decode: --layers, --tokens and --runs must be positive\n");
         return 2;
@@ -428,73 +519,6 @@ int main(int argc, char **argv)
     c.rope_theta = 10000.0f;
     c.norm_eps = 1e-5f;
     c.layer = lc;
-    /* q4: the default (the tile kernels of decode_q4t.cu, PDL, one attention block per SM);
-     * the rest are the comparisons docs/GPU.md reports; -tl: with the per-block timeline */
-    static const struct {
-        const char *name;
-        enum lmp_cuda_wtype wt;
-        int bits, group;
-        struct lmp_cuda_opts o;
-    } modes[] = {{"f16", LMP_CUDA_W_F16, 0, 0, {.device = 0}},
-                 {"q4", LMP_CUDA_W_PACKED, 4, 128, {.device = 0}},
-                 {"q4-rows", LMP_CUDA_W_PACKED, 4, 128, {.no_q4t = 1}},
-                 {"q4-p", LMP_CUDA_W_PACKED, 4, 128, {.q4t_persist = 1}},
-                 {"q4-p-tl", LMP_CUDA_W_PACKED, 4, 128, {.q4t_persist = 1, .q4t_timeline = 1}},
-                 {"q4-pc", LMP_CUDA_W_PACKED, 4, 128, {.q4t_persist = 1, .q4p_flags = 1}},
-                 {"q4-pc-tl", LMP_CUDA_W_PACKED, 4, 128, {.q4t_persist = 1, .q4p_flags = 1, .q4t_timeline = 1}},
-                 {"q4-p-nm-tl", LMP_CUDA_W_PACKED, 4, 128, {.q4t_persist = 1, .q4p_flags = 2, .q4t_timeline = 1}},
-                 {"q4-pc-nm-tl", LMP_CUDA_W_PACKED, 4, 128, {.q4t_persist = 1, .q4p_flags = 3, .q4t_timeline = 1}},
-                 {"q4-pc-s4", LMP_CUDA_W_PACKED, 4, 128, {.q4t_persist = 1, .q4p_flags = 1, .q4p_slots = 4}},
-                 {"q4-p-s4", LMP_CUDA_W_PACKED, 4, 128, {.q4t_persist = 1, .q4p_slots = 4}},
-                 {"q4-pw", LMP_CUDA_W_PACKED, 4, 128, {.q4t_persist = 1, .q4p_flags = 4}},
-                 {"q4-pw-tl", LMP_CUDA_W_PACKED, 4, 128, {.q4t_persist = 1, .q4p_flags = 4, .q4t_timeline = 1}},
-                 {"q4-pw-nm-tl", LMP_CUDA_W_PACKED, 4, 128, {.q4t_persist = 1, .q4p_flags = 6, .q4t_timeline = 1}},
-                 {"q4-p-s2-tl", LMP_CUDA_W_PACKED, 4, 128, {.q4t_persist = 1, .q4p_slots = 2, .q4t_timeline = 1}},
-                 {"q4-p-s3-tl", LMP_CUDA_W_PACKED, 4, 128, {.q4t_persist = 1, .q4p_slots = 3, .q4t_timeline = 1}},
-                 {"q4-p-s6-tl", LMP_CUDA_W_PACKED, 4, 128, {.q4t_persist = 1, .q4p_slots = 6, .q4t_timeline = 1}},
-                 {"q4-p-s2-nm-tl", LMP_CUDA_W_PACKED, 4, 128,
-                  {.q4t_persist = 1, .q4p_slots = 2, .q4p_flags = 2, .q4t_timeline = 1}},
-                 {"q4-d1", LMP_CUDA_W_PACKED, 4, 128, {.q4t_depth = 1}},
-                 {"q4-w16", LMP_CUDA_W_PACKED, 4, 128, {.q4t_depth = 2}},
-                 {"q4-d3", LMP_CUDA_W_PACKED, 4, 128, {.q4t_depth = 3}},
-                 {"q4-tma", LMP_CUDA_W_PACKED, 4, 128, {.q4t_depth = 4}},
-                 {"q4-att", LMP_CUDA_W_PACKED, 4, 128, {.q4t_att = 1}},
-                 {"q4-tma-att", LMP_CUDA_W_PACKED, 4, 128, {.q4t_depth = 4, .q4t_att = 1}},
-                 {"q4-sepatt", LMP_CUDA_W_PACKED, 4, 128, {.q4t_att = 2}},
-                 {"q4-tma-w32", LMP_CUDA_W_PACKED, 4, 128, {.q4t_depth = 5}},
-                 {"q4-tma-s4", LMP_CUDA_W_PACKED, 4, 128, {.q4t_depth = 6}},
-                 {"q4-il", LMP_CUDA_W_PACKED, 4, 128, {.q4t_depth = 7}},
-                 {"q4-tl", LMP_CUDA_W_PACKED, 4, 128, {.q4t_timeline = 1}},
-                 {"q4-tl-pack", LMP_CUDA_W_PACKED, 4, 128, {.q4t_timeline = 1, .att_pack = 1}},
-                 {"q4-pack", LMP_CUDA_W_PACKED, 4, 128, {.att_pack = 1}},
-                 {"q4-w16-pack", LMP_CUDA_W_PACKED, 4, 128, {.q4t_depth = 2, .att_pack = 1}},
-                 {"q4-kv", LMP_CUDA_W_PACKED, 4, 128, {.q4t_kvpf = 1}},
-                 {"q4-tl-att", LMP_CUDA_W_PACKED, 4, 128, {.q4t_timeline = 1, .q4t_att = 1}},
-                 {"q4-pf2", LMP_CUDA_W_PACKED, 4, 128, {.q4t_pf = 2}},
-                 {"q4-pf4", LMP_CUDA_W_PACKED, 4, 128, {.q4t_pf = 4}},
-                 {"q4-pf8", LMP_CUDA_W_PACKED, 4, 128, {.q4t_pf = 8}},
-                 {"q4-pf16", LMP_CUDA_W_PACKED, 4, 128, {.q4t_pf = 16}},
-                 {"q4-tma-pf8", LMP_CUDA_W_PACKED, 4, 128, {.q4t_depth = 6, .q4t_pf = 8}},
-                 {"q4-tma-il", LMP_CUDA_W_PACKED, 4, 128, {.q4t_depth = 9}},
-                 {"q4-w8", LMP_CUDA_W_PACKED, 4, 128, {.q4_warps = 8, .no_q4t = 1}},
-                 {"q4-w8-b1", LMP_CUDA_W_PACKED, 4, 128, {.q4_warps = 8, .q4_bps = 1, .no_q4t = 1}},
-                 {"q4-nopipe", LMP_CUDA_W_PACKED, 4, 128, {.q4_pipe = 2, .no_q4t = 1}},
-                 {"q4-w8-nopipe", LMP_CUDA_W_PACKED, 4, 128, {.q4_warps = 8, .q4_pipe = 2, .no_q4t = 1}},
-                 {"q4-nopdl", LMP_CUDA_W_PACKED, 4, 128, {.no_pdl = 1}},
-                 {"q4-mega", LMP_CUDA_W_PACKED, 4, 128, {.q4_mega = 1, .no_q4t = 1}},
-                 {"q4-mega-w8", LMP_CUDA_W_PACKED, 4, 128, {.q4_mega = 1, .q4_warps = 8, .no_q4t = 1}},
-                 {"q4-mega-nopipe", LMP_CUDA_W_PACKED, 4, 128, {.q4_mega = 1, .q4_pipe = 2, .no_q4t = 1}},
-                 {"q4-nograph", LMP_CUDA_W_PACKED, 4, 128, {.no_graph = 1}},
-                 {"q4-legacy", LMP_CUDA_W_PACKED, 4, 128, {.legacy_decode = 1, .no_q4t = 1}},
-                 {"q4-legacy-w1", LMP_CUDA_W_PACKED, 4, 128, {.gemv_warps = 1, .legacy_decode = 1, .no_q4t = 1}},
-                 {"q4-unfused", LMP_CUDA_W_PACKED, 4, 128, {.no_fuse = 1}},
-                 {"q4exact", LMP_CUDA_W_PACKED, 4, 128, {.exact_gemv = 1}},
-                 {"f16-w4", LMP_CUDA_W_F16, 0, 0, {.gemv_warps = 4}},
-                 {"f16-pack", LMP_CUDA_W_F16, 0, 0, {.att_pack = 1}},
-                 {"f16-w2", LMP_CUDA_W_F16, 0, 0, {.gemv_warps = 2}},
-                 {"f16-unfused", LMP_CUDA_W_F16, 0, 0, {.no_fuse = 1}},
-                 {"f32", LMP_CUDA_W_F32, 0, 0, {.device = 0}}};
-    enum { N_MODES = sizeof modes / sizeof modes[0] };
     struct row rows[N_MODES];
     int nr = 0, rc = 0;
     printf("Llama-2-7B shape%s, %d layers, random weights, batch 1, %d tokens from position 0, median of %d runs\n",
