@@ -330,6 +330,10 @@ static int run_one(const char *name, enum lmp_cuda_wtype wt, int bits, int group
     }
     free(t);
     if (!st && o->q4t_persist == 1) fprintf(stderr, "  %-10s persistent kernel: ring of %d slots per warp (0: not used)\n", name, lmp_cuda_decode_persistent(s));
+    if (!st && o->q4t_depth >= 10) {
+        const char *why = lmp_cuda_q4t_coresident();
+        fprintf(stderr, "  %-10s co-resident tile kernels: %s%s\n", name, why ? "no, " : "yes", why ? why : "");
+    }
     if (!st && o->q4t_timeline && lmp_cuda_decode_persistent(s)) {
         const size_t n = (size_t)c->n_layers * 5 * 1024 * 6;
         unsigned long long *tlv = calloc(n, sizeof *tlv);
@@ -396,6 +400,12 @@ static const struct {
              {"q4-tma-s4", LMP_CUDA_W_PACKED, 4, 128, {.q4t_depth = 6}},
              {"q4-il", LMP_CUDA_W_PACKED, 4, 128, {.q4t_depth = 7}},
              {"q4-tl", LMP_CUDA_W_PACKED, 4, 128, {.q4t_timeline = 1}},
+             {"q4-co", LMP_CUDA_W_PACKED, 4, 128, {.q4t_depth = 10}},
+             {"q4-co-tl", LMP_CUDA_W_PACKED, 4, 128, {.q4t_depth = 10, .q4t_timeline = 1}},
+             {"q4-cs", LMP_CUDA_W_PACKED, 4, 128, {.q4t_depth = 11}},
+             {"q4-cs-tl", LMP_CUDA_W_PACKED, 4, 128, {.q4t_depth = 11, .q4t_timeline = 1}},
+             {"q4-cr", LMP_CUDA_W_PACKED, 4, 128, {.q4t_depth = 12}},
+             {"q4-cr-tl", LMP_CUDA_W_PACKED, 4, 128, {.q4t_depth = 12, .q4t_timeline = 1}},
              {"q4-tl-pack", LMP_CUDA_W_PACKED, 4, 128, {.q4t_timeline = 1, .att_pack = 1}},
              {"q4-pack", LMP_CUDA_W_PACKED, 4, 128, {.att_pack = 1}},
              {"q4-w16-pack", LMP_CUDA_W_PACKED, 4, 128, {.q4t_depth = 2, .att_pack = 1}},

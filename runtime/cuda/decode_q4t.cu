@@ -48,6 +48,12 @@
 /* input loads in flight per thread in q4t_prep: 3 measured 1.654 vs 1.687 ms/token for 1 */
 #define Q4T_PREP_U 3
 
+/* registers per thread of q4t_bkernel: what one block per SM allows, but 64 for the
+ * co-resident shapes (14 warps for q/k/v and gate/up, 18 for the plain products), so that
+ * a block of each fits on one SM and two of the same do not (k_q4t_init_attrs checks) */
+#define Q4T_CO(NW) ((NW) == 14 || (NW) == 18)
+#define Q4T_NREG(NW) (Q4T_CO(NW) ? 64 : (65536 / ((NW) * 32) > 255 ? 255 : (65536 / ((NW) * 32)) & ~7))
+
 /* one item's loads: both halves of the codes of 1 or 2 matrices, scales/zeros */
 template <int MODE>
 struct q4t_regs {
@@ -184,13 +190,14 @@ static __device__ __forceinline__ void q4t_next(int &t, int &j, int st, int nc)
 template <int MODE, int D, class End>
 static __device__ __forceinline__ void q4t_stream(const struct q4t_args &A, q4t_walk W,
                                                   q4t_regs<MODE> (&buf)[D], int lt, int lj,
-                                                  const unsigned char *sm, int lane, End end)
+                                                  const unsigned char *sm, int lane, End end,
+                                                  const float (&s0)[4])
 {
     const int nc = A.nc, c = lane & 3;
     const uint4 *xb4 = (const uint4 *)((const float *)sm + A.cols);
     const float2 *ox = (const float2 *)(xb4 + (A.cols >> 3));
     int t = W.f0 / nc, j = W.f0 - t * nc;
-    float ya = 0.0f, yb = 0.0f, ua = 0.0f, ub = 0.0f;
+    float ya = s0[0], yb = s0[1], ua = s0[2], ub = s0[3];
     for (int k0 = 0; k0 < W.cnt; k0 += D) {
 #pragma unroll
         for (int d = 0; d < D; d++) {
@@ -219,6 +226,162 @@ static __device__ __forceinline__ void q4t_stream(const struct q4t_args &A, q4t_
                 q4t_next(t, j, W.st, nc);
             }
         }
+    }
+}
+
+/* ---- the stash: a warp's first items copied into shared memory before the dependency ------
+ * With the co-resident shapes (k_q4t_launch) the next kernel's blocks are resident while this
+ * one runs, so whatever they request before their dependency wait arrives while DRAM would
+ * otherwise idle (this kernel's epilogue, the attention, their own input preparation). The
+ * registers hold D items per warp; the stash holds A.stash more, by cp.async (16 bytes per
+ * lane, L1 bypassed; the scales 8 bytes per lane of the first 8 or 16), one unit per item:
+ * its codes as the warp reads them (lane L: bytes 16 L and 512 + 16 L; gate/up: the up
+ * matrix's 1 KB after), then the 8 uint2 of scales and zeros (gate/up: and the up's). */
+
+template <int MODE>
+static __device__ __forceinline__ int q4t_unit(void)
+{
+    return MODE == Q4F_GU ? 2048 + 128 : 1024 + 64;
+}
+
+static __device__ __forceinline__ void q4t_cp16(uint32_t dst, const void *src)
+{
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(dst), "l"(src) : "memory");
+}
+static __device__ __forceinline__ void q4t_cp8(uint32_t dst, const void *src)
+{
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 8;" ::"r"(dst), "l"(src) : "memory");
+}
+
+/* the copies of item (t, j) into the unit at shared address u (every lane) */
+template <int MODE>
+static __device__ __forceinline__ void q4t_unit_issue(const struct q4t_args &A, int t, int j, uint32_t u,
+                                                      int lane)
+{
+    const int mi = q4t_mat<MODE>(A, t), lt = t - A.m[mi].tile0;
+    const unsigned it = (unsigned)(lt * A.nc + j) * 64u + (unsigned)lane;
+    const unsigned gi = (unsigned)(lt * A.ngr + (j >> A.cshift)) * 8u;
+    q4t_cp16(u + 16 * lane, A.m[mi].codes + it);
+    q4t_cp16(u + 512 + 16 * lane, A.m[mi].codes + it + 32);
+    const int IB = MODE == Q4F_GU ? 2048 : 1024;
+    if (MODE == Q4F_GU) {
+        q4t_cp16(u + 1024 + 16 * lane, A.m[1].codes + it);
+        q4t_cp16(u + 1536 + 16 * lane, A.m[1].codes + it + 32);
+        if (lane >= 8 && lane < 16) q4t_cp8(u + IB + 8 * lane, A.m[1].sz + gi + (lane - 8));
+    }
+    if (lane < 8) q4t_cp8(u + IB + 8 * lane, A.m[mi].sz + gi + lane);
+}
+
+static __device__ __forceinline__ void q4t_commit(void) { asm volatile("cp.async.commit_group;" ::: "memory"); }
+
+/* until at most n of this thread's copy groups are pending (n < 8) */
+static __device__ __forceinline__ void q4t_wait_groups(int n)
+{
+    switch (n) {
+    case 0: asm volatile("cp.async.wait_group 0;" ::: "memory"); break;
+    case 1: asm volatile("cp.async.wait_group 1;" ::: "memory"); break;
+    case 2: asm volatile("cp.async.wait_group 2;" ::: "memory"); break;
+    case 3: asm volatile("cp.async.wait_group 3;" ::: "memory"); break;
+    case 4: asm volatile("cp.async.wait_group 4;" ::: "memory"); break;
+    case 5: asm volatile("cp.async.wait_group 5;" ::: "memory"); break;
+    case 6: asm volatile("cp.async.wait_group 6;" ::: "memory"); break;
+    default: asm volatile("cp.async.wait_group 7;" ::: "memory"); break;
+    }
+}
+
+/* the copies of the warp's items 0 .. P - 1 into its stash st (one group; with ring, a
+ * group per item, P of them even past the warp's last item) */
+template <int MODE>
+static __device__ __forceinline__ void q4t_stash_issue(const struct q4t_args &A, q4t_walk W, int P,
+                                                       unsigned char *st, int lane, bool ring)
+{
+    const uint32_t s0 = q4t_saddr(st);
+    int t = W.f0 / A.nc, j = W.f0 - t * A.nc;
+    for (int k = 0; k < P; k++) {
+        if (k < W.cnt) q4t_unit_issue<MODE>(A, t, j, s0 + (uint32_t)(k * q4t_unit<MODE>()), lane);
+        if (ring) q4t_commit();
+        q4t_next(t, j, W.st, A.nc);
+    }
+    if (!ring) q4t_commit();
+}
+
+/* All of the warp's items through its stash used as a ring of R units (A.ring): item k in
+ * unit k % R, refilled with item k + R once every lane has read it; the tile sums in s. */
+template <int MODE, class End>
+static __device__ __forceinline__ void q4t_ring_run(const struct q4t_args &A, q4t_walk W, int R,
+                                                    unsigned char *st, const unsigned char *sm, int lane,
+                                                    End end, float (&s)[4])
+{
+    const int nc = A.nc, c = lane & 3, g = lane >> 2, IB = MODE == Q4F_GU ? 2048 : 1024;
+    const uint4 *xb4 = (const uint4 *)((const float *)sm + A.cols);
+    const float2 *ox = (const float2 *)(xb4 + (A.cols >> 3));
+    const uint32_t s0 = q4t_saddr(st);
+    int t = W.f0 / nc, j = W.f0 - t * nc, ft = t, fj = j;
+    for (int k = 0; k < R; k++) q4t_next(ft, fj, W.st, nc); /* the next item to copy: R */
+    for (int k = 0, slot = 0; k < W.cnt; k++) {
+        q4t_wait_groups(R - 1); /* groups issued: R + k; item k's is done */
+        __syncwarp();
+        const unsigned char *u = st + slot * q4t_unit<MODE>();
+        const uint4 *cw = (const uint4 *)u;
+        const uint2 *sz = (const uint2 *)(u + IB);
+        uint4 xb[4];
+#pragma unroll
+        for (int p = 0; p < 4; p++) xb[p] = xb4[(4 * j + p) * 4 + c];
+        const float2 o = ox[j];
+        float acc[4];
+        q4t_item(acc, cw[lane], cw[32 + lane], xb);
+        q4t_scale(s[0], s[1], acc, sz[g], o);
+        if (MODE == Q4F_GU) {
+            q4t_item(acc, cw[64 + lane], cw[96 + lane], xb);
+            q4t_scale(s[2], s[3], acc, sz[8 + g], o);
+        }
+        __syncwarp(); /* the unit read by every lane */
+        if (k + R < W.cnt) {
+            q4t_unit_issue<MODE>(A, ft, fj, s0 + (uint32_t)(slot * q4t_unit<MODE>()), lane);
+            q4t_next(ft, fj, W.st, nc);
+        }
+        q4t_commit();
+        if (j + W.st >= nc || k == W.cnt - 1) {
+            end(t, s[0], s[1], s[2], s[3]);
+            s[0] = s[1] = s[2] = s[3] = 0.0f;
+        }
+        q4t_next(t, j, W.st, nc);
+        if (++slot == R) slot = 0;
+    }
+}
+
+/* the warp's items 0 .. P - 1 from its stash: the tile sums in s (end as q4t_stream) */
+template <int MODE, class End>
+static __device__ __forceinline__ void q4t_stash_run(const struct q4t_args &A, q4t_walk W, int P,
+                                                     const unsigned char *st, const unsigned char *sm,
+                                                     int lane, End end, float (&s)[4])
+{
+    asm volatile("cp.async.wait_all;" ::: "memory");
+    __syncwarp(); /* the other lanes' copies */
+    const int nc = A.nc, c = lane & 3, g = lane >> 2, IB = MODE == Q4F_GU ? 2048 : 1024;
+    const uint4 *xb4 = (const uint4 *)((const float *)sm + A.cols);
+    const float2 *ox = (const float2 *)(xb4 + (A.cols >> 3));
+    int t = W.f0 / nc, j = W.f0 - t * nc;
+    for (int k = 0; k < P; k++) {
+        const unsigned char *u = st + k * q4t_unit<MODE>();
+        const uint4 *cw = (const uint4 *)u;
+        const uint2 *sz = (const uint2 *)(u + IB);
+        uint4 xb[4];
+#pragma unroll
+        for (int p = 0; p < 4; p++) xb[p] = xb4[(4 * j + p) * 4 + c];
+        const float2 o = ox[j];
+        float acc[4];
+        q4t_item(acc, cw[lane], cw[32 + lane], xb);
+        q4t_scale(s[0], s[1], acc, sz[g], o);
+        if (MODE == Q4F_GU) {
+            q4t_item(acc, cw[64 + lane], cw[96 + lane], xb);
+            q4t_scale(s[2], s[3], acc, sz[8 + g], o);
+        }
+        if (j + W.st >= nc || k == W.cnt - 1) {
+            end(t, s[0], s[1], s[2], s[3]);
+            s[0] = s[1] = s[2] = s[3] = 0.0f;
+        }
+        q4t_next(t, j, W.st, nc);
     }
 }
 
@@ -365,7 +528,7 @@ static __device__ __forceinline__ void q4t_block_out(const struct q4t_args &A, c
  * and warp), and after one barrier the block's threads add each row's 16 slots in order and
  * finish the rows. No global memory traffic beyond the weights, input and outputs. */
 template <int MODE, int D, int NW>
-__global__ void __launch_bounds__(NW * 32, 1) q4t_bkernel(const __grid_constant__ struct q4t_args A)
+__global__ void __launch_bounds__(NW * 32, 1) __maxnreg__(Q4T_NREG(NW)) q4t_bkernel(const __grid_constant__ struct q4t_args A)
 {
     extern __shared__ __align__(16) unsigned char q4t_sm[];
     __shared__ float red[66];
@@ -376,9 +539,16 @@ __global__ void __launch_bounds__(NW * 32, 1) q4t_bkernel(const __grid_constant_
     const int tpb = (A.tiles + gridDim.x - 1) / gridDim.x;
     const int t0 = min(A.tiles, (int)blockIdx.x * tpb), t1 = min(A.tiles, t0 + tpb);
     const q4t_walk W = q4t_items<NW>(A, t0, t1, w);
+    /* items 0 .. P - 1 through the stash, the rest through the registers */
+    const bool ring = Q4T_CO(NW) && A.ring && A.stash > 0;
+    const int P = ring ? A.stash : Q4T_CO(NW) ? min(A.stash, W.cnt) : 0; /* compiled out of the other shapes */
+    unsigned char *stash = q4t_sm + A.stash_off + (size_t)w * A.stash * q4t_unit<MODE>();
+    if (P > 0) q4t_stash_issue<MODE>(A, W, P, stash, lane, ring); /* before the dependency */
+    q4t_walk WR = W;
+    WR.f0 += P * W.st, WR.cnt = ring ? 0 : WR.cnt - P;
     q4t_regs<MODE> buf[D];
     int lt, lj;
-    q4t_preload<MODE, D>(A, W, buf, lt, lj, lane); /* before the dependency */
+    q4t_preload<MODE, D>(A, WR, buf, lt, lj, lane); /* before the dependency */
     if (A.pf && lane == 0) q4t_prefetch<MODE, D>(A, W);
     if (MODE == Q4F_QKV && A.kvpf && threadIdx.x == 0) q4t_kv_prefetch(A);
     float *part = (float *)(q4t_sm + k_q4t_smem_dev(A.cols));
@@ -388,14 +558,17 @@ __global__ void __launch_bounds__(NW * 32, 1) q4t_bkernel(const __grid_constant_
     const float ys = q4t_prep(A, q4t_sm, red); /* its barriers order the zeroing */
     q4t_mark(A, 2);
     const int g = lane >> 2;
-    q4t_stream<MODE, D>(A, W, buf, lt, lj, q4t_sm, lane,
-                        [&](int t, float ya, float yb, float ua, float ub) {
-                            if ((lane & 3) == 0) {
-                                float *sl = part + ((t - t0) * NW + w) * RPU;
-                                sl[g] = ya, sl[g + 8] = yb;
-                                if (MODE == Q4F_GU) sl[16 + g] = ua, sl[24 + g] = ub;
-                            }
-                        });
+    auto end = [&](int t, float ya, float yb, float ua, float ub) {
+        if ((lane & 3) == 0) {
+            float *sl = part + ((t - t0) * NW + w) * RPU;
+            sl[g] = ya, sl[g + 8] = yb;
+            if (MODE == Q4F_GU) sl[16 + g] = ua, sl[24 + g] = ub;
+        }
+    };
+    float sums[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    if (ring) q4t_ring_run<MODE>(A, W, P, stash, q4t_sm, lane, end, sums);
+    else if (P > 0) q4t_stash_run<MODE>(A, W, P, stash, q4t_sm, lane, end, sums);
+    q4t_stream<MODE, D>(A, WR, buf, lt, lj, q4t_sm, lane, end, sums);
     __syncthreads();
     q4t_mark(A, 3);
     q4t_block_out<MODE, NW>(A, part, t0, t1, ys, q4t_sm);
@@ -719,13 +892,14 @@ void k_q4t_args(struct q4t_args *a, const struct cu_mat *const *m, float *const 
 
 /* tma: q4t_tkernel with D stages per warp */
 template <int MODE, int D, int NW, int TMA>
-static enum lmp_status q4t_launch(cudaStream_t st, const struct q4t_args *a, int pdl,
+static enum lmp_status q4t_launch(cudaStream_t st, const struct q4t_args *a, int pdl, size_t smem_set,
                                   struct lmp_err *err)
 {
     int blocks;
     size_t smem;
     q4t_grid(a->tiles, a->cols, MODE, NW, TMA ? D : 0,
              a->att ? ATT_ROW_SMEM(NW * 32, a->hd, a->max_ctx) * sizeof(float) : 0, &blocks, &smem);
+    if (smem_set) smem = smem_set;
     cudaLaunchConfig_t cfg = {};
     cudaLaunchAttribute at;
     memset(&at, 0, sizeof at);
@@ -781,14 +955,79 @@ static cudaError_t q4t_attr(int v)
     F(Q4F_GU, 3, 16, 0) F(Q4F_GU, 4, 16, 0) F(Q4F_GU, 2, 32, 0)                                \
     F(Q4F_PLAIN, 8, 16, 1) F(Q4F_QKV, 8, 16, 1) F(Q4F_GU, 4, 16, 1)                            \
     F(Q4F_PLAIN, 4, 32, 1) F(Q4F_QKV, 4, 32, 1) F(Q4F_GU, 2, 32, 1)                            \
-    F(Q4F_PLAIN, 4, 16, 1) F(Q4F_QKV, 4, 16, 1) F(Q4F_GU, 2, 16, 1)
-#define Q4T_NSHAPES 10
-static const int q4t_shapes[Q4T_NSHAPES][6] = {
+    F(Q4F_PLAIN, 4, 16, 1) F(Q4F_QKV, 4, 16, 1) F(Q4F_GU, 2, 16, 1)                            \
+    F(Q4F_PLAIN, 2, 18, 0) F(Q4F_QKV, 2, 14, 0) F(Q4F_GU, 1, 14, 0)
+#define Q4T_NSHAPES 13
+static const int q4t_shapes[Q4T_NSHAPES][7] = {
     /* PLAIN/QKV depth and warps, GU depth and warps, TMA ring (depth = its stages), the
-       warps taking the block's items in turn */
-    {2, 32, 3, 16, 0, 0}, {6, 16, 4, 16, 0, 0}, {4, 16, 3, 16, 0, 0}, {3, 32, 2, 32, 0, 0},
-    {8, 16, 4, 16, 1, 0}, {4, 32, 2, 32, 1, 0}, {4, 16, 2, 16, 1, 0},
-    {2, 32, 3, 16, 0, 1}, {4, 16, 3, 16, 0, 1}, {4, 16, 2, 16, 1, 1}};
+       warps taking the block's items in turn, co-resident (1; 2 with the stash; the warps
+       are then 18 for PLAIN, 14 for QKV and GU; GU depth 1; 3: every item through the
+       stash as a ring) */
+    {2, 32, 3, 16, 0, 0, 0}, {6, 16, 4, 16, 0, 0, 0}, {4, 16, 3, 16, 0, 0, 0}, {3, 32, 2, 32, 0, 0, 0},
+    {8, 16, 4, 16, 1, 0, 0}, {4, 32, 2, 32, 1, 0, 0}, {4, 16, 2, 16, 1, 0, 0},
+    {2, 32, 3, 16, 0, 1, 0}, {4, 16, 3, 16, 0, 1, 0}, {4, 16, 2, 16, 1, 1, 0},
+    {2, 18, 1, 14, 0, 0, 1}, {2, 18, 1, 14, 0, 0, 2}, {2, 18, 1, 14, 0, 0, 3}};
+
+/* The co-resident shapes: the q/k/v and gate/up blocks ("S") take just over half an SM's
+ * shared memory, so two of them never share an SM; the plain blocks (o, down, the head:
+ * "R") take just over half its registers; an S block and an R block fit together. A
+ * layer's launches alternate S (q/k/v), attention (small blocks), R (o), S (gate/up), R
+ * (down), so each launch's blocks are resident, one per SM, while the one before runs and
+ * can issue their first loads then (PDL). k_q4t_init_attrs sets these when the device's
+ * limits and the kernels' registers allow it (else the co-resident shapes fall back to 0). */
+static struct {
+    int ok;
+    size_t s_dyn, r_dyn; /* dynamic shared memory: S exactly, R at most */
+    char why[160];       /* when not ok */
+} q4t_co;
+
+/* registers a block of nw warps holds (per warp in units of 256) */
+static int q4t_block_regs(const cudaFuncAttributes &fa, int nw)
+{
+    return nw * ((fa.numRegs * 32 + 255) / 256 * 256);
+}
+
+static void q4t_co_setup(void)
+{
+    int dev = 0, sm_smem = 0, res = 0, sm_regs = 0, sm_thr = 0;
+    cudaFuncAttributes fs[2], fr;
+    q4t_co.ok = 0;
+    if (cudaGetDevice(&dev) || cudaDeviceGetAttribute(&sm_smem, cudaDevAttrMaxSharedMemoryPerMultiprocessor, dev) ||
+        cudaDeviceGetAttribute(&res, cudaDevAttrReservedSharedMemoryPerBlock, dev) ||
+        cudaDeviceGetAttribute(&sm_regs, cudaDevAttrMaxRegistersPerMultiprocessor, dev) ||
+        cudaDeviceGetAttribute(&sm_thr, cudaDevAttrMaxThreadsPerMultiProcessor, dev) ||
+        cudaFuncGetAttributes(&fs[0], q4t_bkernel<Q4F_QKV, 2, 14>) ||
+        cudaFuncGetAttributes(&fs[1], q4t_bkernel<Q4F_GU, 1, 14>) ||
+        cudaFuncGetAttributes(&fr, q4t_bkernel<Q4F_PLAIN, 2, 18>)) {
+        snprintf(q4t_co.why, sizeof q4t_co.why, "device or kernel attributes not readable");
+        return;
+    }
+    /* S: half the SM's shared memory + 1 KB with its reserve and static part */
+    const size_t s_tot = (size_t)sm_smem / 2 + 1024;
+    size_t s_stat = fs[0].sharedSizeBytes > fs[1].sharedSizeBytes ? fs[0].sharedSizeBytes : fs[1].sharedSizeBytes;
+    q4t_co.s_dyn = s_tot - (size_t)res - s_stat;
+    const size_t r_tot = (size_t)sm_smem - s_tot - 1024;
+    q4t_co.r_dyn = r_tot - (size_t)res - fr.sharedSizeBytes;
+    const int sr = q4t_block_regs(fs[0], 14) > q4t_block_regs(fs[1], 14) ? q4t_block_regs(fs[0], 14)
+                                                                          : q4t_block_regs(fs[1], 14);
+    const int rr = q4t_block_regs(fr, 18);
+    if (sr + rr > sm_regs || 2 * rr <= sm_regs || 14 * 32 + 18 * 32 > sm_thr || q4t_co.s_dyn > q4t_smem_limit ||
+        q4t_co.r_dyn > q4t_smem_limit) {
+        snprintf(q4t_co.why, sizeof q4t_co.why,
+                 "registers %d + %d of %d per SM (R twice must not fit), shared memory %zu / %zu of %zu",
+                 sr, rr, sm_regs, q4t_co.s_dyn, q4t_co.r_dyn, q4t_smem_limit);
+        return;
+    }
+    int n0 = 0, n1 = 0, n2 = 0;
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n0, q4t_bkernel<Q4F_QKV, 2, 14>, 14 * 32, q4t_co.s_dyn) ||
+        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n1, q4t_bkernel<Q4F_GU, 1, 14>, 14 * 32, q4t_co.s_dyn) ||
+        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n2, q4t_bkernel<Q4F_PLAIN, 2, 18>, 18 * 32, 0) ||
+        n0 != 1 || n1 != 1 || n2 != 1) {
+        snprintf(q4t_co.why, sizeof q4t_co.why, "blocks per SM %d, %d, %d (need 1 each)", n0, n1, n2);
+        return;
+    }
+    q4t_co.ok = 1;
+}
 
 enum lmp_status k_q4t_init_attrs(size_t smem_max, struct lmp_err *err)
 {
@@ -800,8 +1039,11 @@ enum lmp_status k_q4t_init_attrs(size_t smem_max, struct lmp_err *err)
     Q4T_EACH(Q4T_ATTR)
 #undef Q4T_ATTR
     CU_TRY(e, "q4 tile kernel attributes");
+    q4t_co_setup();
     return LMP_OK;
 }
+
+const char *k_q4t_co_status(void) { return q4t_co.ok ? NULL : q4t_co.why; }
 
 enum lmp_status k_q4t_launch(cudaStream_t st, const struct q4t_args *a, int mode, int pdl,
                              int shape, struct lmp_err *err)
@@ -815,13 +1057,32 @@ enum lmp_status k_q4t_launch(cudaStream_t st, const struct q4t_args *a, int mode
                  a->att ? ATT_ROW_SMEM(sh[1] * 32, a->hd, a->max_ctx) * sizeof(float) : 0, &blocks, &smem);
         if (smem + q4t_tma_over > q4t_smem_limit) sh = q4t_shapes[0];
     }
+    if (sh[6] && (!q4t_co.ok || a->att)) sh = q4t_shapes[0]; /* fused attention: not co-resident */
     const int tma = sh[4];
     struct q4t_args b = *a;
     b.il = sh[5];
-    const int d = mode == Q4F_GU ? sh[2] : sh[0], nw = mode == Q4F_GU ? sh[3] : sh[1];
+    const int d = mode == Q4F_GU ? sh[2] : sh[0];
+    const int nw = sh[6] ? (mode == Q4F_PLAIN ? 18 : 14) : mode == Q4F_GU ? sh[3] : sh[1];
+    size_t smem = 0; /* 0: as q4t_grid says */
+    if (sh[6]) {
+        /* the input and partial sums, then the stash in what is left of S's or R's share */
+        int blocks;
+        size_t base;
+        q4t_grid(a->tiles, a->cols, mode, nw, 0, 0, &blocks, &base);
+        base = (base + 15) & ~(size_t)15;
+        const size_t have = mode == Q4F_PLAIN ? q4t_co.r_dyn : q4t_co.s_dyn;
+        if (base > have) return k_q4t_launch(st, a, mode, pdl, 0, err);
+        const size_t unit = mode == Q4F_GU ? 2048 + 128 : 1024 + 64;
+        b.stash_off = (int)base;
+        b.stash = sh[6] >= 2 ? (int)((have - base) / ((size_t)nw * unit)) : 0;
+        if (b.stash > (sh[6] == 3 ? 8 : 16)) b.stash = sh[6] == 3 ? 8 : 16;
+        b.ring = sh[6] == 3;
+        if (b.ring && b.stash < 2) return k_q4t_launch(st, a, mode, pdl, 0, err);
+        smem = mode == Q4F_PLAIN ? base + (size_t)b.stash * nw * unit : have;
+    }
 #define Q4T_CASE(MODE, D, NW, TMA)                                                            \
     if (mode == MODE && d == D && nw == NW && tma == TMA)                                     \
-        return q4t_launch<MODE, D, NW, TMA>(st, &b, pdl, err);
+        return q4t_launch<MODE, D, NW, TMA>(st, &b, pdl, smem, err);
     Q4T_EACH(Q4T_CASE)
 #undef Q4T_CASE
     return lmp_err_set(err, LMP_ERR_INTERNAL, "q4 tile kernel: no variant for mode %d shape %d", mode, shape);

@@ -136,6 +136,9 @@ struct q4t_args {
     int kvpf;              /* QKV: the blocks prefetch the layer's cached K and V rows into L2 */
     unsigned long long *tl; /* timeline (lmp_cuda_opts.q4t_timeline): Q4T_TL values per block */
     int tl_slot;           /* its first block's row: (layer * 4 + product, the head n_layers * 4) x blocks */
+    int stash;             /* items per warp copied into shared memory before the dependency */
+    int stash_off;         /* where the stash starts in the dynamic shared memory (bytes) */
+    int ring;              /* every item through the stash, used as a ring of `stash` units */
 };
 
 /* timeline of a tile-kernel block: %globaltimer (ns) at start, after the dependency, after
@@ -396,6 +399,8 @@ void k_q4t_args(struct q4t_args *a, const struct cu_mat *const *m, float *const 
 enum lmp_status k_q4t_launch(cudaStream_t st, const struct q4t_args *a, int mode, int pdl,
                              int shape, struct lmp_err *err);
 enum lmp_status k_q4t_init_attrs(size_t smem_max, struct lmp_err *err);
+/* NULL when the co-resident shapes (10, 11) run as such; else why they fall back to 0 */
+const char *k_q4t_co_status(void);
 
 /* Sets a's slots and shared-memory offsets for inputs up to max_cols wide, part_bytes of
  * partial sums, max_nh heads and contexts up to max_ctx; returns the dynamic shared memory

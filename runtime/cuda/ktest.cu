@@ -274,10 +274,12 @@ extern "C" enum lmp_status lmp_cuda_k_qmatmul(const struct lmp_qview *w, const f
         }
         struct q4f_extra x;
         memset(&x, 0, sizeof x);
-        /* inputs take turns: register ring, 32 warps, TMA ring, both rings with the items in turn */
-        static const int shapes[5] = {0, 2, 4, 7, 9};
+        /* inputs take turns: register ring, 32 warps, TMA ring, both rings with the items in
+           turn, co-resident with and without the stash, and
+           with the ring */
+        static const int shapes[8] = {0, 2, 4, 7, 9, 10, 11, 12};
         for (int i = 0; i < n; i++) {
-            const int shape = shapes[i % 5];
+            const int shape = shapes[i % 8];
             float *yy[2] = {dy + (size_t)i * w->rows, NULL};
             x.x = dx + (size_t)i * w->cols;
             struct q4t_args a;

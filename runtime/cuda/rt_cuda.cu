@@ -428,7 +428,7 @@ static void state_opts(struct lmp_cuda_state *s, const struct lmp_cuda_opts *o)
     s->q4_pipe = o->q4_pipe == 1 ? 1 : o->q4_pipe == 2 ? 0 : Q4F_PIPE;
     s->q4_mega = s->q4f && o->q4_mega;
     s->q4t = s->q4f && !o->no_q4t;
-    s->q4t_depth = o->q4t_depth >= 0 && o->q4t_depth <= 9 ? o->q4t_depth : 0;
+    s->q4t_depth = o->q4t_depth >= 0 && o->q4t_depth <= 12 ? o->q4t_depth : 0;
     s->q4t_att = o->q4t_att == 1 ? 1 : o->q4t_att == 2 ? 0 : Q4T_ATT;
     s->q4t_pf = o->q4t_pf >= 0 && o->q4t_pf <= 64 ? o->q4t_pf : 0;
     s->q4t_kvpf = o->q4t_kvpf;
@@ -1088,6 +1088,8 @@ static int head_q4t(const struct lmp_cuda_state *s)
     return s->q4t && s->q4t_hcnt && k_q4t_ok(&head, 1, Q4F_PLAIN, s->smem_max) && al16(s->h) &&
            al16(s->out_norm);
 }
+
+extern "C" const char *lmp_cuda_q4t_coresident(void) { return k_q4t_co_status(); }
 
 extern "C" int lmp_cuda_timeline(const struct lmp_cuda_state *s, unsigned long long *out, size_t n)
 {

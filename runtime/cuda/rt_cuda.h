@@ -78,7 +78,14 @@ struct lmp_cuda_opts {
                          3 (32 warps; 3, 2); through a shared-memory ring filled by bulk
                          copies: 4 (16 warps, 8 stages of 1 KB; gate/up 4 of 2 KB), 5 (32
                          warps; 4, 2), 6 (16 warps; 4, 2); with the warps taking the block's
-                         items in turn (not contiguous shares): 7 (as 0), 8 (as 2), 9 (as 6) */
+                         items in turn (not contiguous shares): 7 (as 0), 8 (as 2), 9 (as 6); co-resident
+                         (a q/k/v or gate/up block and an o or down block fit on one SM
+                         together, so each launch's blocks start while the one before runs):
+                         10 (18 and 14 warps, 2 items in flight), 11 (as 10, and as many
+                         items per warp as fit copied into shared memory before the
+                         dependency), 12 (as 10, every item through a shared-memory ring
+                         filled by cp.async, its first slots before the dependency); see
+                         lmp_cuda_q4t_coresident */
     int q4t_pf;       /* the tile kernels' blocks prefetch this many items per warp (after
                          the first in flight) into L2 before they wait for the previous
                          kernel (0: none) */
@@ -102,6 +109,10 @@ struct lmp_cuda_opts {
 };
 
 struct lmp_cuda_state;
+
+/* After a state was created: NULL when q4t_depth 10 and 11 run co-resident on this device,
+ * else why they run as 0. */
+const char *lmp_cuda_q4t_coresident(void);
 
 /* Uploads the model's weights and allocates the KV cache for max_ctx positions and scratch
  * for batches of up to max_batch tokens. The model may be freed afterwards (nothing on the

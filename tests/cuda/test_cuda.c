@@ -539,6 +539,9 @@ TEST(cuda_forward_q4_g128_vs_cpu)
                {1, 0, 0, 5, 0, 0, "Q4 g128 logits, tile decode kernels, TMA ring, 32 warps, no PDL"},
                {0, 0, 0, 6, 0, 0, "Q4 g128 logits, tile decode kernels, TMA ring of 4"},
                {0, 0, 0, 1, 0, 0, "Q4 g128 logits, tile decode kernels, 6 in flight"},
+               {0, 0, 0, 10, 0, 0, "Q4 g128 logits, tile decode kernels, co-resident"},
+               {0, 0, 0, 11, 0, 0, "Q4 g128 logits, tile decode kernels, co-resident with the stash"},
+               {0, 0, 0, 12, 0, 0, "Q4 g128 logits, tile decode kernels, co-resident, cp.async ring"},
                {0, 0, 1, 0, 0, 0, "Q4 g128 logits, row-streaming decode kernels"},
                {1, 0, 1, 0, 0, 0, "Q4 g128 logits, row-streaming decode kernels without PDL"},
                {0, 1, 1, 0, 0, 0, "Q4 g128 logits, persistent decode kernel"}};
