@@ -238,10 +238,12 @@ static __device__ __forceinline__ void q4t_stream(const struct q4t_args &A, q4t_
  * its codes as the warp reads them (lane L: bytes 16 L and 512 + 16 L; gate/up: the up
  * matrix's 1 KB after), then the 8 uint2 of scales and zeros (gate/up: and the up's). */
 
+/* bytes of a stash unit of a launch in mode m (the host sizes the stash with it too) */
+static __host__ __device__ __forceinline__ int q4t_unit_bytes(int m) { return m == Q4F_GU ? 2048 + 128 : 1024 + 64; }
 template <int MODE>
 static __device__ __forceinline__ int q4t_unit(void)
 {
-    return MODE == Q4F_GU ? 2048 + 128 : 1024 + 64;
+    return q4t_unit_bytes(MODE);
 }
 
 static __device__ __forceinline__ void q4t_cp16(uint32_t dst, const void *src)
@@ -305,6 +307,29 @@ static __device__ __forceinline__ void q4t_stash_issue(const struct q4t_args &A,
     if (!ring) q4t_commit();
 }
 
+/* the item of chunk j in the stash unit u against the input in sm (q4t_prep): added to the
+ * tile sums s (gate/up: s[2], s[3] the up matrix's) */
+template <int MODE>
+static __device__ __forceinline__ void q4t_unit_sum(const unsigned char *u, const unsigned char *sm, int cols,
+                                                    int j, int lane, float (&s)[4])
+{
+    const int c = lane & 3, g = lane >> 2, IB = MODE == Q4F_GU ? 2048 : 1024;
+    const uint4 *xb4 = (const uint4 *)((const float *)sm + cols);
+    const float2 o = ((const float2 *)(xb4 + (cols >> 3)))[j];
+    const uint4 *cw = (const uint4 *)u;
+    const uint2 *sz = (const uint2 *)(u + IB);
+    uint4 xb[4];
+#pragma unroll
+    for (int p = 0; p < 4; p++) xb[p] = xb4[(4 * j + p) * 4 + c];
+    float acc[4];
+    q4t_item(acc, cw[lane], cw[32 + lane], xb);
+    q4t_scale(s[0], s[1], acc, sz[g], o);
+    if (MODE == Q4F_GU) {
+        q4t_item(acc, cw[64 + lane], cw[96 + lane], xb);
+        q4t_scale(s[2], s[3], acc, sz[8 + g], o);
+    }
+}
+
 /* All of the warp's items through its stash used as a ring of R units (A.ring): item k in
  * unit k % R, refilled with item k + R once every lane has read it; the tile sums in s. */
 template <int MODE, class End>
@@ -312,9 +337,7 @@ static __device__ __forceinline__ void q4t_ring_run(const struct q4t_args &A, q4
                                                     unsigned char *st, const unsigned char *sm, int lane,
                                                     End end, float (&s)[4])
 {
-    const int nc = A.nc, c = lane & 3, g = lane >> 2, IB = MODE == Q4F_GU ? 2048 : 1024;
-    const uint4 *xb4 = (const uint4 *)((const float *)sm + A.cols);
-    const float2 *ox = (const float2 *)(xb4 + (A.cols >> 3));
+    const int nc = A.nc;
     const uint32_t s0 = q4t_saddr(st);
     int t = W.f0 / nc, j = W.f0 - t * nc, ft = t, fj = j;
     for (int k = 0; k < R; k++) q4t_next(ft, fj, W.st, nc); /* the next item to copy: R */
@@ -322,19 +345,7 @@ static __device__ __forceinline__ void q4t_ring_run(const struct q4t_args &A, q4
         q4t_wait_groups(R - 1); /* groups issued: R + k; item k's is done */
         __syncwarp();
         const unsigned char *u = st + slot * q4t_unit<MODE>();
-        const uint4 *cw = (const uint4 *)u;
-        const uint2 *sz = (const uint2 *)(u + IB);
-        uint4 xb[4];
-#pragma unroll
-        for (int p = 0; p < 4; p++) xb[p] = xb4[(4 * j + p) * 4 + c];
-        const float2 o = ox[j];
-        float acc[4];
-        q4t_item(acc, cw[lane], cw[32 + lane], xb);
-        q4t_scale(s[0], s[1], acc, sz[g], o);
-        if (MODE == Q4F_GU) {
-            q4t_item(acc, cw[64 + lane], cw[96 + lane], xb);
-            q4t_scale(s[2], s[3], acc, sz[8 + g], o);
-        }
+        q4t_unit_sum<MODE>(u, sm, A.cols, j, lane, s);
         __syncwarp(); /* the unit read by every lane */
         if (k + R < W.cnt) {
             q4t_unit_issue<MODE>(A, ft, fj, s0 + (uint32_t)(slot * q4t_unit<MODE>()), lane);
@@ -358,25 +369,11 @@ static __device__ __forceinline__ void q4t_stash_run(const struct q4t_args &A, q
 {
     asm volatile("cp.async.wait_all;" ::: "memory");
     __syncwarp(); /* the other lanes' copies */
-    const int nc = A.nc, c = lane & 3, g = lane >> 2, IB = MODE == Q4F_GU ? 2048 : 1024;
-    const uint4 *xb4 = (const uint4 *)((const float *)sm + A.cols);
-    const float2 *ox = (const float2 *)(xb4 + (A.cols >> 3));
+    const int nc = A.nc;
     int t = W.f0 / nc, j = W.f0 - t * nc;
     for (int k = 0; k < P; k++) {
         const unsigned char *u = st + k * q4t_unit<MODE>();
-        const uint4 *cw = (const uint4 *)u;
-        const uint2 *sz = (const uint2 *)(u + IB);
-        uint4 xb[4];
-#pragma unroll
-        for (int p = 0; p < 4; p++) xb[p] = xb4[(4 * j + p) * 4 + c];
-        const float2 o = ox[j];
-        float acc[4];
-        q4t_item(acc, cw[lane], cw[32 + lane], xb);
-        q4t_scale(s[0], s[1], acc, sz[g], o);
-        if (MODE == Q4F_GU) {
-            q4t_item(acc, cw[64 + lane], cw[96 + lane], xb);
-            q4t_scale(s[2], s[3], acc, sz[8 + g], o);
-        }
+        q4t_unit_sum<MODE>(u, sm, A.cols, j, lane, s);
         if (j + W.st >= nc || k == W.cnt - 1) {
             end(t, s[0], s[1], s[2], s[3]);
             s[0] = s[1] = s[2] = s[3] = 0.0f;
@@ -1072,7 +1069,7 @@ enum lmp_status k_q4t_launch(cudaStream_t st, const struct q4t_args *a, int mode
         base = (base + 15) & ~(size_t)15;
         const size_t have = mode == Q4F_PLAIN ? q4t_co.r_dyn : q4t_co.s_dyn;
         if (base > have) return k_q4t_launch(st, a, mode, pdl, 0, err);
-        const size_t unit = mode == Q4F_GU ? 2048 + 128 : 1024 + 64;
+        const size_t unit = (size_t)q4t_unit_bytes(mode);
         b.stash_off = (int)base;
         b.stash = sh[6] >= 2 ? (int)((have - base) / ((size_t)nw * unit)) : 0;
         if (b.stash > (sh[6] == 3 ? 8 : 16)) b.stash = sh[6] == 3 ? 8 : 16;
