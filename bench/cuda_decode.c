@@ -353,6 +353,8 @@ static int run_one(const char *name, enum lmp_cuda_wtype wt, int bits, int group
         if (blocks) timeline_report(tlv, blocks, c->n_layers, c->layer[0].n_heads, khz / 1e6);
         free(tlv);
     }
+    if (!st && o->q4t_npf_flags + o->q4t_npf && kept_q4) /* the prefetches change no result */
+        logits_diff(name, lg, "q4 (tile kernels)", kept_q4, c->vocab);
     if (!st && !strcmp(name, "q4")) kept_q4 = lg, lg = NULL;
     if (!st && !strcmp(name, "q4-rows")) kept_rows = lg, lg = NULL;
     if (!st && !strcmp(name, "q4-p")) kept_p = lg, lg = NULL;
@@ -410,6 +412,26 @@ static const struct {
              {"q4-pack", LMP_CUDA_W_PACKED, 4, 128, {.att_pack = 1}},
              {"q4-w16-pack", LMP_CUDA_W_PACKED, 4, 128, {.q4t_depth = 2, .att_pack = 1}},
              {"q4-kv", LMP_CUDA_W_PACKED, 4, 128, {.q4t_kvpf = 1}},
+             {"q4-n30", LMP_CUDA_W_PACKED, 4, 128, {.q4t_npf = 30}},
+             {"q4-n50", LMP_CUDA_W_PACKED, 4, 128, {.q4t_npf = 50}},
+             {"q4-n70", LMP_CUDA_W_PACKED, 4, 128, {.q4t_npf = 70}},
+             {"q4-n100", LMP_CUDA_W_PACKED, 4, 128, {.q4t_npf = 100}},
+             {"q4-n30e", LMP_CUDA_W_PACKED, 4, 128, {.q4t_npf = 30, .q4t_npf_flags = 1}},
+             {"q4-n50e", LMP_CUDA_W_PACKED, 4, 128, {.q4t_npf = 50, .q4t_npf_flags = 1}},
+             {"q4-n70e", LMP_CUDA_W_PACKED, 4, 128, {.q4t_npf = 70, .q4t_npf_flags = 1}},
+             {"q4-n50el", LMP_CUDA_W_PACKED, 4, 128, {.q4t_npf = 50, .q4t_npf_flags = 3}},
+             {"q4-n50s", LMP_CUDA_W_PACKED, 4, 128, {.q4t_npf = 50, .q4t_npf_flags = 4}},
+             {"q4-n50es", LMP_CUDA_W_PACKED, 4, 128, {.q4t_npf = 50, .q4t_npf_flags = 5}},
+             {"q4-n50eo", LMP_CUDA_W_PACKED, 4, 128, {.q4t_npf = 50, .q4t_npf_flags = 9}},
+             {"q4-no", LMP_CUDA_W_PACKED, 4, 128, {.q4t_npf = 50, .q4t_npf_flags = 17}},
+             {"q4-no-tl", LMP_CUDA_W_PACKED, 4, 128, {.q4t_npf = 50, .q4t_npf_flags = 17, .q4t_timeline = 1}},
+             {"q4-x1", LMP_CUDA_W_PACKED, 4, 128, {.q4t_diag = 1}},
+             {"q4-x2", LMP_CUDA_W_PACKED, 4, 128, {.q4t_diag = 2}},
+             {"q4-x3", LMP_CUDA_W_PACKED, 4, 128, {.q4t_diag = 3}},
+             {"q4-x7", LMP_CUDA_W_PACKED, 4, 128, {.q4t_diag = 7}},
+             {"q4-x3-tl", LMP_CUDA_W_PACKED, 4, 128, {.q4t_diag = 3, .q4t_timeline = 1}},
+             {"q4-e", LMP_CUDA_W_PACKED, 4, 128, {.q4t_npf_flags = 1}},
+             {"q4-n50e-tl", LMP_CUDA_W_PACKED, 4, 128, {.q4t_npf = 50, .q4t_npf_flags = 1, .q4t_timeline = 1}},
              {"q4-tl-att", LMP_CUDA_W_PACKED, 4, 128, {.q4t_timeline = 1, .q4t_att = 1}},
              {"q4-pf2", LMP_CUDA_W_PACKED, 4, 128, {.q4t_pf = 2}},
              {"q4-pf4", LMP_CUDA_W_PACKED, 4, 128, {.q4t_pf = 4}},

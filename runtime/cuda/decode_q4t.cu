@@ -78,6 +78,19 @@ static __device__ __forceinline__ void q4t_load(q4t_regs<MODE> &R, const struct 
     const unsigned it = (unsigned)(lt * A.nc + j) * 64u + (unsigned)lane;
     const unsigned gi = (unsigned)(lt * A.ngr + (j >> A.cshift)) * 8u + (unsigned)(lane >> 2);
     const uint4 *p = A.m[mi].codes + it;
+    if (A.npf_flags & 1) { /* read once: first out of L2, before what was prefetched */
+        const uint64_t pol = q4t_pol_first();
+        R.w[0] = q4t_ld16h(p, pol);
+        R.w[1] = q4t_ld16h(p + 32, pol);
+        R.sz[0] = q4t_ld8h(A.m[mi].sz + gi, pol);
+        if (MODE == Q4F_GU) {
+            const uint4 *p2 = A.m[1].codes + it;
+            R.w[2] = q4t_ld16h(p2, pol);
+            R.w[3] = q4t_ld16h(p2 + 32, pol);
+            R.sz[1] = q4t_ld8h(A.m[1].sz + gi, pol);
+        }
+        return;
+    }
     R.w[0] = q4t_ld16(p);
     R.w[1] = q4t_ld16(p + 32);
     R.sz[0] = q4t_ld8(A.m[mi].sz + gi);
@@ -405,6 +418,54 @@ static __device__ __forceinline__ void q4t_prefetch(const struct q4t_args &A, q4
     }
 }
 
+/* ---- later launches' weights into L2 (q4t_args.npf) ---------------------------------------
+ * A layer's launches leave DRAM idle while their latency chain runs (epilogue, attention,
+ * the next launch's input preparation): ~30 of ~53 us per layer (docs/GPU.md). The 50 MB L2
+ * can hold what a later launch will read: a launch's blocks ask for it with bulk prefetches
+ * (one instruction per contiguous range, no registers or shared memory held), each lane one
+ * warp share of the later launch (the end of it: the share's first items are what that
+ * launch requests before its own dependency). */
+static __device__ __forceinline__ void q4t_pf_range(const char *p, size_t n, uint64_t pol)
+{
+    for (size_t o = 0; o < n; o += 65536) {
+        const unsigned k = (unsigned)min((size_t)65536, n - o);
+        asm volatile("cp.async.bulk.prefetch.L2.global.L2::cache_hint [%0], %1, %2;" ::"l"(p + o), "r"(k), "l"(pol)
+                     : "memory");
+    }
+}
+
+/* the lanes (lane of nl) of this block take the warp shares s = block nl + lane, + grid nl .. */
+static __device__ void q4t_pf_issue(const struct q4t_pfn &T, int lane, int nl, uint64_t pol)
+{
+    const int shares = T.blocks * T.nw, tpb = (T.tiles + T.blocks - 1) / T.blocks;
+    for (int s = (int)blockIdx.x * nl + lane; s < shares; s += (int)gridDim.x * nl) {
+        const int bn = s / T.nw, wn = s - bn * T.nw;
+        const int t0 = min(T.tiles, bn * tpb), t1 = min(T.tiles, t0 + tpb);
+        const int nit = (t1 - t0) * T.nc, per = (nit + T.nw - 1) / T.nw;
+        const int lo = min(nit, wn * per), hi = min(nit, lo + per);
+        const int take = (int)(((long long)(hi - lo) * T.pct + 99) / 100);
+        if (take <= 0) continue;
+        const int f0 = t0 * T.nc + hi - take, f1 = t0 * T.nc + hi;
+        for (int mi = 0; mi < T.nm; mi++) {
+            const int m0 = T.tile0[mi] * T.nc, a = max(f0, m0), b = min(f1, T.tile1[mi] * T.nc);
+            if (a >= b) continue;
+            q4t_pf_range(T.codes[mi] + (size_t)(a - m0) * 1024, (size_t)(b - a) * 1024, pol);
+            const int ta = a / T.nc - T.tile0[mi], tb = (b - 1) / T.nc - T.tile0[mi];
+            q4t_pf_range(T.sz[mi] + (size_t)ta * T.ngr * 64, (size_t)(tb - ta + 1) * T.ngr * 64, pol);
+        }
+    }
+}
+
+/* the targets asked for at the start (at_start 1) or after the weights (0): the block's last warp */
+template <int NW>
+static __device__ __forceinline__ void q4t_pf_next(const struct q4t_args &A, int at_start)
+{
+    if (!A.npf_n || (int)(threadIdx.x >> 5) != NW - 1) return;
+    const uint64_t pol = A.npf_flags & 2 ? q4t_pol_last() : q4t_pol_normal();
+    for (int i = 0; i < A.npf_n; i++)
+        if (A.npf[i].at_start == at_start) q4t_pf_issue(A.npf[i], threadIdx.x & 31, 32, pol);
+}
+
 /* thread 0, q/k/v: this block's share of the layer's cached K and V rows 0 .. *pos - 1 (both
  * contiguous: the caches are position-major) into L2 for the attention that follows */
 static __device__ __forceinline__ void q4t_kv_prefetch(const struct q4t_args &A)
@@ -548,11 +609,14 @@ __global__ void __launch_bounds__(NW * 32, 1) __maxnreg__(Q4T_NREG(NW)) q4t_bker
     q4t_preload<MODE, D>(A, WR, buf, lt, lj, lane); /* before the dependency */
     if (A.pf && lane == 0) q4t_prefetch<MODE, D>(A, W);
     if (MODE == Q4F_QKV && A.kvpf && threadIdx.x == 0) q4t_kv_prefetch(A);
+    q4t_pf_next<NW>(A, 1);
     float *part = (float *)(q4t_sm + k_q4t_smem_dev(A.cols));
     for (int i = threadIdx.x; i < (t1 - t0) * NW * RPU; i += blockDim.x) part[i] = 0.0f;
     pdl_wait();
     q4t_mark(A, 1);
-    const float ys = q4t_prep(A, q4t_sm, red); /* its barriers order the zeroing */
+    float ys = 1.0f;
+    if (A.diag & 1) __syncthreads(); /* diagnostics: the fragments as shared memory holds them */
+    else ys = q4t_prep(A, q4t_sm, red); /* its barriers order the zeroing */
     q4t_mark(A, 2);
     const int g = lane >> 2;
     auto end = [&](int t, float ya, float yb, float ua, float ub) {
@@ -568,7 +632,8 @@ __global__ void __launch_bounds__(NW * 32, 1) __maxnreg__(Q4T_NREG(NW)) q4t_bker
     q4t_stream<MODE, D>(A, WR, buf, lt, lj, q4t_sm, lane, end, sums);
     __syncthreads();
     q4t_mark(A, 3);
-    q4t_block_out<MODE, NW>(A, part, t0, t1, ys, q4t_sm);
+    q4t_pf_next<NW>(A, 0);
+    if (!(A.diag & 4)) q4t_block_out<MODE, NW>(A, part, t0, t1, ys, q4t_sm);
     q4t_mark(A, 4);
 }
 
@@ -1041,6 +1106,29 @@ enum lmp_status k_q4t_init_attrs(size_t smem_max, struct lmp_err *err)
 }
 
 const char *k_q4t_co_status(void) { return q4t_co.ok ? NULL : q4t_co.why; }
+
+void k_q4t_pf_add(struct q4t_args *a, const struct q4t_args *next, int mode, int shape, int pct,
+                  int at_start)
+{
+    if (a->npf_n >= 2 || pct <= 0) return;
+    const int *sh = q4t_shapes[shape >= 0 && shape < Q4T_NSHAPES ? shape : 0];
+    struct q4t_pfn *t = &a->npf[a->npf_n++];
+    memset(t, 0, sizeof *t);
+    t->nm = next->n;
+    for (int i = 0; i < next->n; i++) {
+        t->codes[i] = (const char *)next->m[i].codes;
+        t->sz[i] = (const char *)next->m[i].sz;
+        t->tile0[i] = mode == Q4F_GU ? 0 : next->m[i].tile0;
+        t->tile1[i] = mode == Q4F_GU || i + 1 == next->n ? next->tiles : next->m[i + 1].tile0;
+    }
+    t->tiles = next->tiles;
+    t->nc = next->nc;
+    t->ngr = next->ngr;
+    t->blocks = next->tiles < q4t_sms() ? next->tiles : q4t_sms(); /* as q4t_grid */
+    t->nw = sh[6] ? (mode == Q4F_PLAIN ? 18 : 14) : mode == Q4F_GU ? sh[3] : sh[1];
+    t->pct = pct > 100 ? 100 : pct;
+    t->at_start = at_start;
+}
 
 enum lmp_status k_q4t_launch(cudaStream_t st, const struct q4t_args *a, int mode, int pdl,
                              int shape, struct lmp_err *err)

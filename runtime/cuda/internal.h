@@ -111,6 +111,15 @@ struct q4f_extra {
     int tl_slot;
 };
 
+/* a later tile launch whose weights a launch asks the L2 for (q4t_args.npf): its matrices'
+ * codes and scales, the flat item ranges [tile0 nc, tile1 nc) they hold, its grid (blocks,
+ * warps) and the percentage of each of its warps' shares, taken from the share's end */
+struct q4t_pfn {
+    const char *codes[3], *sz[3];
+    int tile0[3], tile1[3];
+    int nm, tiles, nc, ngr, blocks, nw, pct, at_start;
+};
+
 /* the tensor-core tile kernels (decode_q4t.cu): the same three modes on the tile layout */
 struct q4t_mat {
     const uint4 *codes;
@@ -139,6 +148,11 @@ struct q4t_args {
     int stash;             /* items per warp copied into shared memory before the dependency */
     int stash_off;         /* where the stash starts in the dynamic shared memory (bytes) */
     int ring;              /* every item through the stash, used as a ring of `stash` units */
+    struct q4t_pfn npf[2]; /* later launches' weights prefetched into L2 (npf_n of them) */
+    int npf_n;
+    int diag;              /* lmp_cuda_opts.q4t_diag (bits 1, 4: no input, no outputs) */
+    int npf_flags;         /* lmp_cuda_opts.q4t_npf_flags: 1 the weight loads evict first from
+                              L2, 2 the prefetches evict last */
 };
 
 /* timeline of a tile-kernel block: %globaltimer (ns) at start, after the dependency, after
@@ -241,6 +255,8 @@ struct lmp_cuda_state {
     int q4t_att;             /* whether it is fused (else a separate attention launch) */
     int q4t_pf;              /* items per warp their blocks prefetch into L2 at the start */
     int q4t_kvpf;            /* their q/k/v blocks prefetch the cached K, V rows for the attention */
+    int q4t_diag;            /* diagnostics: parts of the tile decode skipped (opts) */
+    int q4t_npf, q4t_npf_flags; /* they prefetch later launches' weights into L2 (opts) */
     int att_pack;            /* decode attention one block per head (no split) */
     struct att_split att_sp;  /* the decode attention split over positions */
     unsigned long long *q4t_tl; /* their timeline (q4t_timeline), Q4T_TL per block and launch */
@@ -398,6 +414,10 @@ void k_q4t_args(struct q4t_args *a, const struct cu_mat *const *m, float *const 
  * the default */
 enum lmp_status k_q4t_launch(cudaStream_t st, const struct q4t_args *a, int mode, int pdl,
                              int shape, struct lmp_err *err);
+/* a's next free npf slot: the weights of the launch `next` (its mode and shape), pct % of
+ * each warp's share from its end (100: all), asked for at a's start or after its weights */
+void k_q4t_pf_add(struct q4t_args *a, const struct q4t_args *next, int mode, int shape, int pct,
+                  int at_start);
 enum lmp_status k_q4t_init_attrs(size_t smem_max, struct lmp_err *err);
 /* NULL when the co-resident shapes (10, 11) run as such; else why they fall back to 0 */
 const char *k_q4t_co_status(void);

@@ -432,6 +432,9 @@ static void state_opts(struct lmp_cuda_state *s, const struct lmp_cuda_opts *o)
     s->q4t_att = o->q4t_att == 1 ? 1 : o->q4t_att == 2 ? 0 : Q4T_ATT;
     s->q4t_pf = o->q4t_pf >= 0 && o->q4t_pf <= 64 ? o->q4t_pf : 0;
     s->q4t_kvpf = o->q4t_kvpf;
+    s->q4t_npf = o->q4t_npf > 0 && o->q4t_npf <= 100 ? o->q4t_npf : 0;
+    s->q4t_npf_flags = o->q4t_npf_flags;
+    s->q4t_diag = o->q4t_diag;
     s->q4p = s->q4t && o->q4t_persist == 1;
     s->q4p_flags = o->q4p_flags;
     s->q4p_slots = o->q4p_slots;
@@ -839,12 +842,27 @@ static int layer_q4t(const struct lmp_cuda_state *s, const struct cu_layer *L)
            al16(s->h) && al16(s->att) && al16(s->g) && al16(L->attn_norm) && al16(L->ffn_norm);
 }
 
-/* Decode of one layer through the tile kernels: q/k/v, attention, o, gate/up, down. */
-static enum lmp_status layer_q4t_fwd(struct lmp_cuda_state *s, int l, struct lmp_err *err)
+static int head_q4t(const struct lmp_cuda_state *s);
+
+/* The head's tile launch: RMSNorm fused in, logits out. */
+static void head_q4t_args(const struct lmp_cuda_state *s, struct q4t_args *a)
 {
-    cudaStream_t st = s->stream;
+    struct q4f_extra x;
+    q4f_extra_init(s, &x);
+    x.x = s->h;
+    x.norm = s->out_norm;
+    x.tl_slot = s->n_layers * 4 * s->q4t_tl_blocks;
+    float *yl[1] = {s->logits};
+    const struct cu_mat *head = &s->out;
+    k_q4t_args(a, &head, yl, 1, Q4F_PLAIN, &x);
+    a->npf_flags = s->q4t_npf_flags;
+    a->diag = s->q4t_diag;
+}
+
+/* Layer l's four tile launches (q/k/v, o, gate/up, down; modes in mode). */
+static void layer_q4t_args(const struct lmp_cuda_state *s, int l, struct q4t_args a[4], int mode[4])
+{
     const struct cu_layer *L = &s->L[l];
-    enum lmp_status e;
     struct q4f_extra x;
     struct layer_prod P[4];
     q4f_extra_init(s, &x);
@@ -857,12 +875,52 @@ static enum lmp_status layer_q4t_fwd(struct lmp_cuda_state *s, int l, struct lmp
         P[0].x.max_ctx = s->max_ctx;
     }
     for (int i = 0; i < 4; i++) {
-        struct q4t_args a;
         P[i].x.tl_slot = (l * 4 + i) * s->q4t_tl_blocks;
-        k_q4t_args(&a, P[i].m, P[i].y, P[i].n, P[i].mode, &P[i].x);
-        if ((e = k_q4t_launch(st, &a, P[i].mode, s->pdl, s->q4t_depth, err))) return e;
-        if (i == 0 && !a.att &&
-            (e = k_attention(st, s->att, s->q, P[0].x.kc, P[0].x.vc, 1, s->d_pos, s->max_ctx, L->nh,
+        k_q4t_args(&a[i], P[i].m, P[i].y, P[i].n, P[i].mode, &P[i].x);
+        a[i].npf_flags = s->q4t_npf_flags;
+        a[i].diag = s->q4t_diag;
+        mode[i] = P[i].mode;
+    }
+}
+
+/* With q4t_npf: which later launch's weights each of layer l's launches asks the L2 for
+ * (lmp_cuda_opts.q4t_npf): q/k/v all of o and the end of gate/up's warp shares (the
+ * attention's time), gate/up the end of down's, down the next layer's q/k/v or the head. */
+static void layer_q4t_npf(const struct lmp_cuda_state *s, int l, struct q4t_args a[4], const int mode[4])
+{
+    const int pct = s->q4t_npf, fl = s->q4t_npf_flags, sh = s->q4t_depth, st = (fl & 4) != 0;
+    if (!pct) return;
+    k_q4t_pf_add(&a[0], &a[1], mode[1], sh, 100, 0);
+    if (fl & 16) return;
+    k_q4t_pf_add(&a[0], &a[2], mode[2], sh, pct, 0);
+    if (fl & 8) return;
+    k_q4t_pf_add(&a[2], &a[3], mode[3], sh, pct, st);
+    struct q4t_args n[4];
+    int nm[4];
+    if (l + 1 < s->n_layers && layer_q4t(s, &s->L[l + 1])) {
+        layer_q4t_args(s, l + 1, n, nm);
+        k_q4t_pf_add(&a[3], &n[0], nm[0], sh, pct, st);
+    } else if (l + 1 == s->n_layers && head_q4t(s)) {
+        head_q4t_args(s, &n[0]);
+        k_q4t_pf_add(&a[3], &n[0], Q4F_PLAIN, sh, pct, st);
+    }
+}
+
+/* Decode of one layer through the tile kernels: q/k/v, attention, o, gate/up, down. */
+static enum lmp_status layer_q4t_fwd(struct lmp_cuda_state *s, int l, struct lmp_err *err)
+{
+    cudaStream_t st = s->stream;
+    const struct cu_layer *L = &s->L[l];
+    enum lmp_status e;
+    struct q4t_args A[4];
+    int mode[4];
+    layer_q4t_args(s, l, A, mode);
+    layer_q4t_npf(s, l, A, mode);
+    for (int i = 0; i < 4; i++) {
+        const struct q4t_args &a = A[i];
+        if ((e = k_q4t_launch(st, &a, mode[i], s->pdl, s->q4t_depth, err))) return e;
+        if (i == 0 && !a.att && !(s->q4t_diag & 2) &&
+            (e = k_attention(st, s->att, s->q, s->k_cache + s->kv_off[l], s->v_cache + s->kv_off[l], 1, s->d_pos, s->max_ctx, L->nh,
                              L->nkv, s->hd, s->smem_max, s->pdl, err, tl_attention(s, l),
                              s->att_sp.n > 1 ? &s->att_sp : NULL)))
             return e;
@@ -1150,8 +1208,7 @@ static enum lmp_status batch_fwd(struct lmp_cuda_state *s, int n, int want_logit
         float *yl[1] = {s->logits};
         if (tile_head) {
             struct q4t_args a;
-            x.tl_slot = s->n_layers * 4 * s->q4t_tl_blocks;
-            k_q4t_args(&a, &head, yl, 1, Q4F_PLAIN, &x);
+            head_q4t_args(s, &a);
             if ((e = k_q4t_launch(s->stream, &a, Q4F_PLAIN, s->pdl, s->q4t_depth, err))) return e;
         } else if ((e = k_q4f(s->stream, &head, yl, 1, Q4F_PLAIN, &x, err)))
             return e;

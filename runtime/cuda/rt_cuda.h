@@ -94,6 +94,17 @@ struct lmp_cuda_opts {
                          blocks and combines their parts) */
     int q4t_kvpf;     /* the q/k/v tile kernel prefetches the layer's cached K and V rows into
                          L2 before it waits for the previous kernel (for the attention) */
+    int q4t_npf;      /* the tile kernels prefetch later launches' weights into L2 while DRAM
+                         would idle: this percentage of each warp's share of gate/up (asked
+                         for by q/k/v, with all of o), of down (by gate/up) and of the next
+                         layer's q/k/v or the head (by down); 0: off */
+    int q4t_npf_flags; /* its variants, bits: 1 the weight loads evict first from L2, 2 the
+                         prefetched lines evict last, 4 gate/up and down and the next q/k/v
+                         asked for at the start of the launch before (not after its weights),
+                         8 only o and gate/up (by q/k/v), 16 only o */
+    int q4t_diag;     /* diagnostics of the tile decode, parts skipped (wrong logits), bits: 1 the
+                         input preparation, 2 the attention launch, 4 the block outputs
+                         (what the weight phases cost without the fixed parts; docs/GPU.md) */
     int q4t_timeline; /* the tile kernels record per block when they start, pass the dependency,
                          have the input, have read the weights and end (lmp_cuda_timeline) */
     int q4t_att;      /* decode attention with the tile kernels: 0 the default (its own
