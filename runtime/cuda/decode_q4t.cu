@@ -153,6 +153,81 @@ static __device__ float q4t_prep(const struct q4t_args &A, unsigned char *sm, fl
     return ldexpf(1.0f, -E);
 }
 
+/* q4t_prep in one pass where each thread's share of the input fits in registers (up to
+ * U quads: cols <= 4 U threads): each thread loads float4 i of x (and of the norm weights)
+ * as q4t_prep does and keeps it; after the sum of squares and the max (one barrier: every
+ * warp adds the warps' partial results itself, instead of three) the B fragments of quad i
+ * (x[k], x[k + 1], x[k + 8], x[k + 9], k = 16 s + 2 c, i = 4 s + c) come from the float4s
+ * 4 s + c / 2 and 4 s + 2 + c / 2 of the same four lanes by shuffles, so the fp32 copy in
+ * shared memory and its second pass go. The same fragments as q4t_prep, bit for bit (the
+ * same sums in the same order). Returns 0 where the input does not fit (q4t_prep then). */
+template <int U>
+static __device__ float q4t_prep1(const struct q4t_args &A, unsigned char *sm, float *red)
+{
+    const int cols = A.cols, c4 = cols >> 2, tid = threadIdx.x, nthr = blockDim.x;
+    const int lane = tid & 31, nw = nthr >> 5, c = lane & 3;
+    if (c4 > U * nthr) return 0.0f;
+    uint2 *xb = (uint2 *)((float *)sm + cols);
+    float2 *ox = (float2 *)(xb + c4);
+    float4 t[U], nw4[U];
+    float ss = 0.0f, mx = 0.0f;
+#pragma unroll
+    for (int u = 0; u < U; u++) { /* all loads first, the norm weights' with them */
+        const int i = tid + u * nthr;
+        t[u] = nw4[u] = make_float4(1.f, 1.f, 1.f, 1.f);
+        if (i < c4) {
+            t[u] = __ldcg((const float4 *)A.x + i);
+            if (A.norm) nw4[u] = __ldg((const float4 *)A.norm + i);
+        }
+    }
+#pragma unroll
+    for (int u = 0; u < U; u++) {
+        const int i = tid + u * nthr;
+        if (i < c4) {
+            ss += t[u].x * t[u].x + t[u].y * t[u].y + t[u].z * t[u].z + t[u].w * t[u].w;
+            t[u] = make_float4(t[u].x * nw4[u].x, t[u].y * nw4[u].y, t[u].z * nw4[u].z, t[u].w * nw4[u].w);
+            mx = fmaxf(mx, fmaxf(fmaxf(fabsf(t[u].x), fabsf(t[u].y)), fmaxf(fabsf(t[u].z), fabsf(t[u].w))));
+        }
+    }
+    ss = warp_sum(ss);
+    mx = warp_max(mx);
+    if (lane == 0) red[tid >> 5] = ss, red[33 + (tid >> 5)] = mx;
+    __syncthreads();
+    ss = warp_sum(lane < nw ? red[lane] : 0.0f);
+    mx = warp_max(lane < nw ? red[33 + lane] : 0.0f);
+    const float inv = A.norm ? 1.0f / sqrtf(ss / (float)cols + A.eps) : 1.0f;
+    const int E = q4t_scale_exp(mx * inv);
+    const float sc = ldexpf(inv, E);
+    const int lo = (lane & ~3) + (c >> 1), hi = lo + 2;
+#pragma unroll
+    for (int u = 0; u < U; u++) {
+        const int i = tid + u * nthr, q = i >> 2;
+        if (i < c4) { /* c4 % 32 == 0: whole warps */
+            const float lx = __shfl_sync(~0u, t[u].x, lo), ly = __shfl_sync(~0u, t[u].y, lo);
+            const float lz = __shfl_sync(~0u, t[u].z, lo), lw = __shfl_sync(~0u, t[u].w, lo);
+            const float hx = __shfl_sync(~0u, t[u].x, hi), hy = __shfl_sync(~0u, t[u].y, hi);
+            const float hz = __shfl_sync(~0u, t[u].z, hi), hw = __shfl_sync(~0u, t[u].w, hi);
+            float off, X;
+            xb[((q >> 1) * 4 + c) * 2 + (q & 1)] =
+                c & 1 ? q4t_bfrag(lz, lw, hz, hw, sc, off, X) : q4t_bfrag(lx, ly, hx, hy, sc, off, X);
+            off = warp_sum(off);
+            X = warp_sum(X);
+            if (lane == 0) ox[i >> 5] = make_float2(off, X);
+        }
+    }
+    __syncthreads(); /* also orders the reads of red before any later write */
+    return ldexpf(1.0f, -E);
+}
+
+/* the input preparation of the tile kernels: q4t_prep, or q4t_prep1 with A.prep1 where it
+ * fits (up to 3 quads per thread, 1 for q/k/v: no spills in the default shapes) */
+template <int MODE>
+static __device__ __forceinline__ float q4t_input(const struct q4t_args &A, unsigned char *sm, float *red)
+{
+    float ys = !A.prep1 ? 0.0f : q4t_prep1<MODE == Q4F_QKV ? 1 : 3>(A, sm, red);
+    return ys != 0.0f ? ys : q4t_prep(A, sm, red);
+}
+
 /* timeline point k of this block (thread 0; A.tl set) */
 static __device__ __forceinline__ void q4t_mark(const struct q4t_args &A, int k)
 {
@@ -616,7 +691,7 @@ __global__ void __launch_bounds__(NW * 32, 1) __maxnreg__(Q4T_NREG(NW)) q4t_bker
     q4t_mark(A, 1);
     float ys = 1.0f;
     if (A.diag & 1) __syncthreads(); /* diagnostics: the fragments as shared memory holds them */
-    else ys = q4t_prep(A, q4t_sm, red); /* its barriers order the zeroing */
+    else ys = q4t_input<MODE>(A, q4t_sm, red); /* its barriers order the zeroing */
     q4t_mark(A, 2);
     const int g = lane >> 2;
     auto end = [&](int t, float ya, float yb, float ua, float ub) {
@@ -722,7 +797,7 @@ __global__ void __launch_bounds__(NW * 32, 1) q4t_tkernel(const __grid_constant_
     for (int i = threadIdx.x; i < (t1 - t0) * NW * RPU; i += blockDim.x) part[i] = 0.0f;
     pdl_wait();
     q4t_mark(A, 1);
-    const float ys = q4t_prep(A, q4t_sm, red); /* its barriers order the zeroing */
+    const float ys = q4t_input<MODE>(A, q4t_sm, red); /* its barriers order the zeroing */
     q4t_mark(A, 2);
     const int g = lane >> 2;
     const uint4 *xb4 = (const uint4 *)((const float *)q4t_sm + A.cols);

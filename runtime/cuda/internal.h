@@ -150,6 +150,7 @@ struct q4t_args {
     int ring;              /* every item through the stash, used as a ring of `stash` units */
     struct q4t_pfn npf[2]; /* later launches' weights prefetched into L2 (npf_n of them) */
     int npf_n;
+    int prep1;             /* lmp_cuda_opts.q4t_prep == 1: the one-pass input preparation */
     int diag;              /* lmp_cuda_opts.q4t_diag (bits 1, 4: no input, no outputs) */
     int npf_flags;         /* lmp_cuda_opts.q4t_npf_flags: 1 the weight loads evict first from
                               L2, 2 the prefetches evict last */
@@ -255,6 +256,7 @@ struct lmp_cuda_state {
     int q4t_att;             /* whether it is fused (else a separate attention launch) */
     int q4t_pf;              /* items per warp their blocks prefetch into L2 at the start */
     int q4t_kvpf;            /* their q/k/v blocks prefetch the cached K, V rows for the attention */
+    int q4t_prep1;           /* the one-pass input preparation of the tile kernels (opts) */
     int q4t_diag;            /* diagnostics: parts of the tile decode skipped (opts) */
     int q4t_npf, q4t_npf_flags; /* they prefetch later launches' weights into L2 (opts) */
     int att_pack;            /* decode attention one block per head (no split) */

@@ -435,6 +435,7 @@ static void state_opts(struct lmp_cuda_state *s, const struct lmp_cuda_opts *o)
     s->q4t_npf = o->q4t_npf > 0 && o->q4t_npf <= 100 ? o->q4t_npf : 0;
     s->q4t_npf_flags = o->q4t_npf_flags;
     s->q4t_diag = o->q4t_diag;
+    s->q4t_prep1 = o->q4t_prep == 1;
     s->q4p = s->q4t && o->q4t_persist == 1;
     s->q4p_flags = o->q4p_flags;
     s->q4p_slots = o->q4p_slots;
@@ -857,6 +858,7 @@ static void head_q4t_args(const struct lmp_cuda_state *s, struct q4t_args *a)
     k_q4t_args(a, &head, yl, 1, Q4F_PLAIN, &x);
     a->npf_flags = s->q4t_npf_flags;
     a->diag = s->q4t_diag;
+    a->prep1 = s->q4t_prep1;
 }
 
 /* Layer l's four tile launches (q/k/v, o, gate/up, down; modes in mode). */
@@ -879,6 +881,7 @@ static void layer_q4t_args(const struct lmp_cuda_state *s, int l, struct q4t_arg
         k_q4t_args(&a[i], P[i].m, P[i].y, P[i].n, P[i].mode, &P[i].x);
         a[i].npf_flags = s->q4t_npf_flags;
         a[i].diag = s->q4t_diag;
+        a[i].prep1 = s->q4t_prep1;
         mode[i] = P[i].mode;
     }
 }

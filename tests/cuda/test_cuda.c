@@ -235,7 +235,7 @@ TEST(cuda_qmatmul_all_bits)
             struct qmat q;
             const int rows = shapes[c].rows, cols = shapes[c].cols;
             REQUIRE(qmat_make(&q, rows, cols, bits[b], shapes[c].group, shapes[c].perm, &s));
-            const int n = 5; /* the tile kernels take a different shape per input (ktest.cu) */
+            const int n = 8; /* the tile kernels take a different shape per input (ktest.cu) */
             float *X = rnd((long)n * cols, 1.0f, &s);
             float *Yr = malloc((size_t)n * rows * 4), *Y = malloc((size_t)n * rows * 4);
             float *scr = malloc(lmp_qmatmul_scratch_floats(&q.v, n) * 4 + 4);
