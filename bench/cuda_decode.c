@@ -353,8 +353,9 @@ static int run_one(const char *name, enum lmp_cuda_wtype wt, int bits, int group
         if (blocks) timeline_report(tlv, blocks, c->n_layers, c->layer[0].n_heads, khz / 1e6);
         free(tlv);
     }
-    /* neither the prefetches nor the one-pass input preparation change a result */
-    if (!st && (o->q4t_npf_flags + o->q4t_npf || o->q4t_prep) && kept_q4)
+    /* neither the prefetches, the one-pass input preparation nor the attention's combine
+       change a result */
+    if (!st && (o->q4t_npf_flags + o->q4t_npf || o->q4t_prep || o->att_combine) && kept_q4 && wt == LMP_CUDA_W_PACKED)
         logits_diff(name, lg, "q4 (tile kernels)", kept_q4, c->vocab);
     if (!st && !strcmp(name, "q4")) kept_q4 = lg, lg = NULL;
     if (!st && !strcmp(name, "q4-rows")) kept_rows = lg, lg = NULL;
@@ -411,6 +412,8 @@ static const struct {
              {"q4-cr-tl", LMP_CUDA_W_PACKED, 4, 128, {.q4t_depth = 12, .q4t_timeline = 1}},
              {"q4-tl-pack", LMP_CUDA_W_PACKED, 4, 128, {.q4t_timeline = 1, .att_pack = 1}},
              {"q4-pack", LMP_CUDA_W_PACKED, 4, 128, {.att_pack = 1}},
+             {"q4-gc", LMP_CUDA_W_PACKED, 4, 128, {.att_combine = 1}},
+             {"q4-gc-tl", LMP_CUDA_W_PACKED, 4, 128, {.att_combine = 1, .q4t_timeline = 1}},
              {"q4-w16-pack", LMP_CUDA_W_PACKED, 4, 128, {.q4t_depth = 2, .att_pack = 1}},
              {"q4-kv", LMP_CUDA_W_PACKED, 4, 128, {.q4t_kvpf = 1}},
              {"q4-n30", LMP_CUDA_W_PACKED, 4, 128, {.q4t_npf = 30}},
@@ -457,6 +460,7 @@ static const struct {
              {"q4exact", LMP_CUDA_W_PACKED, 4, 128, {.exact_gemv = 1}},
              {"f16-w4", LMP_CUDA_W_F16, 0, 0, {.gemv_warps = 4}},
              {"f16-pack", LMP_CUDA_W_F16, 0, 0, {.att_pack = 1}},
+             {"f16-gc", LMP_CUDA_W_F16, 0, 0, {.att_combine = 1}},
              {"f16-w2", LMP_CUDA_W_F16, 0, 0, {.gemv_warps = 2}},
              {"f16-unfused", LMP_CUDA_W_F16, 0, 0, {.no_fuse = 1}},
              {"f32", LMP_CUDA_W_F32, 0, 0, {.device = 0}}};

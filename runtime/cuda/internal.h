@@ -185,7 +185,15 @@ struct att_split {
     float *part;
     unsigned *cnt;
     int n;
+    int combine; /* ATT_COMBINE_*: how the parts meet */
 };
+/* The parts combined: by the last block of a head through global memory and the counter, or
+ * (n <= 8) with a head's blocks one thread block cluster, each holding its part in its
+ * shared memory, every block combining a slice of the head's dimensions (distributed
+ * shared memory, two cluster barriers; no counter, no global round trip). */
+enum { ATT_COMBINE_GLOBAL = 1, ATT_COMBINE_CLUSTER = 2 };
+#define ATT_COMBINE ATT_COMBINE_CLUSTER /* the default */
+#define ATT_CLUSTER_MAX 8
 #define ATT_SPLIT_THREADS 256
 #define ATT_SPLIT_MAX 16
 

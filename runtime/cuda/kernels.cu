@@ -16,6 +16,7 @@
 #include "attention.cuh"
 #include "q4dot.cuh"
 
+#include <cooperative_groups.h>
 #include <math.h>
 #include <string.h>
 
@@ -200,7 +201,14 @@ attention_kernel(float *out, const float *q, const float *kc, const float *vc, c
  * exp sum); the block that completes a head (per-head counter) combines its S parts in share
  * order: out = sum_j e^(m_j - m) l_j o_j / sum_j e^(m_j - m) l_j. One block per head reads
  * its K and V rows at ~25 GB/s (latency-bound, 45 us a head at 1024 positions, docs/GPU.md);
- * S shares put S times the blocks on it. */
+ * S shares put S times the blocks on it. CL: the head's S blocks are one cluster (launched
+ * so, S <= ATT_CLUSTER_MAX): the parts stay in the blocks' shared memory (the first
+ * att_part_floats(hd) floats, att_row's after them) and after a cluster barrier block j
+ * combines dimensions [j ceil(hd / S), (j + 1) ceil(hd / S)) from all of them, in the
+ * same share order (the same result); a second barrier keeps each part until all are read. */
+static __host__ __device__ __forceinline__ int att_part_floats(int hd) { return (hd + 2 + 3) & ~3; }
+
+template <bool CL>
 __global__ void __launch_bounds__(ATT_SPLIT_THREADS)
 att_split_kernel(float *out, const float *q, const float *kc, const float *vc, const int *pos,
                  int nh, int nkv, int hd, float scale, struct att_split sp, unsigned long long *tl)
@@ -217,14 +225,40 @@ att_split_kernel(float *out, const float *q, const float *kc, const float *vc, c
     att_prefetch(kc, vc, t0, min(t1, p0), kvd, kh, hd, ATT_SPLIT_THREADS); /* earlier steps' rows */
     pdl_wait();
     att_mark(tb, 1);
-    float *po = sp.part + ((size_t)h * S + j) * (hd + 2);
+    float *po = CL ? sm : sp.part + ((size_t)h * S + j) * (hd + 2);
     if (t1 > t0) {
         att_row<ATT_SPLIT_THREADS, false>(po, q + (size_t)h * hd, kc + (size_t)t0 * kvd,
-                                          vc + (size_t)t0 * kvd, t1 - t0, kvd, kh, hd, scale, sm,
-                                          tb ? tb + 3 : NULL, po + hd);
+                                          vc + (size_t)t0 * kvd, t1 - t0, kvd, kh, hd, scale,
+                                          CL ? sm + att_part_floats(hd) : sm, tb ? tb + 3 : NULL, po + hd);
     } else { /* an empty share: weight 0 */
         for (int d = tid; d < hd; d += ATT_SPLIT_THREADS) po[d] = 0.0f;
         if (!tid) po[hd] = -INFINITY, po[hd + 1] = 0.0f;
+    }
+    __shared__ float wk[ATT_SPLIT_MAX], den;
+    if (CL) {
+        cooperative_groups::cluster_group cl = cooperative_groups::this_cluster();
+        cl.sync(); /* every part written (release / acquire across the cluster) */
+        if (tid < 32) { /* the shares' weights, as below */
+            const float *pk = cl.map_shared_rank(sm, tid < S ? tid : 0);
+            const float mk = tid < S ? pk[hd] : -INFINITY, lk = tid < S ? pk[hd + 1] : 0.0f;
+            const float m = warp_max(mk);
+            const float e = mk > -INFINITY ? expf(mk - m) * lk : 0.0f;
+            const float sum = warp_sum(e);
+            if (tid < S) wk[tid] = e;
+            if (!tid) den = sum;
+        }
+        __syncthreads();
+        const float r = 1.0f / den;
+        const int per = (hd + S - 1) / S, d1 = min(hd, (j + 1) * per);
+        for (int d = j * per + tid; d < d1; d += ATT_SPLIT_THREADS) {
+            float a = 0.0f;
+            for (int k = 0; k < S; k++)
+                if (wk[k] != 0.0f) a += wk[k] * cl.map_shared_rank(sm, k)[d];
+            out[(size_t)h * hd + d] = a * r;
+        }
+        cl.sync(); /* the parts stay until every block has read them */
+        att_mark(tb, 2);
+        return;
     }
     __threadfence(); /* the part before the count */
     __syncthreads();
@@ -236,7 +270,6 @@ att_split_kernel(float *out, const float *q, const float *kc, const float *vc, c
     if (!last) return;
     __threadfence(); /* the other blocks' parts after their counts */
     const float *ph = sp.part + (size_t)h * S * (hd + 2);
-    __shared__ float wk[ATT_SPLIT_MAX], den;
     if (tid < 32) { /* the shares' weights e^(m_k - m) l_k / sum, by one warp */
         const float mk = tid < S ? __ldcg(ph + (size_t)tid * (hd + 2) + hd) : -INFINITY;
         const float lk = tid < S ? __ldcg(ph + (size_t)tid * (hd + 2) + hd + 1) : 0.0f;
@@ -273,19 +306,27 @@ enum lmp_status k_attention(cudaStream_t st, float *out, const float *q, const f
                            max_pos, hd, smem, smem_max);
     if (n <= 0) return LMP_OK;
     cudaLaunchConfig_t cfg = {};
-    cudaLaunchAttribute at[1];
+    cudaLaunchAttribute at[2];
     at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
     at[0].val.programmaticStreamSerializationAllowed = 1;
     cfg.attrs = at;
     cfg.numAttrs = pdl ? 1 : 0;
     cfg.stream = st;
     if (sp && sp->n > 1 && n == 1) {
-        const int S = sp->n;
+        const int S = sp->n, cl = sp->combine == ATT_COMBINE_CLUSTER && S <= ATT_CLUSTER_MAX;
         cfg.gridDim = dim3((unsigned)S, (unsigned)nh);
         cfg.blockDim = dim3(ATT_SPLIT_THREADS);
         cfg.dynamicSmemBytes = ATT_ROW_SMEM(ATT_SPLIT_THREADS, hd, (max_pos + S - 1) / S) * sizeof(float);
-        CU_TRY(cudaLaunchKernelEx(&cfg, att_split_kernel, out, q, kc, vc, pos, nh, nkv, hd,
-                                  1.0f / sqrtf((float)hd), *sp, tl),
+        if (cl) { /* a head's blocks one cluster; their parts in front of att_row's memory */
+            at[cfg.numAttrs].id = cudaLaunchAttributeClusterDimension;
+            at[cfg.numAttrs].val.clusterDim.x = (unsigned)S;
+            at[cfg.numAttrs].val.clusterDim.y = 1;
+            at[cfg.numAttrs].val.clusterDim.z = 1;
+            cfg.numAttrs++;
+            cfg.dynamicSmemBytes += (size_t)att_part_floats(hd) * sizeof(float);
+        }
+        CU_TRY(cudaLaunchKernelEx(&cfg, cl ? att_split_kernel<true> : att_split_kernel<false>, out, q, kc, vc,
+                                  pos, nh, nkv, hd, 1.0f / sqrtf((float)hd), *sp, tl),
                "split attention kernel");
         CU_LAUNCHED("split attention kernel");
         return LMP_OK;
@@ -1071,13 +1112,17 @@ enum lmp_status k_init_attrs(size_t smem_max, struct lmp_err *err)
     int v = (int)smem_max;
     CU_TRY(cudaFuncSetAttribute(attention_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, v),
            "attention kernel attributes");
-    CU_TRY(cudaFuncSetAttribute(att_split_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, v),
+    CU_TRY(cudaFuncSetAttribute(att_split_kernel<false>, cudaFuncAttributeMaxDynamicSharedMemorySize, v),
+           "attention kernel attributes");
+    CU_TRY(cudaFuncSetAttribute(att_split_kernel<true>, cudaFuncAttributeMaxDynamicSharedMemorySize, v),
            "attention kernel attributes");
     /* the whole L1 as shared memory, as the tile kernels ask: an SM whose split would have to
        change takes no block of the next kernel until it drains */
     CU_TRY(cudaFuncSetAttribute(attention_kernel, cudaFuncAttributePreferredSharedMemoryCarveout, 100),
            "attention kernel attributes");
-    CU_TRY(cudaFuncSetAttribute(att_split_kernel, cudaFuncAttributePreferredSharedMemoryCarveout, 100),
+    CU_TRY(cudaFuncSetAttribute(att_split_kernel<false>, cudaFuncAttributePreferredSharedMemoryCarveout, 100),
+           "attention kernel attributes");
+    CU_TRY(cudaFuncSetAttribute(att_split_kernel<true>, cudaFuncAttributePreferredSharedMemoryCarveout, 100),
            "attention kernel attributes");
     enum lmp_status st = k_q4f_init_attrs(smem_max, err);
     return st ? st : k_q4t_init_attrs(smem_max, err);

@@ -440,6 +440,8 @@ static void state_opts(struct lmp_cuda_state *s, const struct lmp_cuda_opts *o)
     s->q4p_flags = o->q4p_flags;
     s->q4p_slots = o->q4p_slots;
     s->att_pack = o->att_pack;
+    s->att_sp.combine = o->att_combine == ATT_COMBINE_GLOBAL || o->att_combine == ATT_COMBINE_CLUSTER ? o->att_combine
+                                                                                                   : ATT_COMBINE;
     if (cudaDeviceGetAttribute(&s->sms, cudaDevAttrMultiProcessorCount, s->device) != cudaSuccess || s->sms < 1)
         s->sms = 1;
     if (o->q4t_timeline) s->q4t_tl_blocks = s->sms; /* the tile kernels' grids: one block per SM at most */

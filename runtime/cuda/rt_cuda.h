@@ -92,6 +92,10 @@ struct lmp_cuda_opts {
     int att_pack;     /* decode attention one block per head over all positions, as before
                          (comparisons; the default splits each head's positions over several
                          blocks and combines their parts) */
+    int att_combine;  /* how the split attention's parts are combined: 0 the default
+                         (ATT_COMBINE), 1 by the last block of a head through global memory and
+                         a counter (before session 18), 2 a head's blocks one thread block
+                         cluster, through distributed shared memory */
     int q4t_kvpf;     /* the q/k/v tile kernel prefetches the layer's cached K and V rows into
                          L2 before it waits for the previous kernel (for the attention) */
     int q4t_npf;      /* the tile kernels prefetch later launches' weights into L2 while DRAM
