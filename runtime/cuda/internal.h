@@ -188,12 +188,12 @@ struct att_split {
     int combine; /* ATT_COMBINE_*: how the parts meet */
 };
 /* The parts combined: by the last block of a head through global memory and the counter, or
- * (n <= 8) with a head's blocks one thread block cluster, each holding its part in its
+ * (n <= ATT_CLUSTER_MAX) with a head's blocks one thread block cluster, each holding its part in its
  * shared memory, every block combining a slice of the head's dimensions (distributed
  * shared memory, two cluster barriers; no counter, no global round trip). */
 enum { ATT_COMBINE_GLOBAL = 1, ATT_COMBINE_CLUSTER = 2 };
 #define ATT_COMBINE ATT_COMBINE_CLUSTER /* the default */
-#define ATT_CLUSTER_MAX 8
+#define ATT_CLUSTER_MAX 16 /* over 8 (non-portable) where the device schedules such clusters */
 #define ATT_SPLIT_THREADS 256
 #define ATT_SPLIT_MAX 16
 
@@ -268,6 +268,7 @@ struct lmp_cuda_state {
     int q4t_diag;            /* diagnostics: parts of the tile decode skipped (opts) */
     int q4t_npf, q4t_npf_flags; /* they prefetch later launches' weights into L2 (opts) */
     int att_pack;            /* decode attention one block per head (no split) */
+    int att_shares;          /* the split's shares per head asked for (opts; 0: ~2 blocks per SM) */
     struct att_split att_sp;  /* the decode attention split over positions */
     unsigned long long *q4t_tl; /* their timeline (q4t_timeline), Q4T_TL per block and launch */
     int q4t_tl_blocks;       /* blocks per launch slot in it */

@@ -313,7 +313,8 @@ enum lmp_status k_attention(cudaStream_t st, float *out, const float *q, const f
     cfg.numAttrs = pdl ? 1 : 0;
     cfg.stream = st;
     if (sp && sp->n > 1 && n == 1) {
-        const int S = sp->n, cl = sp->combine == ATT_COMBINE_CLUSTER && S <= ATT_CLUSTER_MAX;
+        const int S = sp->n;
+        int cl = sp->combine == ATT_COMBINE_CLUSTER && S <= ATT_CLUSTER_MAX;
         cfg.gridDim = dim3((unsigned)S, (unsigned)nh);
         cfg.blockDim = dim3(ATT_SPLIT_THREADS);
         cfg.dynamicSmemBytes = ATT_ROW_SMEM(ATT_SPLIT_THREADS, hd, (max_pos + S - 1) / S) * sizeof(float);
@@ -324,6 +325,12 @@ enum lmp_status k_attention(cudaStream_t st, float *out, const float *q, const f
             at[cfg.numAttrs].val.clusterDim.z = 1;
             cfg.numAttrs++;
             cfg.dynamicSmemBytes += (size_t)att_part_floats(hd) * sizeof(float);
+            int nc = 0; /* over 8 blocks: only where the device can place such a cluster */
+            if (S > 8 && (cudaOccupancyMaxActiveClusters(&nc, att_split_kernel<true>, &cfg) != cudaSuccess || nc < 1)) {
+                (void)cudaGetLastError();
+                cfg.numAttrs--, cl = 0;
+                cfg.dynamicSmemBytes -= (size_t)att_part_floats(hd) * sizeof(float);
+            }
         }
         CU_TRY(cudaLaunchKernelEx(&cfg, cl ? att_split_kernel<true> : att_split_kernel<false>, out, q, kc, vc,
                                   pos, nh, nkv, hd, 1.0f / sqrtf((float)hd), *sp, tl),
@@ -1116,6 +1123,8 @@ enum lmp_status k_init_attrs(size_t smem_max, struct lmp_err *err)
            "attention kernel attributes");
     CU_TRY(cudaFuncSetAttribute(att_split_kernel<true>, cudaFuncAttributeMaxDynamicSharedMemorySize, v),
            "attention kernel attributes");
+    if (cudaFuncSetAttribute(att_split_kernel<true>, cudaFuncAttributeNonPortableClusterSizeAllowed, 1) != cudaSuccess)
+        (void)cudaGetLastError(); /* clusters of up to 8 then (k_attention asks before it launches more) */
     /* the whole L1 as shared memory, as the tile kernels ask: an SM whose split would have to
        change takes no block of the next kernel until it drains */
     CU_TRY(cudaFuncSetAttribute(attention_kernel, cudaFuncAttributePreferredSharedMemoryCarveout, 100),

@@ -120,10 +120,10 @@ extern "C" enum lmp_status lmp_cuda_k_attention(float *out, const float *q, cons
     TRY(poison(dout, (size_t)n * n_heads * hd, err));
     TRY(k_init_attrs(smem_limit(), err));
     /* with the PDL attribute (its prefetch before the wait; no predecessor to overlap); one
-       row (decode): split over the positions in 7 shares, some empty when pos < 6, the parts
-       combined in a cluster (even pos) or through global memory (odd) */
+       row (decode): split over the positions in 16 shares (pos % 3 == 0) or 7, some empty at
+       short contexts, the parts combined in a cluster (even pos) or through global memory */
     if (n == 1) {
-        struct att_split sp = {NULL, NULL, 7, pos % 2 ? ATT_COMBINE_GLOBAL : ATT_COMBINE_CLUSTER};
+        struct att_split sp = {NULL, NULL, pos % 3 ? 7 : 16, pos % 2 ? ATT_COMBINE_GLOBAL : ATT_COMBINE_CLUSTER};
         TRY(up(&b, (void **)&sp.part, NULL, (size_t)n_heads * sp.n * (hd + 2) * 4, err));
         TRY(up(&b, (void **)&sp.cnt, NULL, (size_t)n_heads * sizeof(unsigned), err));
         CU_TRY(cudaMemset(sp.cnt, 0, (size_t)n_heads * sizeof(unsigned)), "clearing attention counters");

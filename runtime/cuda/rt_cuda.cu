@@ -224,7 +224,7 @@ enum lmp_status cu_state_finish(struct lmp_cuda_state *s, const float *rope_cs_h
     if (!s->att_pack) { /* the decode attention split over positions: ~2 blocks per SM */
         int nh = 1;
         for (int l = 0; l < s->n_layers; l++) nh = s->L[l].nh > nh ? s->L[l].nh : nh;
-        int S = (2 * s->sms + nh / 2) / nh;
+        int S = s->att_shares > 0 ? s->att_shares : (2 * s->sms + nh / 2) / nh;
         S = S < 1 ? 1 : S > ATT_SPLIT_MAX ? ATT_SPLIT_MAX : S;
         if (S > 1) {
             if ((st = cu_state_alloc(s, (void **)&s->att_sp.part, (size_t)nh * S * (s->hd + 2) * sizeof(float),
@@ -440,6 +440,7 @@ static void state_opts(struct lmp_cuda_state *s, const struct lmp_cuda_opts *o)
     s->q4p_flags = o->q4p_flags;
     s->q4p_slots = o->q4p_slots;
     s->att_pack = o->att_pack;
+    s->att_shares = o->att_shares;
     s->att_sp.combine = o->att_combine == ATT_COMBINE_GLOBAL || o->att_combine == ATT_COMBINE_CLUSTER ? o->att_combine
                                                                                                    : ATT_COMBINE;
     if (cudaDeviceGetAttribute(&s->sms, cudaDevAttrMultiProcessorCount, s->device) != cudaSuccess || s->sms < 1)

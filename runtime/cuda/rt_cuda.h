@@ -92,6 +92,10 @@ struct lmp_cuda_opts {
     int att_pack;     /* decode attention one block per head over all positions, as before
                          (comparisons; the default splits each head's positions over several
                          blocks and combines their parts) */
+    int att_shares;   /* shares per head of the split decode attention (at most 16; clusters of
+                         over 8 where the device places them); 0: about 2 blocks per SM (8 for
+                         32 heads on 132 SMs; 16 through global memory is better from ~1000
+                         positions, docs/GPU.md) */
     int att_combine;  /* how the split attention's parts are combined: 0 the default
                          (ATT_COMBINE), 1 by the last block of a head through global memory and
                          a counter (before session 18), 2 a head's blocks one thread block
