@@ -438,8 +438,8 @@ static const struct {
              {"q4-n50eo", LMP_CUDA_W_PACKED, 4, 128, {.q4t_npf = 50, .q4t_npf_flags = 9}},
              {"q4-no", LMP_CUDA_W_PACKED, 4, 128, {.q4t_npf = 50, .q4t_npf_flags = 17}},
              {"q4-no-tl", LMP_CUDA_W_PACKED, 4, 128, {.q4t_npf = 50, .q4t_npf_flags = 17, .q4t_timeline = 1}},
-             {"q4-p1", LMP_CUDA_W_PACKED, 4, 128, {.q4t_prep = 1}},
-             {"q4-p1-tl", LMP_CUDA_W_PACKED, 4, 128, {.q4t_prep = 1, .q4t_timeline = 1}},
+             {"q4-p2", LMP_CUDA_W_PACKED, 4, 128, {.q4t_prep = 2}},
+             {"q4-p2-tl", LMP_CUDA_W_PACKED, 4, 128, {.q4t_prep = 2, .q4t_timeline = 1}},
              {"q4-x1", LMP_CUDA_W_PACKED, 4, 128, {.q4t_diag = 1}},
              {"q4-x2", LMP_CUDA_W_PACKED, 4, 128, {.q4t_diag = 2}},
              {"q4-x3", LMP_CUDA_W_PACKED, 4, 128, {.q4t_diag = 3}},
@@ -577,7 +577,7 @@ int main(int argc, char **argv)
         /* without --only: the default and the comparisons docs/GPU.md reports; "all": every
          * mode but f32 */
         static const char *dflt = "f16,q4,q4-p,q4-p-tl,q4-rows,q4-w16,q4-d1,q4-tma-s4,q4-att,q4-pack,q4-il,"
-                                  "q4-pf8,q4-kv,q4-tl,q4-nopdl,q4-nograph,q4-legacy,q4-unfused,q4-p1,q4-n50,q4-x3,q4-x7";
+                                  "q4-pf8,q4-kv,q4-tl,q4-nopdl,q4-nograph,q4-legacy,q4-unfused,q4-p2,q4-gc,q4-n50,q4-x3,q4-x7";
         if (only && !strcmp(only, "all") ? k == N_MODES - 1 : !in_list(only ? only : dflt, modes[k].name))
             continue;
         int e = run_one(modes[k].name, modes[k].wt, modes[k].bits, modes[k].group, &modes[k].o, &c,

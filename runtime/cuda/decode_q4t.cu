@@ -219,12 +219,17 @@ static __device__ float q4t_prep1(const struct q4t_args &A, unsigned char *sm, f
     return ldexpf(1.0f, -E);
 }
 
-/* the input preparation of the tile kernels: q4t_prep, or q4t_prep1 with A.prep1 where it
- * fits (up to 3 quads per thread, 1 for q/k/v: no spills in the default shapes) */
+/* the input preparation of the tile kernels: q4t_prep1 (A.prep1, the default) where it fits,
+ * with the fewest quads per thread that hold the input (up to 3; 1 for q/k/v: no spills in
+ * the default shapes; with a fixed 3 the plain kernel's took longer), else q4t_prep */
 template <int MODE>
 static __device__ __forceinline__ float q4t_input(const struct q4t_args &A, unsigned char *sm, float *red)
 {
-    float ys = !A.prep1 ? 0.0f : q4t_prep1<MODE == Q4F_QKV ? 1 : 3>(A, sm, red);
+    const int u = ((A.cols >> 2) + (int)blockDim.x - 1) / (int)blockDim.x;
+    float ys = 0.0f;
+    if (A.prep1 && u == 1) ys = q4t_prep1<1>(A, sm, red);
+    else if (A.prep1 && MODE != Q4F_QKV && u == 2) ys = q4t_prep1<2>(A, sm, red);
+    else if (A.prep1 && MODE != Q4F_QKV && u == 3) ys = q4t_prep1<3>(A, sm, red);
     return ys != 0.0f ? ys : q4t_prep(A, sm, red);
 }
 

@@ -150,7 +150,7 @@ struct q4t_args {
     int ring;              /* every item through the stash, used as a ring of `stash` units */
     struct q4t_pfn npf[2]; /* later launches' weights prefetched into L2 (npf_n of them) */
     int npf_n;
-    int prep1;             /* lmp_cuda_opts.q4t_prep == 1: the one-pass input preparation */
+    int prep1;             /* the one-pass input preparation (lmp_cuda_opts.q4t_prep) */
     int diag;              /* lmp_cuda_opts.q4t_diag (bits 1, 4: no input, no outputs) */
     int npf_flags;         /* lmp_cuda_opts.q4t_npf_flags: 1 the weight loads evict first from
                               L2, 2 the prefetches evict last */

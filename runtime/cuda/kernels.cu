@@ -208,6 +208,31 @@ attention_kernel(float *out, const float *q, const float *kc, const float *vc, c
  * same share order (the same result); a second barrier keeps each part until all are read. */
 static __host__ __device__ __forceinline__ int att_part_floats(int hd) { return (hd + 2 + 3) & ~3; }
 
+/* out[d0 .. d1) of a head from its S parts, ld(k, i) giving float i of share k's part: the
+ * shares' weights e^(m_k - m) l_k / sum by one warp, then per dimension in share order */
+template <class Ld>
+static __device__ __forceinline__ void att_combine(float *out, int hd, int S, int d0, int d1, Ld ld)
+{
+    __shared__ float wk[ATT_SPLIT_MAX], den;
+    const int tid = threadIdx.x;
+    if (tid < 32) {
+        const float mk = tid < S ? ld(tid, hd) : -INFINITY, lk = tid < S ? ld(tid, hd + 1) : 0.0f;
+        const float m = warp_max(mk);
+        const float e = mk > -INFINITY ? expf(mk - m) * lk : 0.0f;
+        const float sum = warp_sum(e);
+        if (tid < S) wk[tid] = e;
+        if (!tid) den = sum;
+    }
+    __syncthreads();
+    const float r = 1.0f / den;
+    for (int d = d0 + tid; d < d1; d += blockDim.x) {
+        float a = 0.0f;
+        for (int k = 0; k < S; k++) /* independent loads */
+            if (wk[k] != 0.0f) a += wk[k] * ld(k, d);
+        out[d] = a * r;
+    }
+}
+
 template <bool CL>
 __global__ void __launch_bounds__(ATT_SPLIT_THREADS)
 att_split_kernel(float *out, const float *q, const float *kc, const float *vc, const int *pos,
@@ -234,28 +259,12 @@ att_split_kernel(float *out, const float *q, const float *kc, const float *vc, c
         for (int d = tid; d < hd; d += ATT_SPLIT_THREADS) po[d] = 0.0f;
         if (!tid) po[hd] = -INFINITY, po[hd + 1] = 0.0f;
     }
-    __shared__ float wk[ATT_SPLIT_MAX], den;
     if (CL) {
         cooperative_groups::cluster_group cl = cooperative_groups::this_cluster();
         cl.sync(); /* every part written (release / acquire across the cluster) */
-        if (tid < 32) { /* the shares' weights, as below */
-            const float *pk = cl.map_shared_rank(sm, tid < S ? tid : 0);
-            const float mk = tid < S ? pk[hd] : -INFINITY, lk = tid < S ? pk[hd + 1] : 0.0f;
-            const float m = warp_max(mk);
-            const float e = mk > -INFINITY ? expf(mk - m) * lk : 0.0f;
-            const float sum = warp_sum(e);
-            if (tid < S) wk[tid] = e;
-            if (!tid) den = sum;
-        }
-        __syncthreads();
-        const float r = 1.0f / den;
-        const int per = (hd + S - 1) / S, d1 = min(hd, (j + 1) * per);
-        for (int d = j * per + tid; d < d1; d += ATT_SPLIT_THREADS) {
-            float a = 0.0f;
-            for (int k = 0; k < S; k++)
-                if (wk[k] != 0.0f) a += wk[k] * cl.map_shared_rank(sm, k)[d];
-            out[(size_t)h * hd + d] = a * r;
-        }
+        const int per = (hd + S - 1) / S;
+        att_combine(out + (size_t)h * hd, hd, S, j * per, min(hd, (j + 1) * per),
+                    [&](int k, int i) { return cl.map_shared_rank(sm, k)[i]; });
         cl.sync(); /* the parts stay until every block has read them */
         att_mark(tb, 2);
         return;
@@ -270,23 +279,8 @@ att_split_kernel(float *out, const float *q, const float *kc, const float *vc, c
     if (!last) return;
     __threadfence(); /* the other blocks' parts after their counts */
     const float *ph = sp.part + (size_t)h * S * (hd + 2);
-    if (tid < 32) { /* the shares' weights e^(m_k - m) l_k / sum, by one warp */
-        const float mk = tid < S ? __ldcg(ph + (size_t)tid * (hd + 2) + hd) : -INFINITY;
-        const float lk = tid < S ? __ldcg(ph + (size_t)tid * (hd + 2) + hd + 1) : 0.0f;
-        const float m = warp_max(mk);
-        const float e = mk > -INFINITY ? expf(mk - m) * lk : 0.0f;
-        const float sum = warp_sum(e);
-        if (tid < S) wk[tid] = e;
-        if (!tid) den = sum;
-    }
-    __syncthreads();
-    const float r = 1.0f / den;
-    for (int d = tid; d < hd; d += ATT_SPLIT_THREADS) {
-        float a = 0.0f;
-        for (int k = 0; k < S; k++) /* in share order; independent loads */
-            if (wk[k] != 0.0f) a += wk[k] * __ldcg(ph + (size_t)k * (hd + 2) + d);
-        out[(size_t)h * hd + d] = a * r;
-    }
+    att_combine(out + (size_t)h * hd, hd, S, 0, hd,
+                [&](int k, int i) { return __ldcg(ph + (size_t)k * (hd + 2) + i); });
     if (te) {
         __syncthreads();
         att_mark(te, 2);

@@ -435,7 +435,7 @@ static void state_opts(struct lmp_cuda_state *s, const struct lmp_cuda_opts *o)
     s->q4t_npf = o->q4t_npf > 0 && o->q4t_npf <= 100 ? o->q4t_npf : 0;
     s->q4t_npf_flags = o->q4t_npf_flags;
     s->q4t_diag = o->q4t_diag;
-    s->q4t_prep1 = o->q4t_prep == 1;
+    s->q4t_prep1 = o->q4t_prep != 2;
     s->q4p = s->q4t && o->q4t_persist == 1;
     s->q4p_flags = o->q4p_flags;
     s->q4p_slots = o->q4p_slots;

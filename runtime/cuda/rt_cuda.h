@@ -110,10 +110,10 @@ struct lmp_cuda_opts {
                          prefetched lines evict last, 4 gate/up and down and the next q/k/v
                          asked for at the start of the launch before (not after its weights),
                          8 only o and gate/up (by q/k/v), 16 only o */
-    int q4t_prep;     /* input preparation of the tile kernels: 0 two passes through an fp32
-                         copy in shared memory (the default), 1 one pass from registers where
-                         the input fits (q/k/v's 0.15 us faster, the token 0.5-1 point slower;
-                         docs/GPU.md) */
+    int q4t_prep;     /* input preparation of the tile kernels: 0 the default (1), 1 one pass
+                         from registers where the input fits (3 float4s a thread), 2 two passes
+                         through an fp32 copy in shared memory (before session 18); the same
+                         fragments (docs/GPU.md) */
     int q4t_diag;     /* diagnostics of the tile decode, parts skipped (wrong logits), bits: 1 the
                          input preparation, 2 the attention launch, 4 the block outputs
                          (what the weight phases cost without the fixed parts; docs/GPU.md) */
