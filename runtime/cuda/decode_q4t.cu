@@ -78,19 +78,6 @@ static __device__ __forceinline__ void q4t_load(q4t_regs<MODE> &R, const struct 
     const unsigned it = (unsigned)(lt * A.nc + j) * 64u + (unsigned)lane;
     const unsigned gi = (unsigned)(lt * A.ngr + (j >> A.cshift)) * 8u + (unsigned)(lane >> 2);
     const uint4 *p = A.m[mi].codes + it;
-    if (A.npf_flags & 1) { /* read once: first out of L2, before what was prefetched */
-        const uint64_t pol = q4t_pol_first();
-        R.w[0] = q4t_ld16h(p, pol);
-        R.w[1] = q4t_ld16h(p + 32, pol);
-        R.sz[0] = q4t_ld8h(A.m[mi].sz + gi, pol);
-        if (MODE == Q4F_GU) {
-            const uint4 *p2 = A.m[1].codes + it;
-            R.w[2] = q4t_ld16h(p2, pol);
-            R.w[3] = q4t_ld16h(p2 + 32, pol);
-            R.sz[1] = q4t_ld8h(A.m[1].sz + gi, pol);
-        }
-        return;
-    }
     R.w[0] = q4t_ld16(p);
     R.w[1] = q4t_ld16(p + 32);
     R.sz[0] = q4t_ld8(A.m[mi].sz + gi);

@@ -152,8 +152,7 @@ struct q4t_args {
     int npf_n;
     int prep1;             /* the one-pass input preparation (lmp_cuda_opts.q4t_prep) */
     int diag;              /* lmp_cuda_opts.q4t_diag (bits 1, 4: no input, no outputs) */
-    int npf_flags;         /* lmp_cuda_opts.q4t_npf_flags: 1 the weight loads evict first from
-                              L2, 2 the prefetches evict last */
+    int npf_flags;         /* lmp_cuda_opts.q4t_npf_flags (2: the prefetches evict last) */
 };
 
 /* timeline of a tile-kernel block: %globaltimer (ns) at start, after the dependency, after

@@ -23,13 +23,7 @@ static __device__ __forceinline__ uint2 q4t_ld8(const uint2 *p)
     return r;
 }
 
-/* L2 eviction policies (createpolicy) for the hinted loads and prefetches below */
-static __device__ __forceinline__ uint64_t q4t_pol_first(void)
-{
-    uint64_t p;
-    asm("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(p));
-    return p;
-}
+/* L2 eviction policies (createpolicy) for the prefetches of later launches' weights */
 static __device__ __forceinline__ uint64_t q4t_pol_last(void)
 {
     uint64_t p;
@@ -42,24 +36,6 @@ static __device__ __forceinline__ uint64_t q4t_pol_normal(void)
     asm("createpolicy.fractional.L2::evict_normal.b64 %0, 1.0;" : "=l"(p));
     return p;
 }
-/* q4t_ld16 and q4t_ld8 under the L2 policy pol */
-static __device__ __forceinline__ uint4 q4t_ld16h(const uint4 *p, uint64_t pol)
-{
-    uint4 r;
-    asm volatile("ld.global.nc.L1::no_allocate.L2::cache_hint.L2::256B.v4.u32 {%0, %1, %2, %3}, [%4], %5;"
-                 : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
-                 : "l"(p), "l"(pol));
-    return r;
-}
-static __device__ __forceinline__ uint2 q4t_ld8h(const uint2 *p, uint64_t pol)
-{
-    uint2 r;
-    asm volatile("ld.global.nc.L1::no_allocate.L2::cache_hint.v2.u32 {%0, %1}, [%2], %3;"
-                 : "=r"(r.x), "=r"(r.y)
-                 : "l"(p), "l"(pol));
-    return r;
-}
-
 /* d += A (16x16 fp16, row) * B (16x8 fp16, col), fp32 */
 static __device__ __forceinline__ void q4t_mma(float d[4], uint32_t a0, uint32_t a1, uint32_t a2,
                                                uint32_t a3, uint32_t b0, uint32_t b1)

@@ -106,10 +106,11 @@ struct lmp_cuda_opts {
                          would idle: this percentage of each warp's share of gate/up (asked
                          for by q/k/v, with all of o), of down (by gate/up) and of the next
                          layer's q/k/v or the head (by down); 0: off */
-    int q4t_npf_flags; /* its variants, bits: 1 the weight loads evict first from L2, 2 the
-                         prefetched lines evict last, 4 gate/up and down and the next q/k/v
-                         asked for at the start of the launch before (not after its weights),
-                         8 only o and gate/up (by q/k/v), 16 only o */
+    int q4t_npf_flags; /* its variants, bits: 2 the prefetched lines evict last, 4 gate/up and
+                         down and the next q/k/v asked for at the start of the launch before
+                         (not after its weights), 8 only o and gate/up (by q/k/v), 16 only o
+                         (1, the weight loads evict first, was measured in session 17 and
+                         removed: its test in the item loads cost 0.8 point) */
     int q4t_prep;     /* input preparation of the tile kernels: 0 the default (1), 1 one pass
                          from registers where the input fits (3 float4s a thread), 2 two passes
                          through an fp32 copy in shared memory (before session 18); the same
