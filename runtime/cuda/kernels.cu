@@ -209,7 +209,8 @@ attention_kernel(float *out, const float *q, const float *kc, const float *vc, c
 static __host__ __device__ __forceinline__ int att_part_floats(int hd) { return (hd + 2 + 3) & ~3; }
 
 /* out[d0 .. d1) of a head from its S parts, ld(k, i) giving float i of share k's part: the
- * shares' weights e^(m_k - m) l_k / sum by one warp, then per dimension in share order */
+ * shares' weights e^(m_k - m) l_k / sum by one warp, then per dimension in share order, the
+ * S loads issued together before the sum (shares of weight 0 still skipped) */
 template <class Ld>
 static __device__ __forceinline__ void att_combine(float *out, int hd, int S, int d0, int d1, Ld ld)
 {
@@ -226,9 +227,12 @@ static __device__ __forceinline__ void att_combine(float *out, int hd, int S, in
     __syncthreads();
     const float r = 1.0f / den;
     for (int d = d0 + tid; d < d1; d += blockDim.x) {
-        float a = 0.0f;
-        for (int k = 0; k < S; k++) /* independent loads */
-            if (wk[k] != 0.0f) a += wk[k] * ld(k, d);
+        float v[ATT_SPLIT_MAX], a = 0.0f;
+#pragma unroll
+        for (int k = 0; k < ATT_SPLIT_MAX; k++) v[k] = k < S ? ld(k, d) : 0.0f;
+#pragma unroll
+        for (int k = 0; k < ATT_SPLIT_MAX; k++)
+            if (k < S && wk[k] != 0.0f) a += wk[k] * v[k];
         out[d] = a * r;
     }
 }
