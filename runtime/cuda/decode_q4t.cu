@@ -1006,6 +1006,9 @@ void k_q4t_args(struct q4t_args *a, const struct cu_mat *const *m, float *const 
     a->kvd = x->kvd;
     a->pf = x->pf;
     a->kvpf = mode == Q4F_QKV && x->kvpf;
+    a->npf_flags = x->npf_flags;
+    a->diag = x->diag;
+    a->prep1 = x->prep1;
     a->tl = x->tl;
     a->tl_slot = x->tl_slot;
     if (mode == Q4F_QKV && x->att && x->hcnt && x->nh <= Q4T_MAX_HEADS && x->hd % 16 == 0) {

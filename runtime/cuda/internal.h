@@ -107,6 +107,7 @@ struct q4f_extra {
     int pipe;              /* a warp's next step loaded while the current one is computed */
     int bps;               /* blocks per SM of the persistent grid (0: as many as fit) */
     int pf, kvpf;          /* tile kernels: q4t_args.pf, .kvpf */
+    int npf_flags, diag, prep1; /* tile kernels: q4t_args.npf_flags, .diag, .prep1 */
     unsigned long long *tl; /* tile kernels: the timeline and this launch's row (q4t_args) */
     int tl_slot;
 };

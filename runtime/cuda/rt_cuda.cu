@@ -764,6 +764,9 @@ static void q4f_extra_init(const struct lmp_cuda_state *s, struct q4f_extra *x)
     x->pdl = s->pdl;
     x->pf = s->q4t_pf;
     x->kvpf = s->q4t_kvpf;
+    x->npf_flags = s->q4t_npf_flags;
+    x->diag = s->q4t_diag;
+    x->prep1 = s->q4t_prep1;
     x->tl = s->q4t_tl;
 }
 
@@ -859,9 +862,6 @@ static void head_q4t_args(const struct lmp_cuda_state *s, struct q4t_args *a)
     float *yl[1] = {s->logits};
     const struct cu_mat *head = &s->out;
     k_q4t_args(a, &head, yl, 1, Q4F_PLAIN, &x);
-    a->npf_flags = s->q4t_npf_flags;
-    a->diag = s->q4t_diag;
-    a->prep1 = s->q4t_prep1;
 }
 
 /* Layer l's four tile launches (q/k/v, o, gate/up, down; modes in mode). */
@@ -882,9 +882,6 @@ static void layer_q4t_args(const struct lmp_cuda_state *s, int l, struct q4t_arg
     for (int i = 0; i < 4; i++) {
         P[i].x.tl_slot = (l * 4 + i) * s->q4t_tl_blocks;
         k_q4t_args(&a[i], P[i].m, P[i].y, P[i].n, P[i].mode, &P[i].x);
-        a[i].npf_flags = s->q4t_npf_flags;
-        a[i].diag = s->q4t_diag;
-        a[i].prep1 = s->q4t_prep1;
         mode[i] = P[i].mode;
     }
 }

@@ -112,7 +112,7 @@ struct lmp_cuda_opts {
                          (1, the weight loads evict first, was measured in session 17 and
                          removed: its test in the item loads cost 0.8 point) */
     int q4t_prep;     /* input preparation of the tile kernels: 0 the default (1), 1 one pass
-                         from registers where the input fits (3 float4s a thread), 2 two passes
+                         from registers where the input fits (up to 3 float4s a thread), 2 two passes
                          through an fp32 copy in shared memory (before session 18); the same
                          fragments (docs/GPU.md) */
     int q4t_diag;     /* diagnostics of the tile decode, parts skipped (wrong logits), bits: 1 the
