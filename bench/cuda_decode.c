@@ -407,6 +407,11 @@ static const struct {
              {"q4-co", LMP_CUDA_W_PACKED, 4, 128, {.q4t_depth = 10}},
              {"q4-co-tl", LMP_CUDA_W_PACKED, 4, 128, {.q4t_depth = 10, .q4t_timeline = 1}},
              {"q4-cs", LMP_CUDA_W_PACKED, 4, 128, {.q4t_depth = 11}},
+             {"q4-st", LMP_CUDA_W_PACKED, 4, 128, {.q4t_depth = 13}},
+             {"q4-st-tl", LMP_CUDA_W_PACKED, 4, 128, {.q4t_depth = 13, .q4t_timeline = 1}},
+             {"q4-st2", LMP_CUDA_W_PACKED, 4, 128, {.q4t_depth = 13, .q4t_stash = 2}},
+             {"q4-st16", LMP_CUDA_W_PACKED, 4, 128, {.q4t_depth = 14}},
+             {"q4-st16-tl", LMP_CUDA_W_PACKED, 4, 128, {.q4t_depth = 14, .q4t_timeline = 1}},
              {"q4-cs-tl", LMP_CUDA_W_PACKED, 4, 128, {.q4t_depth = 11, .q4t_timeline = 1}},
              {"q4-cr", LMP_CUDA_W_PACKED, 4, 128, {.q4t_depth = 12}},
              {"q4-cr-tl", LMP_CUDA_W_PACKED, 4, 128, {.q4t_depth = 12, .q4t_timeline = 1}},
@@ -535,8 +540,12 @@ int main(int argc, char **argv)
         static const double mb[] = {9.0, 26.8, 48.0, 69.6, 1024.0};
         static const char *pat[] = {"grid-stride", "warp shares, 4 x 1 KB in flight",
                                     "warp shares, 8 x 1 KB in flight", "warp shares, 4 in flight, 2 blocks/SM",
-                                    "warp shares, 2 in flight, 4 blocks/SM"};
-        for (int p = 0; p < 5; p++)
+                                    "warp shares, 2 in flight, 4 blocks/SM", "32 warps/SM, 2 x 1 KB in flight",
+                                    "smem 192 KB, bulk copies of 1 KB", "smem 192 KB, bulk copies of 4 KB",
+                                    "smem 192 KB, bulk copies of 16 KB", "smem 192 KB, bulk copies of 48 KB",
+                                    "smem 192 KB, cp.async 16 B", "smem 64 KB, bulk copies of 16 KB",
+                                    "smem 96 KB, bulk copies of 32 KB"};
+        for (int p = 0; p < 13; p++)
             for (int k = 0; k < 5; k++) {
                 float us = 0;
                 struct lmp_err perr = {{0}};

@@ -102,16 +102,29 @@ static __device__ void att_row(float *o, const float *qi, const float *kc, const
     }
     BLOCK_SYNC();
     att_mark(tb, 1);
-    float mx = -INFINITY;
-    for (int t = tid; t < T; t += NT) mx = fmaxf(mx, s[t]);
-    mx = block_max(mx, red);
-    float sum = 0.0f;
-    for (int t = tid; t < T; t += NT) {
-        float e = expf(s[t] - mx);
-        s[t] = e;
-        sum += e;
+    float mx = -INFINITY, sum = 0.0f;
+    if (vec && T <= 32) {
+        /* up to 32 positions (a share of the split attention): warp 0 alone, one barrier;
+           the same max and sum as below (the other warps' parts are zeros) and only warp 0
+           (tid < L) uses the sum */
+        if (w == 0) {
+            const float v = lane < T ? s[lane] : -INFINITY;
+            mx = warp_max(v);
+            const float e = lane < T ? expf(v - mx) : 0.0f;
+            if (lane < T) s[lane] = e;
+            sum = warp_sum(e);
+        }
+        BLOCK_SYNC();
+    } else {
+        for (int t = tid; t < T; t += NT) mx = fmaxf(mx, s[t]);
+        mx = block_max(mx, red);
+        for (int t = tid; t < T; t += NT) {
+            float e = expf(s[t] - mx);
+            s[t] = e;
+            sum += e;
+        }
+        sum = block_sum(sum, red); /* ends with a barrier: s[] is complete */
     }
-    sum = block_sum(sum, red); /* ends with a barrier: s[] is complete */
     att_mark(tb, 2);
     if (ml && tid == 0) ml[0] = mx, ml[1] = sum;
     const float *vb = vc + (size_t)kh * hd;

@@ -265,19 +265,21 @@ static __device__ __forceinline__ void q4t_next(int &t, int &j, int st, int nc)
 }
 
 /* A warp's items W whose first D loads are in buf (lt, lj: the next item to load): each
- * tile's chunks summed in registers, end(t, ya, yb, ua, ub) after the warp's last chunk of
- * each tile. */
+ * tile's chunks summed in registers (s: the running sums, in and out), end(t, ya, yb, ua,
+ * ub) after the warp's last chunk of each tile and after item kend (the warp's last; -1:
+ * none, the sums go on in s). Item k's registers take the next load while k + D < nl (the
+ * walk's count, or more where the loads run on past it). */
 template <int MODE, int D, class End>
 static __device__ __forceinline__ void q4t_stream(const struct q4t_args &A, q4t_walk W,
-                                                  q4t_regs<MODE> (&buf)[D], int lt, int lj,
+                                                  q4t_regs<MODE> (&buf)[D], int &lt, int &lj,
                                                   const unsigned char *sm, int lane, End end,
-                                                  const float (&s0)[4])
+                                                  float (&s)[4], int nl, int kend)
 {
     const int nc = A.nc, c = lane & 3;
     const uint4 *xb4 = (const uint4 *)((const float *)sm + A.cols);
     const float2 *ox = (const float2 *)(xb4 + (A.cols >> 3));
     int t = W.f0 / nc, j = W.f0 - t * nc;
-    float ya = s0[0], yb = s0[1], ua = s0[2], ub = s0[3];
+    float ya = s[0], yb = s[1], ua = s[2], ub = s[3];
     for (int k0 = 0; k0 < W.cnt; k0 += D) {
 #pragma unroll
         for (int d = 0; d < D; d++) {
@@ -295,11 +297,11 @@ static __device__ __forceinline__ void q4t_stream(const struct q4t_args &A, q4t_
                     q4t_scale(ua, ub, acc, buf[d].sz[MODE == Q4F_GU ? 1 : 0], o);
                 }
                 /* its registers take the item D ahead (no copies) */
-                if (k + D < W.cnt) {
+                if (k + D < nl) {
                     q4t_load<MODE>(buf[d], A, lt, lj, lane);
                     q4t_next(lt, lj, W.st, nc);
                 }
-                if (j + W.st >= nc || k == W.cnt - 1) { /* the warp's last chunk of the tile */
+                if (j + W.st >= nc || k == kend) { /* the warp's last chunk of the tile */
                     end(t, ya, yb, ua, ub);
                     ya = yb = ua = ub = 0.0f;
                 }
@@ -307,6 +309,7 @@ static __device__ __forceinline__ void q4t_stream(const struct q4t_args &A, q4t_
             }
         }
     }
+    s[0] = ya, s[1] = yb, s[2] = ua, s[3] = ub;
 }
 
 /* ---- the stash: a warp's first items copied into shared memory before the dependency ------
@@ -652,7 +655,7 @@ static __device__ __forceinline__ void q4t_block_out(const struct q4t_args &A, c
  * split the block's items; each part's sums go to the block's shared memory (slot of tile
  * and warp), and after one barrier the block's threads add each row's 16 slots in order and
  * finish the rows. No global memory traffic beyond the weights, input and outputs. */
-template <int MODE, int D, int NW>
+template <int MODE, int D, int NW, int ST>
 __global__ void __launch_bounds__(NW * 32, 1) __maxnreg__(Q4T_NREG(NW)) q4t_bkernel(const __grid_constant__ struct q4t_args A)
 {
     extern __shared__ __align__(16) unsigned char q4t_sm[];
@@ -665,15 +668,26 @@ __global__ void __launch_bounds__(NW * 32, 1) __maxnreg__(Q4T_NREG(NW)) q4t_bker
     const int t0 = min(A.tiles, (int)blockIdx.x * tpb), t1 = min(A.tiles, t0 + tpb);
     const q4t_walk W = q4t_items<NW>(A, t0, t1, w);
     /* items 0 .. P - 1 through the stash, the rest through the registers */
-    const bool ring = Q4T_CO(NW) && A.ring && A.stash > 0;
-    const int P = ring ? A.stash : Q4T_CO(NW) ? min(A.stash, W.cnt) : 0; /* compiled out of the other shapes */
+    const bool ring = !ST && Q4T_CO(NW) && A.ring && A.stash > 0;
+    const int P = ST ? min(A.stash, max(0, W.cnt - D))
+                     : ring ? A.stash : Q4T_CO(NW) ? min(A.stash, W.cnt) : 0; /* compiled out of the other shapes */
     unsigned char *stash = q4t_sm + A.stash_off + (size_t)w * A.stash * q4t_unit<MODE>();
-    if (P > 0) q4t_stash_issue<MODE>(A, W, P, stash, lane, ring); /* before the dependency */
     q4t_walk WR = W;
-    WR.f0 += P * W.st, WR.cnt = ring ? 0 : WR.cnt - P;
     q4t_regs<MODE> buf[D];
     int lt, lj;
-    q4t_preload<MODE, D>(A, WR, buf, lt, lj, lane); /* before the dependency */
+    if constexpr (ST) { /* the first D items into registers, the next P into the stash */
+        q4t_preload<MODE, D>(A, W, buf, lt, lj, lane);
+        if (P > 0) {
+            q4t_walk WS = W;
+            WS.f0 += D * W.st;
+            q4t_stash_issue<MODE>(A, WS, P, stash, lane, false);
+        }
+        for (int k = 0; k < P; k++) q4t_next(lt, lj, W.st, A.nc); /* the registers' next: D + P */
+    } else {
+        if (P > 0) q4t_stash_issue<MODE>(A, W, P, stash, lane, ring); /* before the dependency */
+        WR.f0 += P * W.st, WR.cnt = ring ? 0 : WR.cnt - P;
+        q4t_preload<MODE, D>(A, WR, buf, lt, lj, lane); /* before the dependency */
+    }
     if (A.pf && lane == 0) q4t_prefetch<MODE, D>(A, W);
     if (MODE == Q4F_QKV && A.kvpf && threadIdx.x == 0) q4t_kv_prefetch(A);
     q4t_pf_next<NW>(A, 1);
@@ -694,9 +708,22 @@ __global__ void __launch_bounds__(NW * 32, 1) __maxnreg__(Q4T_NREG(NW)) q4t_bker
         }
     };
     float sums[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-    if (ring) q4t_ring_run<MODE>(A, W, P, stash, q4t_sm, lane, end, sums);
-    else if (P > 0) q4t_stash_run<MODE>(A, W, P, stash, q4t_sm, lane, end, sums);
-    q4t_stream<MODE, D>(A, WR, buf, lt, lj, q4t_sm, lane, end, sums);
+    if constexpr (ST) { /* registers: items 0 .. D - 1, then D + P ..; the stash: D .. D + P - 1 */
+        q4t_walk WA = W, WC = W;
+        WA.cnt = min(D, W.cnt);
+        q4t_stream<MODE, D>(A, WA, buf, lt, lj, q4t_sm, lane, end, sums, W.cnt - P, P == 0 && W.cnt <= D ? W.cnt - 1 : -1);
+        if (P > 0) {
+            q4t_walk WS = W;
+            WS.f0 += D * W.st, WS.cnt -= D;
+            q4t_stash_run<MODE>(A, WS, P, stash, q4t_sm, lane, end, sums);
+        }
+        WC.f0 += (D + P) * W.st, WC.cnt = max(0, W.cnt - D - P);
+        q4t_stream<MODE, D>(A, WC, buf, lt, lj, q4t_sm, lane, end, sums, WC.cnt, WC.cnt - 1);
+    } else {
+        if (ring) q4t_ring_run<MODE>(A, W, P, stash, q4t_sm, lane, end, sums);
+        else if (P > 0) q4t_stash_run<MODE>(A, W, P, stash, q4t_sm, lane, end, sums);
+        q4t_stream<MODE, D>(A, WR, buf, lt, lj, q4t_sm, lane, end, sums, WR.cnt, WR.cnt - 1);
+    }
     __syncthreads();
     q4t_mark(A, 3);
     q4t_pf_next<NW>(A, 0);
@@ -1009,6 +1036,7 @@ void k_q4t_args(struct q4t_args *a, const struct cu_mat *const *m, float *const 
     a->npf_flags = x->npf_flags;
     a->diag = x->diag;
     a->prep1 = x->prep1;
+    a->stash = x->stash;
     a->tl = x->tl;
     a->tl_slot = x->tl_slot;
     if (mode == Q4F_QKV && x->att && x->hcnt && x->nh <= Q4T_MAX_HEADS && x->hd % 16 == 0) {
@@ -1043,8 +1071,8 @@ static enum lmp_status q4t_launch(cudaStream_t st, const struct q4t_args *a, int
     at.val.programmaticStreamSerializationAllowed = 1;
     cfg.attrs = &at;
     cfg.numAttrs = pdl ? 1 : 0;
-    if constexpr (TMA) CU_TRY(cudaLaunchKernelEx(&cfg, q4t_tkernel<MODE, D, NW>, *a), "q4 tile kernel");
-    else CU_TRY(cudaLaunchKernelEx(&cfg, q4t_bkernel<MODE, D, NW>, *a), "q4 tile kernel");
+    if constexpr (TMA == 1) CU_TRY(cudaLaunchKernelEx(&cfg, q4t_tkernel<MODE, D, NW>, *a), "q4 tile kernel");
+    else CU_TRY(cudaLaunchKernelEx(&cfg, q4t_bkernel<MODE, D, NW, TMA == 2>, *a), "q4 tile kernel");
     return LMP_OK;
 }
 
@@ -1058,8 +1086,8 @@ static cudaError_t q4t_attr(int v)
 {
     cudaFuncAttributes fa;
     cudaError_t e;
-    if constexpr (TMA) e = cudaFuncGetAttributes(&fa, q4t_tkernel<MODE, D, NW>);
-    else e = cudaFuncGetAttributes(&fa, q4t_bkernel<MODE, D, NW>);
+    if constexpr (TMA == 1) e = cudaFuncGetAttributes(&fa, q4t_tkernel<MODE, D, NW>);
+    else e = cudaFuncGetAttributes(&fa, q4t_bkernel<MODE, D, NW, TMA == 2>);
     if (e) return e;
     if (fa.sharedSizeBytes > 1024) {
         const size_t over = fa.sharedSizeBytes - 1024;
@@ -1069,12 +1097,12 @@ static cudaError_t q4t_attr(int v)
     }
     /* all of L1 as shared memory for every kernel of the decode, so that the next kernel's
        blocks fit beside this one's without a change of the split */
-    if constexpr (TMA) {
+    if constexpr (TMA == 1) {
         e = cudaFuncSetAttribute(q4t_tkernel<MODE, D, NW>, cudaFuncAttributeMaxDynamicSharedMemorySize, v);
         if (!e) e = cudaFuncSetAttribute(q4t_tkernel<MODE, D, NW>, cudaFuncAttributePreferredSharedMemoryCarveout, 100);
     } else {
-        e = cudaFuncSetAttribute(q4t_bkernel<MODE, D, NW>, cudaFuncAttributeMaxDynamicSharedMemorySize, v);
-        if (!e) e = cudaFuncSetAttribute(q4t_bkernel<MODE, D, NW>, cudaFuncAttributePreferredSharedMemoryCarveout, 100);
+        e = cudaFuncSetAttribute(q4t_bkernel<MODE, D, NW, TMA == 2>, cudaFuncAttributeMaxDynamicSharedMemorySize, v);
+        if (!e) e = cudaFuncSetAttribute(q4t_bkernel<MODE, D, NW, TMA == 2>, cudaFuncAttributePreferredSharedMemoryCarveout, 100);
     }
     return e;
 }
@@ -1088,8 +1116,10 @@ static cudaError_t q4t_attr(int v)
     F(Q4F_PLAIN, 8, 16, 1) F(Q4F_QKV, 8, 16, 1) F(Q4F_GU, 4, 16, 1)                            \
     F(Q4F_PLAIN, 4, 32, 1) F(Q4F_QKV, 4, 32, 1) F(Q4F_GU, 2, 32, 1)                            \
     F(Q4F_PLAIN, 4, 16, 1) F(Q4F_QKV, 4, 16, 1) F(Q4F_GU, 2, 16, 1)                            \
-    F(Q4F_PLAIN, 2, 18, 0) F(Q4F_QKV, 2, 14, 0) F(Q4F_GU, 1, 14, 0)
-#define Q4T_NSHAPES 13
+    F(Q4F_PLAIN, 2, 18, 0) F(Q4F_QKV, 2, 14, 0) F(Q4F_GU, 1, 14, 0)                            \
+    F(Q4F_PLAIN, 2, 32, 2) F(Q4F_QKV, 2, 32, 2) F(Q4F_GU, 3, 16, 2)                            \
+    F(Q4F_PLAIN, 4, 16, 2) F(Q4F_QKV, 4, 16, 2)
+#define Q4T_NSHAPES 15
 static const int q4t_shapes[Q4T_NSHAPES][7] = {
     /* PLAIN/QKV depth and warps, GU depth and warps, TMA ring (depth = its stages), the
        warps taking the block's items in turn, co-resident (1; 2 with the stash; the warps
@@ -1098,7 +1128,8 @@ static const int q4t_shapes[Q4T_NSHAPES][7] = {
     {2, 32, 3, 16, 0, 0, 0}, {6, 16, 4, 16, 0, 0, 0}, {4, 16, 3, 16, 0, 0, 0}, {3, 32, 2, 32, 0, 0, 0},
     {8, 16, 4, 16, 1, 0, 0}, {4, 32, 2, 32, 1, 0, 0}, {4, 16, 2, 16, 1, 0, 0},
     {2, 32, 3, 16, 0, 1, 0}, {4, 16, 3, 16, 0, 1, 0}, {4, 16, 2, 16, 1, 1, 0},
-    {2, 18, 1, 14, 0, 0, 1}, {2, 18, 1, 14, 0, 0, 2}, {2, 18, 1, 14, 0, 0, 3}};
+    {2, 18, 1, 14, 0, 0, 1}, {2, 18, 1, 14, 0, 0, 2}, {2, 18, 1, 14, 0, 0, 3},
+    {2, 32, 3, 16, 2, 0, 0}, {4, 16, 3, 16, 2, 0, 0}};
 
 /* The co-resident shapes: the q/k/v and gate/up blocks ("S") take just over half an SM's
  * shared memory, so two of them never share an SM; the plain blocks (o, down, the head:
@@ -1128,9 +1159,9 @@ static void q4t_co_setup(void)
         cudaDeviceGetAttribute(&res, cudaDevAttrReservedSharedMemoryPerBlock, dev) ||
         cudaDeviceGetAttribute(&sm_regs, cudaDevAttrMaxRegistersPerMultiprocessor, dev) ||
         cudaDeviceGetAttribute(&sm_thr, cudaDevAttrMaxThreadsPerMultiProcessor, dev) ||
-        cudaFuncGetAttributes(&fs[0], q4t_bkernel<Q4F_QKV, 2, 14>) ||
-        cudaFuncGetAttributes(&fs[1], q4t_bkernel<Q4F_GU, 1, 14>) ||
-        cudaFuncGetAttributes(&fr, q4t_bkernel<Q4F_PLAIN, 2, 18>)) {
+        cudaFuncGetAttributes(&fs[0], q4t_bkernel<Q4F_QKV, 2, 14, 0>) ||
+        cudaFuncGetAttributes(&fs[1], q4t_bkernel<Q4F_GU, 1, 14, 0>) ||
+        cudaFuncGetAttributes(&fr, q4t_bkernel<Q4F_PLAIN, 2, 18, 0>)) {
         snprintf(q4t_co.why, sizeof q4t_co.why, "device or kernel attributes not readable");
         return;
     }
@@ -1151,9 +1182,9 @@ static void q4t_co_setup(void)
         return;
     }
     int n0 = 0, n1 = 0, n2 = 0;
-    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n0, q4t_bkernel<Q4F_QKV, 2, 14>, 14 * 32, q4t_co.s_dyn) ||
-        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n1, q4t_bkernel<Q4F_GU, 1, 14>, 14 * 32, q4t_co.s_dyn) ||
-        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n2, q4t_bkernel<Q4F_PLAIN, 2, 18>, 18 * 32, 0) ||
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n0, q4t_bkernel<Q4F_QKV, 2, 14, 0>, 14 * 32, q4t_co.s_dyn) ||
+        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n1, q4t_bkernel<Q4F_GU, 1, 14, 0>, 14 * 32, q4t_co.s_dyn) ||
+        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n2, q4t_bkernel<Q4F_PLAIN, 2, 18, 0>, 18 * 32, 0) ||
         n0 != 1 || n1 != 1 || n2 != 1) {
         snprintf(q4t_co.why, sizeof q4t_co.why, "blocks per SM %d, %d, %d (need 1 each)", n0, n1, n2);
         return;
@@ -1204,7 +1235,7 @@ enum lmp_status k_q4t_launch(cudaStream_t st, const struct q4t_args *a, int mode
                              int shape, struct lmp_err *err)
 {
     const int *sh = q4t_shapes[shape >= 0 && shape < Q4T_NSHAPES ? shape : 0];
-    if (sh[4]) { /* the ring must fit (wide inputs): else the default shape */
+    if (sh[4] == 1) { /* the ring must fit (wide inputs): else the default shape */
         int blocks;
         size_t smem;
         const int gu = mode == Q4F_GU;
@@ -1212,7 +1243,8 @@ enum lmp_status k_q4t_launch(cudaStream_t st, const struct q4t_args *a, int mode
                  a->att ? ATT_ROW_SMEM(sh[1] * 32, a->hd, a->max_ctx) * sizeof(float) : 0, &blocks, &smem);
         if (smem + q4t_tma_over > q4t_smem_limit) sh = q4t_shapes[0];
     }
-    if (sh[6] && (!q4t_co.ok || a->att)) sh = q4t_shapes[0]; /* fused attention: not co-resident */
+    if ((sh[6] || sh[4] == 2) && a->att) sh = q4t_shapes[0]; /* fused attention: not co-resident, no stash */
+    if (sh[6] && !q4t_co.ok) sh = q4t_shapes[0];
     const int tma = sh[4];
     struct q4t_args b = *a;
     b.il = sh[5];
@@ -1234,6 +1266,25 @@ enum lmp_status k_q4t_launch(cudaStream_t st, const struct q4t_args *a, int mode
         b.ring = sh[6] == 3;
         if (b.ring && b.stash < 2) return k_q4t_launch(st, a, mode, pdl, 0, err);
         smem = mode == Q4F_PLAIN ? base + (size_t)b.stash * nw * unit : have;
+    }
+    if (sh[4] == 2) {
+        /* one block per SM with a stash (q4t_bkernel ST): after the input and partial sums,
+           the items a warp has past its first d, up to the cap (a->stash, 0: 16) and what fits */
+        int blocks;
+        size_t base;
+        q4t_grid(a->tiles, a->cols, mode, nw, 0, 0, &blocks, &base);
+        base = (base + 15) & ~(size_t)15;
+        const size_t unit = (size_t)q4t_unit_bytes(mode);
+        const int tpb = (a->tiles + blocks - 1) / blocks, per = (tpb * a->nc + nw - 1) / nw;
+        int p = per - d, cap = a->stash > 0 ? a->stash : 16;
+        if (p > cap) p = cap;
+        if (base < q4t_smem_limit && (size_t)p > (q4t_smem_limit - base) / ((size_t)nw * unit))
+            p = (int)((q4t_smem_limit - base) / ((size_t)nw * unit));
+        if (p < 0 || base >= q4t_smem_limit) p = 0;
+        b.stash_off = (int)base;
+        b.stash = p;
+        b.ring = 0;
+        smem = base + (size_t)p * nw * unit;
     }
 #define Q4T_CASE(MODE, D, NW, TMA)                                                            \
     if (mode == MODE && d == D && nw == NW && tma == TMA)                                     \

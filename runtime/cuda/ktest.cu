@@ -1,6 +1,7 @@
 /* Host-buffer entry points of the CUDA kernels, for tests: upload the inputs, poison the
  * outputs with NaN, run the kernel the runtime runs, download. */
 #include "internal.h"
+#include "q4t.cuh"
 
 #include <math.h>
 #include <stdlib.h>
@@ -276,11 +277,12 @@ extern "C" enum lmp_status lmp_cuda_k_qmatmul(const struct lmp_qview *w, const f
         struct q4f_extra x;
         memset(&x, 0, sizeof x);
         /* inputs take turns: register ring, 32 warps, TMA ring, both rings with the items in
-           turn, co-resident with and without the stash, and
-           with the ring; the one-pass and the two-pass input preparation in turn */
-        static const int shapes[8] = {0, 2, 4, 7, 9, 10, 11, 12};
+           turn, co-resident with and without the stash, and with the ring, one block per SM
+           with the stash (32 and 16 warps); the one-pass and the two-pass input preparation
+           in turn */
+        static const int shapes[10] = {0, 2, 4, 7, 9, 10, 11, 12, 13, 14};
         for (int i = 0; i < n; i++) {
-            const int shape = shapes[i % 8];
+            const int shape = shapes[i % 10];
             float *yy[2] = {dy + (size_t)i * w->rows, NULL};
             x.x = dx + (size_t)i * w->cols;
             struct q4t_args a;
@@ -329,8 +331,8 @@ done:
  * `bytes` reaches with the access pattern of the decode kernels ---- */
 
 /* every warp an equal contiguous share of 1 KB items, D in flight per warp */
-template <int D>
-__global__ void __launch_bounds__(512) probe_items(const uint4 *p, int items, unsigned *sink)
+template <int D, int NT = 512>
+__global__ void __launch_bounds__(NT) probe_items(const uint4 *p, int items, unsigned *sink)
 {
     const int lane = threadIdx.x & 31, gw = (blockIdx.x * blockDim.x + threadIdx.x) >> 5;
     const int G = (gridDim.x * blockDim.x) >> 5, per = (items + G - 1) / G;
@@ -370,6 +372,61 @@ __global__ void probe_stride(const uint4 *p, size_t n, unsigned *sink)
     if (acc == 0x12345678u) *sink = acc;
 }
 
+/* one block per SM fills a shared-memory buffer of `ring` bytes from its share again and
+ * again: bulk copies (TMA) of S bytes issued by thread 0 that complete on one mbarrier, or
+ * (S == 0) cp.async of 16 bytes per thread; what streaming into shared memory reaches with
+ * a given amount in flight (docs/GPU.md: the stash and rings of the decode kernels) */
+template <int S>
+__global__ void __launch_bounds__(256) probe_smem(const char *p, size_t per, int ring, unsigned *sink)
+{
+    extern __shared__ __align__(128) unsigned char psm[];
+    __shared__ __align__(8) unsigned long long bar;
+    const char *base = p + blockIdx.x * per;
+    const uint32_t b = q4t_saddr(&bar), d0 = q4t_saddr(psm);
+    if (threadIdx.x == 0) {
+        q4t_bar_init(b);
+        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+    }
+    __syncthreads();
+    uint32_t phase = 0;
+    for (size_t off = 0; off < per; off += (size_t)ring) {
+        const unsigned n = (unsigned)min((size_t)ring, per - off);
+        if constexpr (S > 0) {
+            if (threadIdx.x == 0) {
+                asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(b), "r"(n) : "memory");
+                for (unsigned c = 0; c < n; c += S) {
+                    const unsigned k = min((unsigned)S, n - c);
+                    asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(d0 + c),
+                                 "l"(base + off + c), "r"(k), "r"(b)
+                                 : "memory");
+                }
+            }
+            q4t_bar_wait(b, phase);
+            phase ^= 1;
+        } else {
+            for (unsigned c = threadIdx.x * 16; c < n; c += blockDim.x * 16)
+                asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(d0 + c), "l"(base + off + c) : "memory");
+            asm volatile("cp.async.commit_group;\ncp.async.wait_all;" ::: "memory");
+        }
+        __syncthreads();
+    }
+    if (threadIdx.x == 0 && psm[5] == 0x12 && psm[9] == 0x34) *sink = 1;
+}
+
+template <int S>
+static cudaError_t probe_smem_launch(int sms, const void *p, size_t per, int ring, unsigned *sink)
+{
+    static int set = 0;
+    cudaError_t e = cudaSuccess;
+    if (!set) {
+        e = cudaFuncSetAttribute(probe_smem<S>, cudaFuncAttributeMaxDynamicSharedMemorySize, 200 * 1024);
+        set = 1;
+    }
+    if (e) return e;
+    probe_smem<S><<<sms, 256, (size_t)ring>>>((const char *)p, per, ring, sink);
+    return cudaGetLastError();
+}
+
 extern "C" enum lmp_status lmp_cuda_read_probe(size_t bytes, int pattern, int reps, float *us,
                                                struct lmp_err *err)
 {
@@ -394,9 +451,29 @@ extern "C" enum lmp_status lmp_cuda_read_probe(size_t bytes, int pattern, int re
         case 1: probe_items<4><<<sms, 512>>>(q, items, (unsigned *)sink); break;
         case 2: probe_items<8><<<sms, 512>>>(q, items, (unsigned *)sink); break;
         case 3: probe_items<4><<<sms * 2, 512>>>(q, items, (unsigned *)sink); break;
-        default: probe_items<2><<<sms * 4, 512>>>(q, items, (unsigned *)sink); break;
+        case 4: probe_items<2><<<sms * 4, 512>>>(q, items, (unsigned *)sink); break;
+        case 5: probe_items<2, 1024><<<sms, 1024>>>(q, items, (unsigned *)sink); break;
+        default: { /* 6 ..: shared memory, (chunk, ring) */
+            static const int ring[] = {192, 192, 192, 192, 192, 64, 96};
+            const int k = pattern - 6 < 7 ? pattern - 6 : 6;
+            const size_t per = (size_t)items / sms * 1024;
+            const int rb = ring[k] * 1024;
+            unsigned *sk = (unsigned *)sink;
+            cudaError_t e;
+            switch (k) {
+            case 0: e = probe_smem_launch<1024>(sms, p, per, rb, sk); break;
+            case 1: e = probe_smem_launch<4096>(sms, p, per, rb, sk); break;
+            case 2: e = probe_smem_launch<16384>(sms, p, per, rb, sk); break;
+            case 3: e = probe_smem_launch<49152>(sms, p, per, rb, sk); break;
+            case 4: e = probe_smem_launch<0>(sms, p, per, rb, sk); break;
+            case 5: e = probe_smem_launch<16384>(sms, p, per, rb, sk); break;
+            default: e = probe_smem_launch<32768>(sms, p, per, rb, sk); break;
+            }
+            CU_TRY(e, "probe");
+        }
         }
     }
+    CU_TRY(cudaGetLastError(), "probe");
     CU_TRY(cudaEventRecord(e1, 0), "probe");
     CU_TRY(cudaEventSynchronize(e1), "probe");
     CU_TRY(cudaEventElapsedTime(us, e0, e1), "probe");
