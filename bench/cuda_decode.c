@@ -410,6 +410,8 @@ static const struct {
              {"q4-st", LMP_CUDA_W_PACKED, 4, 128, {.q4t_depth = 13}},
              {"q4-st-tl", LMP_CUDA_W_PACKED, 4, 128, {.q4t_depth = 13, .q4t_timeline = 1}},
              {"q4-st2", LMP_CUDA_W_PACKED, 4, 128, {.q4t_depth = 13, .q4t_stash = 2}},
+             {"q4-stc", LMP_CUDA_W_PACKED, 4, 128, {.q4t_depth = 13, .q4t_stash_cp = 1}},
+             {"q4-stc-tl", LMP_CUDA_W_PACKED, 4, 128, {.q4t_depth = 13, .q4t_stash_cp = 1, .q4t_timeline = 1}},
              {"q4-st16", LMP_CUDA_W_PACKED, 4, 128, {.q4t_depth = 14}},
              {"q4-st16-tl", LMP_CUDA_W_PACKED, 4, 128, {.q4t_depth = 14, .q4t_timeline = 1}},
              {"q4-cs-tl", LMP_CUDA_W_PACKED, 4, 128, {.q4t_depth = 11, .q4t_timeline = 1}},

@@ -393,23 +393,87 @@ static __device__ __forceinline__ void q4t_stash_issue(const struct q4t_args &A,
 /* the item of chunk j in the stash unit u against the input in sm (q4t_prep): added to the
  * tile sums s (gate/up: s[2], s[3] the up matrix's) */
 template <int MODE>
-static __device__ __forceinline__ void q4t_unit_sum(const unsigned char *u, const unsigned char *sm, int cols,
-                                                    int j, int lane, float (&s)[4])
+static __device__ __forceinline__ void q4t_smem_sum(const unsigned char *cg, const unsigned char *cu,
+                                                    const unsigned char *zg, const unsigned char *zu,
+                                                    const unsigned char *sm, int cols, int j, int lane,
+                                                    float (&s)[4])
 {
-    const int c = lane & 3, g = lane >> 2, IB = MODE == Q4F_GU ? 2048 : 1024;
+    const int c = lane & 3, g = lane >> 2;
     const uint4 *xb4 = (const uint4 *)((const float *)sm + cols);
     const float2 o = ((const float2 *)(xb4 + (cols >> 3)))[j];
-    const uint4 *cw = (const uint4 *)u;
-    const uint2 *sz = (const uint2 *)(u + IB);
+    const uint4 *cw = (const uint4 *)cg;
     uint4 xb[4];
 #pragma unroll
     for (int p = 0; p < 4; p++) xb[p] = xb4[(4 * j + p) * 4 + c];
     float acc[4];
     q4t_item(acc, cw[lane], cw[32 + lane], xb);
-    q4t_scale(s[0], s[1], acc, sz[g], o);
+    q4t_scale(s[0], s[1], acc, ((const uint2 *)zg)[g], o);
     if (MODE == Q4F_GU) {
-        q4t_item(acc, cw[64 + lane], cw[96 + lane], xb);
-        q4t_scale(s[2], s[3], acc, sz[8 + g], o);
+        const uint4 *cw2 = (const uint4 *)cu;
+        q4t_item(acc, cw2[lane], cw2[32 + lane], xb);
+        q4t_scale(s[2], s[3], acc, ((const uint2 *)zu)[g], o);
+    }
+}
+/* the item (codes, then the up matrix's, then the scales and the up's) of stash unit u */
+template <int MODE>
+static __device__ __forceinline__ void q4t_unit_sum(const unsigned char *u, const unsigned char *sm, int cols,
+                                                    int j, int lane, float (&s)[4])
+{
+    const int IB = MODE == Q4F_GU ? 2048 : 1024;
+    q4t_smem_sum<MODE>(u, u + 1024, u + IB, u + IB + 64, sm, cols, j, lane, s);
+}
+
+/* The stash of the one-block shapes (q4t_bkernel ST) as bulk copies: a warp's P items are
+ * consecutive in the tile layout, so lane 0 copies their codes (per matrix of q/k/v they
+ * span) in one bulk copy each, and with groups of 128 columns their scales too (one uint2
+ * block of 64 bytes per item), all completing on the warp's mbarrier. Layout in the warp's
+ * stash: the codes of items 0 .. P - 1 (1 KB each), gate/up: then the up matrix's; then the
+ * scales, 64 bytes each (gate/up: then the up's). Items f0 .. f0 + P - 1 (flat). */
+template <int MODE>
+static __device__ __forceinline__ void q4t_bulk_stash(const struct q4t_args &A, int f0, int P, unsigned char *st,
+                                                      uint32_t bar)
+{
+    const int NM = MODE == Q4F_GU ? 2 : 1;
+    const uint32_t dc = q4t_saddr(st), dz = dc + (uint32_t)(P * NM * 1024);
+    q4t_bar_init(bar);
+    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar), "r"(P * NM * 1088) : "memory");
+    for (int a = f0; a < f0 + P;) {
+        const int mi = q4t_mat<MODE>(A, a / A.nc), mb = A.m[mi].tile0 * A.nc;
+        const int mend = MODE == Q4F_QKV && mi < 2 ? A.m[mi + 1].tile0 * A.nc : 1 << 30;
+        const int b = min(f0 + P, mend), n = b - a;
+        for (int m = 0; m < NM; m++) {
+            const int mm = MODE == Q4F_GU ? m : mi;
+            asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(
+                             dc + (uint32_t)((m * P + a - f0) * 1024)),
+                         "l"(A.m[mm].codes + (size_t)(a - mb) * 64), "r"(n * 1024), "r"(bar)
+                         : "memory");
+            asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(
+                             dz + (uint32_t)((m * P + a - f0) * 64)),
+                         "l"(A.m[mm].sz + (size_t)(a - mb) * 8), "r"(n * 64), "r"(bar)
+                         : "memory");
+        }
+        a = b;
+    }
+}
+
+/* the warp's stash items (flat f0 .. f0 + P - 1; W: the walk from f0, for the tile ends) */
+template <int MODE, class End>
+static __device__ __forceinline__ void q4t_bulk_run(const struct q4t_args &A, q4t_walk W, int P,
+                                                    const unsigned char *st, uint32_t bar,
+                                                    const unsigned char *sm, int lane, End end, float (&s)[4])
+{
+    const int NM = MODE == Q4F_GU ? 2 : 1, nc = A.nc;
+    q4t_bar_wait(bar, 0);
+    const unsigned char *zs = st + P * NM * 1024;
+    int t = W.f0 / nc, j = W.f0 - t * nc;
+    for (int k = 0; k < P; k++) {
+        q4t_smem_sum<MODE>(st + k * 1024, st + (P + k) * 1024, zs + k * 64, zs + (P + k) * 64, sm, A.cols, j, lane, s);
+        if (j + W.st >= nc || k == W.cnt - 1) {
+            end(t, s[0], s[1], s[2], s[3]);
+            s[0] = s[1] = s[2] = s[3] = 0.0f;
+        }
+        q4t_next(t, j, W.st, nc);
     }
 }
 
@@ -660,6 +724,7 @@ __global__ void __launch_bounds__(NW * 32, 1) __maxnreg__(Q4T_NREG(NW)) q4t_bker
 {
     extern __shared__ __align__(16) unsigned char q4t_sm[];
     __shared__ float red[66];
+    __shared__ __align__(8) unsigned long long stbar[ST ? NW : 1]; /* the bulk stash's */
     const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
     const int RPU = MODE == Q4F_GU ? 32 : 16;
     q4t_mark(A, 0);
@@ -677,7 +742,10 @@ __global__ void __launch_bounds__(NW * 32, 1) __maxnreg__(Q4T_NREG(NW)) q4t_bker
     int lt, lj;
     if constexpr (ST) { /* the first D items into registers, the next P into the stash */
         q4t_preload<MODE, D>(A, W, buf, lt, lj, lane);
-        if (P > 0) {
+        if (P > 0 && A.ring == 2) { /* bulk copies (the walk is contiguous: st 1) */
+            if (lane == 0) q4t_bulk_stash<MODE>(A, W.f0 + D, P, stash, q4t_saddr(&stbar[w]));
+            __syncwarp();
+        } else if (P > 0) {
             q4t_walk WS = W;
             WS.f0 += D * W.st;
             q4t_stash_issue<MODE>(A, WS, P, stash, lane, false);
@@ -715,7 +783,8 @@ __global__ void __launch_bounds__(NW * 32, 1) __maxnreg__(Q4T_NREG(NW)) q4t_bker
         if (P > 0) {
             q4t_walk WS = W;
             WS.f0 += D * W.st, WS.cnt -= D;
-            q4t_stash_run<MODE>(A, WS, P, stash, q4t_sm, lane, end, sums);
+            if (A.ring == 2) q4t_bulk_run<MODE>(A, WS, P, stash, q4t_saddr(&stbar[w]), q4t_sm, lane, end, sums);
+            else q4t_stash_run<MODE>(A, WS, P, stash, q4t_sm, lane, end, sums);
         }
         WC.f0 += (D + P) * W.st, WC.cnt = max(0, W.cnt - D - P);
         q4t_stream<MODE, D>(A, WC, buf, lt, lj, q4t_sm, lane, end, sums, WC.cnt, WC.cnt - 1);
@@ -1037,6 +1106,7 @@ void k_q4t_args(struct q4t_args *a, const struct cu_mat *const *m, float *const 
     a->diag = x->diag;
     a->prep1 = x->prep1;
     a->stash = x->stash;
+    a->ring = x->stash_cp ? 1 : 0; /* the stash shapes: cp.async instead of bulk copies */
     a->tl = x->tl;
     a->tl_slot = x->tl_slot;
     if (mode == Q4F_QKV && x->att && x->hcnt && x->nh <= Q4T_MAX_HEADS && x->hd % 16 == 0) {
@@ -1248,6 +1318,7 @@ enum lmp_status k_q4t_launch(cudaStream_t st, const struct q4t_args *a, int mode
     const int tma = sh[4];
     struct q4t_args b = *a;
     b.il = sh[5];
+    b.ring = 0; /* as the shape says (below) */
     const int d = mode == Q4F_GU ? sh[2] : sh[0];
     const int nw = sh[6] ? (mode == Q4F_PLAIN ? 18 : 14) : mode == Q4F_GU ? sh[3] : sh[1];
     size_t smem = 0; /* 0: as q4t_grid says */
@@ -1278,12 +1349,14 @@ enum lmp_status k_q4t_launch(cudaStream_t st, const struct q4t_args *a, int mode
         const int tpb = (a->tiles + blocks - 1) / blocks, per = (tpb * a->nc + nw - 1) / nw;
         int p = per - d, cap = a->stash > 0 ? a->stash : 16;
         if (p > cap) p = cap;
-        if (base < q4t_smem_limit && (size_t)p > (q4t_smem_limit - base) / ((size_t)nw * unit))
-            p = (int)((q4t_smem_limit - base) / ((size_t)nw * unit));
-        if (p < 0 || base >= q4t_smem_limit) p = 0;
+        const size_t lim = q4t_smem_limit - q4t_tma_over; /* the static part may pass 1 KB */
+        if (base < lim && (size_t)p > (lim - base) / ((size_t)nw * unit)) p = (int)((lim - base) / ((size_t)nw * unit));
+        if (p < 0 || base >= lim) p = 0;
         b.stash_off = (int)base;
         b.stash = p;
-        b.ring = 0;
+        /* bulk copies where the warps' shares are contiguous and the scales are one block
+           per item (groups of 128 columns), unless told (a->ring 1) to use cp.async */
+        b.ring = a->ring != 1 && !b.il && a->ngr == a->nc ? 2 : 0;
         smem = base + (size_t)p * nw * unit;
     }
 #define Q4T_CASE(MODE, D, NW, TMA)                                                            \

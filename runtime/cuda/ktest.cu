@@ -278,8 +278,8 @@ extern "C" enum lmp_status lmp_cuda_k_qmatmul(const struct lmp_qview *w, const f
         memset(&x, 0, sizeof x);
         /* inputs take turns: register ring, 32 warps, TMA ring, both rings with the items in
            turn, co-resident with and without the stash, and with the ring, one block per SM
-           with the stash (32 and 16 warps); the one-pass and the two-pass input preparation
-           in turn */
+           with the stash (32 warps by bulk copies, 16 by cp.async); the one-pass and the
+           two-pass input preparation in turn */
         static const int shapes[10] = {0, 2, 4, 7, 9, 10, 11, 12, 13, 14};
         for (int i = 0; i < n; i++) {
             const int shape = shapes[i % 10];
@@ -288,6 +288,7 @@ extern "C" enum lmp_status lmp_cuda_k_qmatmul(const struct lmp_qview *w, const f
             struct q4t_args a;
             k_q4t_args(&a, mm, yy, nm, mode, &x);
             a.prep1 = i & 1;
+            a.ring = shape == 14; /* the stash by cp.async */
             TRY(k_q4t_launch(0, &a, mode, 1, shape, err));
         }
         CU_TRY(cudaDeviceSynchronize(), "tile decode kernel");

@@ -91,6 +91,8 @@ struct lmp_cuda_opts {
                          13 (as 0: 32 warps, 2 in flight; gate/up 16, 3), 14 (16 warps, 4
                          in flight; gate/up 3) */
     int q4t_stash;    /* items per warp at most in the stash of shapes 13 and 14 (0: 16) */
+    int q4t_stash_cp; /* their stash filled by cp.async (16 bytes a lane) instead of bulk copies
+                         (one per warp and matrix; with groups of 128 columns) */
     int q4t_pf;       /* the tile kernels' blocks prefetch this many items per warp (after
                          the first in flight) into L2 before they wait for the previous
                          kernel (0: none) */
