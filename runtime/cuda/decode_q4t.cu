@@ -459,7 +459,7 @@ static __device__ __forceinline__ void q4t_bulk_stash(const struct q4t_args &A, 
 
 /* the warp's stash items (flat f0 .. f0 + P - 1; W: the walk from f0, for the tile ends) */
 template <int MODE, class End>
-static __device__ __forceinline__ void q4t_bulk_run(const struct q4t_args &A, q4t_walk W, int P,
+static __device__ __forceinline__ void q4t_bulk_run(const struct q4t_args &A, q4t_walk W, int k0, int n, int P,
                                                     const unsigned char *st, uint32_t bar,
                                                     const unsigned char *sm, int lane, End end, float (&s)[4])
 {
@@ -467,9 +467,10 @@ static __device__ __forceinline__ void q4t_bulk_run(const struct q4t_args &A, q4
     q4t_bar_wait(bar, 0);
     const unsigned char *zs = st + P * NM * 1024;
     int t = W.f0 / nc, j = W.f0 - t * nc;
-    for (int k = 0; k < P; k++) {
+    for (int i = 0; i < n; i++) {
+        const int k = k0 + i; /* the stash holds items 0 .. P - 1 of its range */
         q4t_smem_sum<MODE>(st + k * 1024, st + (P + k) * 1024, zs + k * 64, zs + (P + k) * 64, sm, A.cols, j, lane, s);
-        if (j + W.st >= nc || k == W.cnt - 1) {
+        if (j + W.st >= nc || i == W.cnt - 1) {
             end(t, s[0], s[1], s[2], s[3]);
             s[0] = s[1] = s[2] = s[3] = 0.0f;
         }
@@ -671,7 +672,7 @@ static __device__ __forceinline__ void q4t_pair_out(const struct q4t_args &A, in
  * A.att (q/k/v) each head whose q, k and v tiles are all written (counted in A.hcnt over
  * the grid) gets its attention from the block that completes it, so no separate attention
  * launch is needed. sm: shared memory for att_row (the input's, free by now). */
-template <int MODE, int NW>
+template <int MODE, int NW, int NS = NW>
 static __device__ __forceinline__ void q4t_block_out(const struct q4t_args &A, const float *part, int t0,
                                                      int t1, float ys, unsigned char *sm)
 {
@@ -679,14 +680,14 @@ static __device__ __forceinline__ void q4t_block_out(const struct q4t_args &A, c
     for (int k = threadIdx.x; k < (t1 - t0) * 8; k += blockDim.x) {
         const int tl = k >> 3, rr = 2 * (k & 7);
         float va = 0.0f, vb = 0.0f, ua = 0.0f, ub = 0.0f;
-        for (int q = 0; q < NW; q++) { /* in warp order */
-            const float *sl = part + (tl * NW + q) * RPU;
+        for (int q = 0; q < NS; q++) { /* in slot order (NS slots a tile) */
+            const float *sl = part + (tl * NS + q) * RPU;
             va += sl[rr], vb += sl[rr + 1];
             if (MODE == Q4F_GU) ua += sl[16 + rr], ub += sl[17 + rr];
         }
         q4t_pair_out<MODE>(A, t0 + tl, rr, va, vb, ua, ub, ys);
     }
-    if (MODE != Q4F_QKV || !A.att) return;
+    if (MODE != Q4F_QKV || NS != NW || !A.att) return;
     __shared__ int heads[Q4T_MAX_HEADS + 1];
     __threadfence(); /* this block's q, k, v rows before its counts */
     __syncthreads();
@@ -783,7 +784,7 @@ __global__ void __launch_bounds__(NW * 32, 1) __maxnreg__(Q4T_NREG(NW)) q4t_bker
         if (P > 0) {
             q4t_walk WS = W;
             WS.f0 += D * W.st, WS.cnt -= D;
-            if (A.ring == 2) q4t_bulk_run<MODE>(A, WS, P, stash, q4t_saddr(&stbar[w]), q4t_sm, lane, end, sums);
+            if (A.ring == 2) q4t_bulk_run<MODE>(A, WS, 0, P, P, stash, q4t_saddr(&stbar[w]), q4t_sm, lane, end, sums);
             else q4t_stash_run<MODE>(A, WS, P, stash, q4t_sm, lane, end, sums);
         }
         WC.f0 += (D + P) * W.st, WC.cnt = max(0, W.cnt - D - P);
@@ -797,6 +798,74 @@ __global__ void __launch_bounds__(NW * 32, 1) __maxnreg__(Q4T_NREG(NW)) q4t_bker
     q4t_mark(A, 3);
     q4t_pf_next<NW>(A, 0);
     if (!(A.diag & 4)) q4t_block_out<MODE, NW>(A, part, t0, t1, ys, q4t_sm);
+    q4t_mark(A, 4);
+}
+
+/* ---- the block's last items copied into shared memory before the dependency --------------
+ * (shape 15; measured in session 19, docs/GPU.md.) Thread 0 asks for the block's last S
+ * items (codes and scales, one bulk copy per matrix) before the dependency, so that they
+ * arrive while DRAM would idle; the warps stream the first items through their registers
+ * as q4t_bkernel does, then take equal shares of the copied ones. The two parts of a tile
+ * sum into separate slots (2 NW per tile), added in slot order. */
+static __device__ __forceinline__ q4t_walk q4t_share(int f, int n, int w, int nw)
+{
+    const int per = (n + nw - 1) / nw, lo = min(n, w * per), hi = min(n, lo + per);
+    q4t_walk r;
+    r.f0 = f + lo, r.st = 1, r.cnt = hi - lo;
+    return r;
+}
+
+template <int MODE, int D, int NW>
+__global__ void __launch_bounds__(NW * 32, 1) __maxnreg__(Q4T_NREG(NW)) q4t_skernel(const __grid_constant__ struct q4t_args A)
+{
+    extern __shared__ __align__(16) unsigned char q4t_sm[];
+    __shared__ float red[66];
+    __shared__ __align__(8) unsigned long long sbar;
+    const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+    const int RPU = MODE == Q4F_GU ? 32 : 16;
+    q4t_mark(A, 0);
+    pdl_trigger();
+    const int tpb = (A.tiles + gridDim.x - 1) / gridDim.x;
+    const int t0 = min(A.tiles, (int)blockIdx.x * tpb), t1 = min(A.tiles, t0 + tpb);
+    const int b0 = t0 * A.nc, nb = (t1 - t0) * A.nc;
+    const int S = min(A.stash, max(0, nb - D * NW)), nr = nb - S;
+    const q4t_walk W = q4t_share(b0, nr, w, NW), WS = q4t_share(b0 + nr, S, w, NW);
+    unsigned char *stash = q4t_sm + A.stash_off;
+    const uint32_t bar = q4t_saddr(&sbar);
+    q4t_regs<MODE> buf[D];
+    int lt, lj;
+    q4t_preload<MODE, D>(A, W, buf, lt, lj, lane); /* before the dependency */
+    if (S > 0 && threadIdx.x == 0) q4t_bulk_stash<MODE>(A, b0 + nr, S, stash, bar);
+    float *part = (float *)(q4t_sm + k_q4t_smem_dev(A.cols));
+    for (int i = threadIdx.x; i < (t1 - t0) * 2 * NW * RPU; i += blockDim.x) part[i] = 0.0f;
+    pdl_wait();
+    q4t_mark(A, 1);
+    const float ys = q4t_input<MODE>(A, q4t_sm, red); /* its barriers order the zeroing, the barrier's init */
+    q4t_mark(A, 2);
+    const int g = lane >> 2;
+    auto end = [&](int t, float ya, float yb, float ua, float ub) {
+        if ((lane & 3) == 0) {
+            float *sl = part + ((t - t0) * 2 * NW + w) * RPU;
+            sl[g] = ya, sl[g + 8] = yb;
+            if (MODE == Q4F_GU) sl[16 + g] = ua, sl[24 + g] = ub;
+        }
+    };
+    auto end2 = [&](int t, float ya, float yb, float ua, float ub) {
+        if ((lane & 3) == 0) {
+            float *sl = part + ((t - t0) * 2 * NW + NW + w) * RPU;
+            sl[g] = ya, sl[g + 8] = yb;
+            if (MODE == Q4F_GU) sl[16 + g] = ua, sl[24 + g] = ub;
+        }
+    };
+    float sums[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    q4t_stream<MODE, D>(A, W, buf, lt, lj, q4t_sm, lane, end, sums, W.cnt, W.cnt - 1);
+    if (WS.cnt > 0) {
+        sums[0] = sums[1] = sums[2] = sums[3] = 0.0f;
+        q4t_bulk_run<MODE>(A, WS, WS.f0 - (b0 + nr), WS.cnt, S, stash, bar, q4t_sm, lane, end2, sums);
+    }
+    __syncthreads();
+    q4t_mark(A, 3);
+    q4t_block_out<MODE, NW, 2 * NW>(A, part, t0, t1, ys, q4t_sm);
     q4t_mark(A, 4);
 }
 
@@ -1142,6 +1211,7 @@ static enum lmp_status q4t_launch(cudaStream_t st, const struct q4t_args *a, int
     cfg.attrs = &at;
     cfg.numAttrs = pdl ? 1 : 0;
     if constexpr (TMA == 1) CU_TRY(cudaLaunchKernelEx(&cfg, q4t_tkernel<MODE, D, NW>, *a), "q4 tile kernel");
+    else if constexpr (TMA == 3) CU_TRY(cudaLaunchKernelEx(&cfg, q4t_skernel<MODE, D, NW>, *a), "q4 tile kernel");
     else CU_TRY(cudaLaunchKernelEx(&cfg, q4t_bkernel<MODE, D, NW, TMA == 2>, *a), "q4 tile kernel");
     return LMP_OK;
 }
@@ -1157,6 +1227,7 @@ static cudaError_t q4t_attr(int v)
     cudaFuncAttributes fa;
     cudaError_t e;
     if constexpr (TMA == 1) e = cudaFuncGetAttributes(&fa, q4t_tkernel<MODE, D, NW>);
+    else if constexpr (TMA == 3) e = cudaFuncGetAttributes(&fa, q4t_skernel<MODE, D, NW>);
     else e = cudaFuncGetAttributes(&fa, q4t_bkernel<MODE, D, NW, TMA == 2>);
     if (e) return e;
     if (fa.sharedSizeBytes > 1024) {
@@ -1170,6 +1241,9 @@ static cudaError_t q4t_attr(int v)
     if constexpr (TMA == 1) {
         e = cudaFuncSetAttribute(q4t_tkernel<MODE, D, NW>, cudaFuncAttributeMaxDynamicSharedMemorySize, v);
         if (!e) e = cudaFuncSetAttribute(q4t_tkernel<MODE, D, NW>, cudaFuncAttributePreferredSharedMemoryCarveout, 100);
+    } else if constexpr (TMA == 3) {
+        e = cudaFuncSetAttribute(q4t_skernel<MODE, D, NW>, cudaFuncAttributeMaxDynamicSharedMemorySize, v);
+        if (!e) e = cudaFuncSetAttribute(q4t_skernel<MODE, D, NW>, cudaFuncAttributePreferredSharedMemoryCarveout, 100);
     } else {
         e = cudaFuncSetAttribute(q4t_bkernel<MODE, D, NW, TMA == 2>, cudaFuncAttributeMaxDynamicSharedMemorySize, v);
         if (!e) e = cudaFuncSetAttribute(q4t_bkernel<MODE, D, NW, TMA == 2>, cudaFuncAttributePreferredSharedMemoryCarveout, 100);
@@ -1188,8 +1262,9 @@ static cudaError_t q4t_attr(int v)
     F(Q4F_PLAIN, 4, 16, 1) F(Q4F_QKV, 4, 16, 1) F(Q4F_GU, 2, 16, 1)                            \
     F(Q4F_PLAIN, 2, 18, 0) F(Q4F_QKV, 2, 14, 0) F(Q4F_GU, 1, 14, 0)                            \
     F(Q4F_PLAIN, 2, 32, 2) F(Q4F_QKV, 2, 32, 2) F(Q4F_GU, 3, 16, 2)                            \
-    F(Q4F_PLAIN, 4, 16, 2) F(Q4F_QKV, 4, 16, 2)
-#define Q4T_NSHAPES 15
+    F(Q4F_PLAIN, 4, 16, 2) F(Q4F_QKV, 4, 16, 2)                                                \
+    F(Q4F_PLAIN, 2, 32, 3) F(Q4F_QKV, 2, 32, 3) F(Q4F_GU, 3, 16, 3)
+#define Q4T_NSHAPES 16
 static const int q4t_shapes[Q4T_NSHAPES][7] = {
     /* PLAIN/QKV depth and warps, GU depth and warps, TMA ring (depth = its stages), the
        warps taking the block's items in turn, co-resident (1; 2 with the stash; the warps
@@ -1199,7 +1274,7 @@ static const int q4t_shapes[Q4T_NSHAPES][7] = {
     {8, 16, 4, 16, 1, 0, 0}, {4, 32, 2, 32, 1, 0, 0}, {4, 16, 2, 16, 1, 0, 0},
     {2, 32, 3, 16, 0, 1, 0}, {4, 16, 3, 16, 0, 1, 0}, {4, 16, 2, 16, 1, 1, 0},
     {2, 18, 1, 14, 0, 0, 1}, {2, 18, 1, 14, 0, 0, 2}, {2, 18, 1, 14, 0, 0, 3},
-    {2, 32, 3, 16, 2, 0, 0}, {4, 16, 3, 16, 2, 0, 0}};
+    {2, 32, 3, 16, 2, 0, 0}, {4, 16, 3, 16, 2, 0, 0}, {2, 32, 3, 16, 3, 0, 0}};
 
 /* The co-resident shapes: the q/k/v and gate/up blocks ("S") take just over half an SM's
  * shared memory, so two of them never share an SM; the plain blocks (o, down, the head:
@@ -1313,7 +1388,8 @@ enum lmp_status k_q4t_launch(cudaStream_t st, const struct q4t_args *a, int mode
                  a->att ? ATT_ROW_SMEM(sh[1] * 32, a->hd, a->max_ctx) * sizeof(float) : 0, &blocks, &smem);
         if (smem + q4t_tma_over > q4t_smem_limit) sh = q4t_shapes[0];
     }
-    if ((sh[6] || sh[4] == 2) && a->att) sh = q4t_shapes[0]; /* fused attention: not co-resident, no stash */
+    if ((sh[6] || sh[4] >= 2) && a->att) sh = q4t_shapes[0]; /* fused attention: not co-resident, no stash */
+    if (sh[4] == 3 && a->ngr != a->nc) sh = q4t_shapes[0]; /* the block stash: groups of 128 */
     if (sh[6] && !q4t_co.ok) sh = q4t_shapes[0];
     const int tma = sh[4];
     struct q4t_args b = *a;
@@ -1337,6 +1413,24 @@ enum lmp_status k_q4t_launch(cudaStream_t st, const struct q4t_args *a, int mode
         b.ring = sh[6] == 3;
         if (b.ring && b.stash < 2) return k_q4t_launch(st, a, mode, pdl, 0, err);
         smem = mode == Q4F_PLAIN ? base + (size_t)b.stash * nw * unit : have;
+    }
+    if (sh[4] == 3) {
+        /* the block's stash (q4t_skernel): its last items past d per warp, up to the cap
+           (a->stash per warp, 0: 16) and what fits after the input and the 2 nw slots */
+        int blocks;
+        size_t base;
+        q4t_grid(a->tiles, a->cols, mode, 2 * nw, 0, 0, &blocks, &base);
+        base = (base + 15) & ~(size_t)15;
+        const size_t unit = (size_t)q4t_unit_bytes(mode), lim = q4t_smem_limit - q4t_tma_over;
+        const int tpb = (a->tiles + blocks - 1) / blocks;
+        int p = tpb * a->nc - d * nw, cap = (a->stash > 0 ? a->stash : 16) * nw;
+        if (p > cap) p = cap;
+        if (base >= lim) p = 0;
+        else if ((size_t)p > (lim - base) / unit) p = (int)((lim - base) / unit);
+        if (p < 0) p = 0;
+        b.stash_off = (int)base;
+        b.stash = p;
+        smem = base + (size_t)p * unit;
     }
     if (sh[4] == 2) {
         /* one block per SM with a stash (q4t_bkernel ST): after the input and partial sums,

@@ -278,11 +278,11 @@ extern "C" enum lmp_status lmp_cuda_k_qmatmul(const struct lmp_qview *w, const f
         memset(&x, 0, sizeof x);
         /* inputs take turns: register ring, 32 warps, TMA ring, both rings with the items in
            turn, co-resident with and without the stash, and with the ring, one block per SM
-           with the stash (32 warps by bulk copies, 16 by cp.async); the one-pass and the
-           two-pass input preparation in turn */
-        static const int shapes[10] = {0, 2, 4, 7, 9, 10, 11, 12, 13, 14};
+           with the stash (32 warps by bulk copies, 16 by cp.async), the block's stash; the
+           one-pass and the two-pass input preparation in turn */
+        static const int shapes[11] = {0, 2, 4, 7, 9, 10, 11, 12, 13, 14, 15};
         for (int i = 0; i < n; i++) {
-            const int shape = shapes[i % 10];
+            const int shape = shapes[i % 11];
             float *yy[2] = {dy + (size_t)i * w->rows, NULL};
             x.x = dx + (size_t)i * w->cols;
             struct q4t_args a;

@@ -428,7 +428,7 @@ static void state_opts(struct lmp_cuda_state *s, const struct lmp_cuda_opts *o)
     s->q4_pipe = o->q4_pipe == 1 ? 1 : o->q4_pipe == 2 ? 0 : Q4F_PIPE;
     s->q4_mega = s->q4f && o->q4_mega;
     s->q4t = s->q4f && !o->no_q4t;
-    s->q4t_depth = o->q4t_depth >= 0 && o->q4t_depth <= 14 ? o->q4t_depth : 0;
+    s->q4t_depth = o->q4t_depth >= 0 && o->q4t_depth <= 15 ? o->q4t_depth : 0;
     s->q4t_stash = o->q4t_stash >= 0 && o->q4t_stash <= 16 ? o->q4t_stash : 0;
     s->q4t_stash_cp = o->q4t_stash_cp;
     s->q4t_att = o->q4t_att == 1 ? 1 : o->q4t_att == 2 ? 0 : Q4T_ATT;

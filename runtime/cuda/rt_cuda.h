@@ -89,7 +89,8 @@ struct lmp_cuda_opts {
                          warp's items after its first 2 or 3 copied into shared memory by
                          cp.async before the dependency, as many as fit up to q4t_stash):
                          13 (as 0: 32 warps, 2 in flight; gate/up 16, 3), 14 (16 warps, 4
-                         in flight; gate/up 3) */
+                         in flight; gate/up 3); 15 (as 0, the block's last items, up to
+                         q4t_stash per warp, copied by thread 0 in one bulk copy per matrix) */
     int q4t_stash;    /* items per warp at most in the stash of shapes 13 and 14 (0: 16) */
     int q4t_stash_cp; /* their stash filled by cp.async (16 bytes a lane) instead of bulk copies
                          (one per warp and matrix; with groups of 128 columns) */
