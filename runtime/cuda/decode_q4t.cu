@@ -69,9 +69,8 @@ static __device__ __forceinline__ int q4t_mat(const struct q4t_args &A, int t)
     return (t >= A.m[1].tile0) + (t >= A.m[2].tile0);
 }
 
-/* item (t, j): 32-bit indices (a matrix holds < 2^31 / 64 items), one wide multiply each;
- * CG: through L2 only (ld.global.cg) instead of the non-coherent path */
-template <int MODE, bool CG = false>
+/* item (t, j): 32-bit indices (a matrix holds < 2^31 / 64 items), one wide multiply each */
+template <int MODE>
 static __device__ __forceinline__ void q4t_load(q4t_regs<MODE> &R, const struct q4t_args &A, int t,
                                                 int j, int lane)
 {
@@ -79,14 +78,14 @@ static __device__ __forceinline__ void q4t_load(q4t_regs<MODE> &R, const struct 
     const unsigned it = (unsigned)(lt * A.nc + j) * 64u + (unsigned)lane;
     const unsigned gi = (unsigned)(lt * A.ngr + (j >> A.cshift)) * 8u + (unsigned)(lane >> 2);
     const uint4 *p = A.m[mi].codes + it;
-    R.w[0] = CG ? q4t_ld16g(p) : q4t_ld16(p);
-    R.w[1] = CG ? q4t_ld16g(p + 32) : q4t_ld16(p + 32);
-    R.sz[0] = CG ? q4t_ld8g(A.m[mi].sz + gi) : q4t_ld8(A.m[mi].sz + gi);
+    R.w[0] = q4t_ld16(p);
+    R.w[1] = q4t_ld16(p + 32);
+    R.sz[0] = q4t_ld8(A.m[mi].sz + gi);
     if (MODE == Q4F_GU) {
         const uint4 *p2 = A.m[1].codes + it;
-        R.w[2] = CG ? q4t_ld16g(p2) : q4t_ld16(p2);
-        R.w[3] = CG ? q4t_ld16g(p2 + 32) : q4t_ld16(p2 + 32);
-        R.sz[1] = CG ? q4t_ld8g(A.m[1].sz + gi) : q4t_ld8(A.m[1].sz + gi);
+        R.w[2] = q4t_ld16(p2);
+        R.w[3] = q4t_ld16(p2 + 32);
+        R.sz[1] = q4t_ld8(A.m[1].sz + gi);
     }
 }
 
@@ -616,7 +615,7 @@ static __device__ __forceinline__ void q4t_kv_prefetch(const struct q4t_args &A)
 }
 
 /* the first D loads of the warp's items; lt, lj: the next item to load */
-template <int MODE, int D, bool CG = false>
+template <int MODE, int D>
 static __device__ __forceinline__ void q4t_preload(const struct q4t_args &A, q4t_walk W,
                                                    q4t_regs<MODE> (&buf)[D], int &lt, int &lj, int lane)
 {
@@ -624,7 +623,7 @@ static __device__ __forceinline__ void q4t_preload(const struct q4t_args &A, q4t
 #pragma unroll
     for (int d = 0; d < D; d++) {
         if (d < W.cnt) {
-            q4t_load<MODE, CG>(buf[d], A, lt, lj, lane);
+            q4t_load<MODE>(buf[d], A, lt, lj, lane);
             q4t_next(lt, lj, W.st, A.nc);
         }
     }
@@ -756,9 +755,7 @@ __global__ void __launch_bounds__(NW * 32, 1) __maxnreg__(Q4T_NREG(NW)) q4t_bker
     } else {
         if (P > 0) q4t_stash_issue<MODE>(A, W, P, stash, lane, ring); /* before the dependency */
         WR.f0 += P * W.st, WR.cnt = ring ? 0 : WR.cnt - P;
-        /* before the dependency; diagnostics (A.diag): 8 through L2 only, 16 after the input */
-        if (A.diag & 8) q4t_preload<MODE, D, true>(A, WR, buf, lt, lj, lane);
-        else if (!(A.diag & 16)) q4t_preload<MODE, D>(A, WR, buf, lt, lj, lane);
+        q4t_preload<MODE, D>(A, WR, buf, lt, lj, lane); /* before the dependency */
     }
     if (A.pf && lane == 0) q4t_prefetch<MODE, D>(A, W);
     if (MODE == Q4F_QKV && A.kvpf && threadIdx.x == 0) q4t_kv_prefetch(A);
@@ -770,7 +767,6 @@ __global__ void __launch_bounds__(NW * 32, 1) __maxnreg__(Q4T_NREG(NW)) q4t_bker
     float ys = 1.0f;
     if (A.diag & 1) __syncthreads(); /* diagnostics: the fragments as shared memory holds them */
     else ys = q4t_input<MODE>(A, q4t_sm, red); /* its barriers order the zeroing */
-    if (!ST && (A.diag & 16)) q4t_preload<MODE, D>(A, WR, buf, lt, lj, lane);
     q4t_mark(A, 2);
     const int g = lane >> 2;
     auto end = [&](int t, float ya, float yb, float ua, float ub) {

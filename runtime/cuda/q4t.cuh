@@ -16,21 +16,6 @@ static __device__ __forceinline__ uint4 q4t_ld16(const uint4 *p)
                  : "l"(p));
     return r;
 }
-/* the same through L2 only (ld.global.cg), not the non-coherent path */
-static __device__ __forceinline__ uint4 q4t_ld16g(const uint4 *p)
-{
-    uint4 r;
-    asm volatile("ld.global.cg.L2::256B.v4.u32 {%0, %1, %2, %3}, [%4];"
-                 : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
-                 : "l"(p));
-    return r;
-}
-static __device__ __forceinline__ uint2 q4t_ld8g(const uint2 *p)
-{
-    uint2 r;
-    asm volatile("ld.global.cg.v2.u32 {%0, %1}, [%2];" : "=r"(r.x), "=r"(r.y) : "l"(p));
-    return r;
-}
 static __device__ __forceinline__ uint2 q4t_ld8(const uint2 *p)
 {
     uint2 r;

@@ -125,9 +125,7 @@ struct lmp_cuda_opts {
                          fragments (docs/GPU.md) */
     int q4t_diag;     /* diagnostics of the tile decode, parts skipped (wrong logits), bits: 1 the
                          input preparation, 2 the attention launch, 4 the block outputs
-                         (what the weight phases cost without the fixed parts; docs/GPU.md);
-                         and with the right logits: 8 the first loads before the dependency
-                         through L2 only (ld.global.cg), 16 those loads after the input */
+                         (what the weight phases cost without the fixed parts; docs/GPU.md) */
     int q4t_timeline; /* the tile kernels record per block when they start, pass the dependency,
                          have the input, have read the weights and end (lmp_cuda_timeline) */
     int q4t_att;      /* decode attention with the tile kernels: 0 the default (its own
