@@ -265,21 +265,19 @@ static __device__ __forceinline__ void q4t_next(int &t, int &j, int st, int nc)
 }
 
 /* A warp's items W whose first D loads are in buf (lt, lj: the next item to load): each
- * tile's chunks summed in registers (s: the running sums, in and out), end(t, ya, yb, ua,
- * ub) after the warp's last chunk of each tile and after item kend (the warp's last; -1:
- * none, the sums go on in s). Item k's registers take the next load while k + D < nl (the
- * walk's count, or more where the loads run on past it). */
+ * tile's chunks summed in registers, end(t, ya, yb, ua, ub) after the warp's last chunk of
+ * each tile. */
 template <int MODE, int D, class End>
 static __device__ __forceinline__ void q4t_stream(const struct q4t_args &A, q4t_walk W,
-                                                  q4t_regs<MODE> (&buf)[D], int &lt, int &lj,
+                                                  q4t_regs<MODE> (&buf)[D], int lt, int lj,
                                                   const unsigned char *sm, int lane, End end,
-                                                  float (&s)[4], int nl, int kend)
+                                                  const float (&s0)[4])
 {
     const int nc = A.nc, c = lane & 3;
     const uint4 *xb4 = (const uint4 *)((const float *)sm + A.cols);
     const float2 *ox = (const float2 *)(xb4 + (A.cols >> 3));
     int t = W.f0 / nc, j = W.f0 - t * nc;
-    float ya = s[0], yb = s[1], ua = s[2], ub = s[3];
+    float ya = s0[0], yb = s0[1], ua = s0[2], ub = s0[3];
     for (int k0 = 0; k0 < W.cnt; k0 += D) {
 #pragma unroll
         for (int d = 0; d < D; d++) {
@@ -297,11 +295,11 @@ static __device__ __forceinline__ void q4t_stream(const struct q4t_args &A, q4t_
                     q4t_scale(ua, ub, acc, buf[d].sz[MODE == Q4F_GU ? 1 : 0], o);
                 }
                 /* its registers take the item D ahead (no copies) */
-                if (k + D < nl) {
+                if (k + D < W.cnt) {
                     q4t_load<MODE>(buf[d], A, lt, lj, lane);
                     q4t_next(lt, lj, W.st, nc);
                 }
-                if (j + W.st >= nc || k == kend) { /* the warp's last chunk of the tile */
+                if (j + W.st >= nc || k == W.cnt - 1) { /* the warp's last chunk of the tile */
                     end(t, ya, yb, ua, ub);
                     ya = yb = ua = ub = 0.0f;
                 }
@@ -309,7 +307,6 @@ static __device__ __forceinline__ void q4t_stream(const struct q4t_args &A, q4t_
             }
         }
     }
-    s[0] = ya, s[1] = yb, s[2] = ua, s[3] = ub;
 }
 
 /* ---- the stash: a warp's first items copied into shared memory before the dependency ------
@@ -393,88 +390,23 @@ static __device__ __forceinline__ void q4t_stash_issue(const struct q4t_args &A,
 /* the item of chunk j in the stash unit u against the input in sm (q4t_prep): added to the
  * tile sums s (gate/up: s[2], s[3] the up matrix's) */
 template <int MODE>
-static __device__ __forceinline__ void q4t_smem_sum(const unsigned char *cg, const unsigned char *cu,
-                                                    const unsigned char *zg, const unsigned char *zu,
-                                                    const unsigned char *sm, int cols, int j, int lane,
-                                                    float (&s)[4])
+static __device__ __forceinline__ void q4t_unit_sum(const unsigned char *u, const unsigned char *sm, int cols,
+                                                    int j, int lane, float (&s)[4])
 {
-    const int c = lane & 3, g = lane >> 2;
+    const int c = lane & 3, g = lane >> 2, IB = MODE == Q4F_GU ? 2048 : 1024;
     const uint4 *xb4 = (const uint4 *)((const float *)sm + cols);
     const float2 o = ((const float2 *)(xb4 + (cols >> 3)))[j];
-    const uint4 *cw = (const uint4 *)cg;
+    const uint4 *cw = (const uint4 *)u;
+    const uint2 *sz = (const uint2 *)(u + IB);
     uint4 xb[4];
 #pragma unroll
     for (int p = 0; p < 4; p++) xb[p] = xb4[(4 * j + p) * 4 + c];
     float acc[4];
     q4t_item(acc, cw[lane], cw[32 + lane], xb);
-    q4t_scale(s[0], s[1], acc, ((const uint2 *)zg)[g], o);
+    q4t_scale(s[0], s[1], acc, sz[g], o);
     if (MODE == Q4F_GU) {
-        const uint4 *cw2 = (const uint4 *)cu;
-        q4t_item(acc, cw2[lane], cw2[32 + lane], xb);
-        q4t_scale(s[2], s[3], acc, ((const uint2 *)zu)[g], o);
-    }
-}
-/* the item (codes, then the up matrix's, then the scales and the up's) of stash unit u */
-template <int MODE>
-static __device__ __forceinline__ void q4t_unit_sum(const unsigned char *u, const unsigned char *sm, int cols,
-                                                    int j, int lane, float (&s)[4])
-{
-    const int IB = MODE == Q4F_GU ? 2048 : 1024;
-    q4t_smem_sum<MODE>(u, u + 1024, u + IB, u + IB + 64, sm, cols, j, lane, s);
-}
-
-/* The stash of the one-block shapes (q4t_bkernel ST) as bulk copies: a warp's P items are
- * consecutive in the tile layout, so lane 0 copies their codes (per matrix of q/k/v they
- * span) in one bulk copy each, and with groups of 128 columns their scales too (one uint2
- * block of 64 bytes per item), all completing on the warp's mbarrier. Layout in the warp's
- * stash: the codes of items 0 .. P - 1 (1 KB each), gate/up: then the up matrix's; then the
- * scales, 64 bytes each (gate/up: then the up's). Items f0 .. f0 + P - 1 (flat). */
-template <int MODE>
-static __device__ __forceinline__ void q4t_bulk_stash(const struct q4t_args &A, int f0, int P, unsigned char *st,
-                                                      uint32_t bar)
-{
-    const int NM = MODE == Q4F_GU ? 2 : 1;
-    const uint32_t dc = q4t_saddr(st), dz = dc + (uint32_t)(P * NM * 1024);
-    q4t_bar_init(bar);
-    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
-    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar), "r"(P * NM * 1088) : "memory");
-    for (int a = f0; a < f0 + P;) {
-        const int mi = q4t_mat<MODE>(A, a / A.nc), mb = A.m[mi].tile0 * A.nc;
-        const int mend = MODE == Q4F_QKV && mi < 2 ? A.m[mi + 1].tile0 * A.nc : 1 << 30;
-        const int b = min(f0 + P, mend), n = b - a;
-        for (int m = 0; m < NM; m++) {
-            const int mm = MODE == Q4F_GU ? m : mi;
-            asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(
-                             dc + (uint32_t)((m * P + a - f0) * 1024)),
-                         "l"(A.m[mm].codes + (size_t)(a - mb) * 64), "r"(n * 1024), "r"(bar)
-                         : "memory");
-            asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(
-                             dz + (uint32_t)((m * P + a - f0) * 64)),
-                         "l"(A.m[mm].sz + (size_t)(a - mb) * 8), "r"(n * 64), "r"(bar)
-                         : "memory");
-        }
-        a = b;
-    }
-}
-
-/* the warp's stash items (flat f0 .. f0 + P - 1; W: the walk from f0, for the tile ends) */
-template <int MODE, class End>
-static __device__ __forceinline__ void q4t_bulk_run(const struct q4t_args &A, q4t_walk W, int k0, int n, int P,
-                                                    const unsigned char *st, uint32_t bar,
-                                                    const unsigned char *sm, int lane, End end, float (&s)[4])
-{
-    const int NM = MODE == Q4F_GU ? 2 : 1, nc = A.nc;
-    q4t_bar_wait(bar, 0);
-    const unsigned char *zs = st + P * NM * 1024;
-    int t = W.f0 / nc, j = W.f0 - t * nc;
-    for (int i = 0; i < n; i++) {
-        const int k = k0 + i; /* the stash holds items 0 .. P - 1 of its range */
-        q4t_smem_sum<MODE>(st + k * 1024, st + (P + k) * 1024, zs + k * 64, zs + (P + k) * 64, sm, A.cols, j, lane, s);
-        if (j + W.st >= nc || i == W.cnt - 1) {
-            end(t, s[0], s[1], s[2], s[3]);
-            s[0] = s[1] = s[2] = s[3] = 0.0f;
-        }
-        q4t_next(t, j, W.st, nc);
+        q4t_item(acc, cw[64 + lane], cw[96 + lane], xb);
+        q4t_scale(s[2], s[3], acc, sz[8 + g], o);
     }
 }
 
@@ -672,7 +604,7 @@ static __device__ __forceinline__ void q4t_pair_out(const struct q4t_args &A, in
  * A.att (q/k/v) each head whose q, k and v tiles are all written (counted in A.hcnt over
  * the grid) gets its attention from the block that completes it, so no separate attention
  * launch is needed. sm: shared memory for att_row (the input's, free by now). */
-template <int MODE, int NW, int NS = NW>
+template <int MODE, int NW>
 static __device__ __forceinline__ void q4t_block_out(const struct q4t_args &A, const float *part, int t0,
                                                      int t1, float ys, unsigned char *sm)
 {
@@ -680,14 +612,14 @@ static __device__ __forceinline__ void q4t_block_out(const struct q4t_args &A, c
     for (int k = threadIdx.x; k < (t1 - t0) * 8; k += blockDim.x) {
         const int tl = k >> 3, rr = 2 * (k & 7);
         float va = 0.0f, vb = 0.0f, ua = 0.0f, ub = 0.0f;
-        for (int q = 0; q < NS; q++) { /* in slot order (NS slots a tile) */
-            const float *sl = part + (tl * NS + q) * RPU;
+        for (int q = 0; q < NW; q++) { /* in warp order */
+            const float *sl = part + (tl * NW + q) * RPU;
             va += sl[rr], vb += sl[rr + 1];
             if (MODE == Q4F_GU) ua += sl[16 + rr], ub += sl[17 + rr];
         }
         q4t_pair_out<MODE>(A, t0 + tl, rr, va, vb, ua, ub, ys);
     }
-    if (MODE != Q4F_QKV || NS != NW || !A.att) return;
+    if (MODE != Q4F_QKV || !A.att) return;
     __shared__ int heads[Q4T_MAX_HEADS + 1];
     __threadfence(); /* this block's q, k, v rows before its counts */
     __syncthreads();
@@ -720,12 +652,11 @@ static __device__ __forceinline__ void q4t_block_out(const struct q4t_args &A, c
  * split the block's items; each part's sums go to the block's shared memory (slot of tile
  * and warp), and after one barrier the block's threads add each row's 16 slots in order and
  * finish the rows. No global memory traffic beyond the weights, input and outputs. */
-template <int MODE, int D, int NW, int ST>
+template <int MODE, int D, int NW>
 __global__ void __launch_bounds__(NW * 32, 1) __maxnreg__(Q4T_NREG(NW)) q4t_bkernel(const __grid_constant__ struct q4t_args A)
 {
     extern __shared__ __align__(16) unsigned char q4t_sm[];
     __shared__ float red[66];
-    __shared__ __align__(8) unsigned long long stbar[ST ? NW : 1]; /* the bulk stash's */
     const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
     const int RPU = MODE == Q4F_GU ? 32 : 16;
     q4t_mark(A, 0);
@@ -734,29 +665,15 @@ __global__ void __launch_bounds__(NW * 32, 1) __maxnreg__(Q4T_NREG(NW)) q4t_bker
     const int t0 = min(A.tiles, (int)blockIdx.x * tpb), t1 = min(A.tiles, t0 + tpb);
     const q4t_walk W = q4t_items<NW>(A, t0, t1, w);
     /* items 0 .. P - 1 through the stash, the rest through the registers */
-    const bool ring = !ST && Q4T_CO(NW) && A.ring && A.stash > 0;
-    const int P = ST ? min(A.stash, max(0, W.cnt - D))
-                     : ring ? A.stash : Q4T_CO(NW) ? min(A.stash, W.cnt) : 0; /* compiled out of the other shapes */
+    const bool ring = Q4T_CO(NW) && A.ring && A.stash > 0;
+    const int P = ring ? A.stash : Q4T_CO(NW) ? min(A.stash, W.cnt) : 0; /* compiled out of the other shapes */
     unsigned char *stash = q4t_sm + A.stash_off + (size_t)w * A.stash * q4t_unit<MODE>();
+    if (P > 0) q4t_stash_issue<MODE>(A, W, P, stash, lane, ring); /* before the dependency */
     q4t_walk WR = W;
+    WR.f0 += P * W.st, WR.cnt = ring ? 0 : WR.cnt - P;
     q4t_regs<MODE> buf[D];
     int lt, lj;
-    if constexpr (ST) { /* the first D items into registers, the next P into the stash */
-        q4t_preload<MODE, D>(A, W, buf, lt, lj, lane);
-        if (P > 0 && A.ring == 2) { /* bulk copies (the walk is contiguous: st 1) */
-            if (lane == 0) q4t_bulk_stash<MODE>(A, W.f0 + D, P, stash, q4t_saddr(&stbar[w]));
-            __syncwarp();
-        } else if (P > 0) {
-            q4t_walk WS = W;
-            WS.f0 += D * W.st;
-            q4t_stash_issue<MODE>(A, WS, P, stash, lane, false);
-        }
-        for (int k = 0; k < P; k++) q4t_next(lt, lj, W.st, A.nc); /* the registers' next: D + P */
-    } else {
-        if (P > 0) q4t_stash_issue<MODE>(A, W, P, stash, lane, ring); /* before the dependency */
-        WR.f0 += P * W.st, WR.cnt = ring ? 0 : WR.cnt - P;
-        q4t_preload<MODE, D>(A, WR, buf, lt, lj, lane); /* before the dependency */
-    }
+    q4t_preload<MODE, D>(A, WR, buf, lt, lj, lane); /* before the dependency */
     if (A.pf && lane == 0) q4t_prefetch<MODE, D>(A, W);
     if (MODE == Q4F_QKV && A.kvpf && threadIdx.x == 0) q4t_kv_prefetch(A);
     q4t_pf_next<NW>(A, 1);
@@ -777,95 +694,13 @@ __global__ void __launch_bounds__(NW * 32, 1) __maxnreg__(Q4T_NREG(NW)) q4t_bker
         }
     };
     float sums[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-    if constexpr (ST) { /* registers: items 0 .. D - 1, then D + P ..; the stash: D .. D + P - 1 */
-        q4t_walk WA = W, WC = W;
-        WA.cnt = min(D, W.cnt);
-        q4t_stream<MODE, D>(A, WA, buf, lt, lj, q4t_sm, lane, end, sums, W.cnt - P, P == 0 && W.cnt <= D ? W.cnt - 1 : -1);
-        if (P > 0) {
-            q4t_walk WS = W;
-            WS.f0 += D * W.st, WS.cnt -= D;
-            if (A.ring == 2) q4t_bulk_run<MODE>(A, WS, 0, P, P, stash, q4t_saddr(&stbar[w]), q4t_sm, lane, end, sums);
-            else q4t_stash_run<MODE>(A, WS, P, stash, q4t_sm, lane, end, sums);
-        }
-        WC.f0 += (D + P) * W.st, WC.cnt = max(0, W.cnt - D - P);
-        q4t_stream<MODE, D>(A, WC, buf, lt, lj, q4t_sm, lane, end, sums, WC.cnt, WC.cnt - 1);
-    } else {
-        if (ring) q4t_ring_run<MODE>(A, W, P, stash, q4t_sm, lane, end, sums);
-        else if (P > 0) q4t_stash_run<MODE>(A, W, P, stash, q4t_sm, lane, end, sums);
-        q4t_stream<MODE, D>(A, WR, buf, lt, lj, q4t_sm, lane, end, sums, WR.cnt, WR.cnt - 1);
-    }
+    if (ring) q4t_ring_run<MODE>(A, W, P, stash, q4t_sm, lane, end, sums);
+    else if (P > 0) q4t_stash_run<MODE>(A, W, P, stash, q4t_sm, lane, end, sums);
+    q4t_stream<MODE, D>(A, WR, buf, lt, lj, q4t_sm, lane, end, sums);
     __syncthreads();
     q4t_mark(A, 3);
     q4t_pf_next<NW>(A, 0);
     if (!(A.diag & 4)) q4t_block_out<MODE, NW>(A, part, t0, t1, ys, q4t_sm);
-    q4t_mark(A, 4);
-}
-
-/* ---- the block's last items copied into shared memory before the dependency --------------
- * (shape 15; measured in session 19, docs/GPU.md.) Thread 0 asks for the block's last S
- * items (codes and scales, one bulk copy per matrix) before the dependency, so that they
- * arrive while DRAM would idle; the warps stream the first items through their registers
- * as q4t_bkernel does, then take equal shares of the copied ones. The two parts of a tile
- * sum into separate slots (2 NW per tile), added in slot order. */
-static __device__ __forceinline__ q4t_walk q4t_share(int f, int n, int w, int nw)
-{
-    const int per = (n + nw - 1) / nw, lo = min(n, w * per), hi = min(n, lo + per);
-    q4t_walk r;
-    r.f0 = f + lo, r.st = 1, r.cnt = hi - lo;
-    return r;
-}
-
-template <int MODE, int D, int NW>
-__global__ void __launch_bounds__(NW * 32, 1) __maxnreg__(Q4T_NREG(NW)) q4t_skernel(const __grid_constant__ struct q4t_args A)
-{
-    extern __shared__ __align__(16) unsigned char q4t_sm[];
-    __shared__ float red[66];
-    __shared__ __align__(8) unsigned long long sbar;
-    const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
-    const int RPU = MODE == Q4F_GU ? 32 : 16;
-    q4t_mark(A, 0);
-    pdl_trigger();
-    const int tpb = (A.tiles + gridDim.x - 1) / gridDim.x;
-    const int t0 = min(A.tiles, (int)blockIdx.x * tpb), t1 = min(A.tiles, t0 + tpb);
-    const int b0 = t0 * A.nc, nb = (t1 - t0) * A.nc;
-    const int S = min(A.stash, max(0, nb - D * NW)), nr = nb - S;
-    const q4t_walk W = q4t_share(b0, nr, w, NW), WS = q4t_share(b0 + nr, S, w, NW);
-    unsigned char *stash = q4t_sm + A.stash_off;
-    const uint32_t bar = q4t_saddr(&sbar);
-    q4t_regs<MODE> buf[D];
-    int lt, lj;
-    q4t_preload<MODE, D>(A, W, buf, lt, lj, lane); /* before the dependency */
-    if (S > 0 && threadIdx.x == 0) q4t_bulk_stash<MODE>(A, b0 + nr, S, stash, bar);
-    float *part = (float *)(q4t_sm + k_q4t_smem_dev(A.cols));
-    for (int i = threadIdx.x; i < (t1 - t0) * 2 * NW * RPU; i += blockDim.x) part[i] = 0.0f;
-    pdl_wait();
-    q4t_mark(A, 1);
-    const float ys = q4t_input<MODE>(A, q4t_sm, red); /* its barriers order the zeroing, the barrier's init */
-    q4t_mark(A, 2);
-    const int g = lane >> 2;
-    auto end = [&](int t, float ya, float yb, float ua, float ub) {
-        if ((lane & 3) == 0) {
-            float *sl = part + ((t - t0) * 2 * NW + w) * RPU;
-            sl[g] = ya, sl[g + 8] = yb;
-            if (MODE == Q4F_GU) sl[16 + g] = ua, sl[24 + g] = ub;
-        }
-    };
-    auto end2 = [&](int t, float ya, float yb, float ua, float ub) {
-        if ((lane & 3) == 0) {
-            float *sl = part + ((t - t0) * 2 * NW + NW + w) * RPU;
-            sl[g] = ya, sl[g + 8] = yb;
-            if (MODE == Q4F_GU) sl[16 + g] = ua, sl[24 + g] = ub;
-        }
-    };
-    float sums[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-    q4t_stream<MODE, D>(A, W, buf, lt, lj, q4t_sm, lane, end, sums, W.cnt, W.cnt - 1);
-    if (WS.cnt > 0) {
-        sums[0] = sums[1] = sums[2] = sums[3] = 0.0f;
-        q4t_bulk_run<MODE>(A, WS, WS.f0 - (b0 + nr), WS.cnt, S, stash, bar, q4t_sm, lane, end2, sums);
-    }
-    __syncthreads();
-    q4t_mark(A, 3);
-    q4t_block_out<MODE, NW, 2 * NW>(A, part, t0, t1, ys, q4t_sm);
     q4t_mark(A, 4);
 }
 
@@ -1174,8 +1009,6 @@ void k_q4t_args(struct q4t_args *a, const struct cu_mat *const *m, float *const 
     a->npf_flags = x->npf_flags;
     a->diag = x->diag;
     a->prep1 = x->prep1;
-    a->stash = x->stash;
-    a->ring = x->stash_cp ? 1 : 0; /* the stash shapes: cp.async instead of bulk copies */
     a->tl = x->tl;
     a->tl_slot = x->tl_slot;
     if (mode == Q4F_QKV && x->att && x->hcnt && x->nh <= Q4T_MAX_HEADS && x->hd % 16 == 0) {
@@ -1210,9 +1043,8 @@ static enum lmp_status q4t_launch(cudaStream_t st, const struct q4t_args *a, int
     at.val.programmaticStreamSerializationAllowed = 1;
     cfg.attrs = &at;
     cfg.numAttrs = pdl ? 1 : 0;
-    if constexpr (TMA == 1) CU_TRY(cudaLaunchKernelEx(&cfg, q4t_tkernel<MODE, D, NW>, *a), "q4 tile kernel");
-    else if constexpr (TMA == 3) CU_TRY(cudaLaunchKernelEx(&cfg, q4t_skernel<MODE, D, NW>, *a), "q4 tile kernel");
-    else CU_TRY(cudaLaunchKernelEx(&cfg, q4t_bkernel<MODE, D, NW, TMA == 2>, *a), "q4 tile kernel");
+    if constexpr (TMA) CU_TRY(cudaLaunchKernelEx(&cfg, q4t_tkernel<MODE, D, NW>, *a), "q4 tile kernel");
+    else CU_TRY(cudaLaunchKernelEx(&cfg, q4t_bkernel<MODE, D, NW>, *a), "q4 tile kernel");
     return LMP_OK;
 }
 
@@ -1226,9 +1058,8 @@ static cudaError_t q4t_attr(int v)
 {
     cudaFuncAttributes fa;
     cudaError_t e;
-    if constexpr (TMA == 1) e = cudaFuncGetAttributes(&fa, q4t_tkernel<MODE, D, NW>);
-    else if constexpr (TMA == 3) e = cudaFuncGetAttributes(&fa, q4t_skernel<MODE, D, NW>);
-    else e = cudaFuncGetAttributes(&fa, q4t_bkernel<MODE, D, NW, TMA == 2>);
+    if constexpr (TMA) e = cudaFuncGetAttributes(&fa, q4t_tkernel<MODE, D, NW>);
+    else e = cudaFuncGetAttributes(&fa, q4t_bkernel<MODE, D, NW>);
     if (e) return e;
     if (fa.sharedSizeBytes > 1024) {
         const size_t over = fa.sharedSizeBytes - 1024;
@@ -1238,15 +1069,12 @@ static cudaError_t q4t_attr(int v)
     }
     /* all of L1 as shared memory for every kernel of the decode, so that the next kernel's
        blocks fit beside this one's without a change of the split */
-    if constexpr (TMA == 1) {
+    if constexpr (TMA) {
         e = cudaFuncSetAttribute(q4t_tkernel<MODE, D, NW>, cudaFuncAttributeMaxDynamicSharedMemorySize, v);
         if (!e) e = cudaFuncSetAttribute(q4t_tkernel<MODE, D, NW>, cudaFuncAttributePreferredSharedMemoryCarveout, 100);
-    } else if constexpr (TMA == 3) {
-        e = cudaFuncSetAttribute(q4t_skernel<MODE, D, NW>, cudaFuncAttributeMaxDynamicSharedMemorySize, v);
-        if (!e) e = cudaFuncSetAttribute(q4t_skernel<MODE, D, NW>, cudaFuncAttributePreferredSharedMemoryCarveout, 100);
     } else {
-        e = cudaFuncSetAttribute(q4t_bkernel<MODE, D, NW, TMA == 2>, cudaFuncAttributeMaxDynamicSharedMemorySize, v);
-        if (!e) e = cudaFuncSetAttribute(q4t_bkernel<MODE, D, NW, TMA == 2>, cudaFuncAttributePreferredSharedMemoryCarveout, 100);
+        e = cudaFuncSetAttribute(q4t_bkernel<MODE, D, NW>, cudaFuncAttributeMaxDynamicSharedMemorySize, v);
+        if (!e) e = cudaFuncSetAttribute(q4t_bkernel<MODE, D, NW>, cudaFuncAttributePreferredSharedMemoryCarveout, 100);
     }
     return e;
 }
@@ -1260,11 +1088,8 @@ static cudaError_t q4t_attr(int v)
     F(Q4F_PLAIN, 8, 16, 1) F(Q4F_QKV, 8, 16, 1) F(Q4F_GU, 4, 16, 1)                            \
     F(Q4F_PLAIN, 4, 32, 1) F(Q4F_QKV, 4, 32, 1) F(Q4F_GU, 2, 32, 1)                            \
     F(Q4F_PLAIN, 4, 16, 1) F(Q4F_QKV, 4, 16, 1) F(Q4F_GU, 2, 16, 1)                            \
-    F(Q4F_PLAIN, 2, 18, 0) F(Q4F_QKV, 2, 14, 0) F(Q4F_GU, 1, 14, 0)                            \
-    F(Q4F_PLAIN, 2, 32, 2) F(Q4F_QKV, 2, 32, 2) F(Q4F_GU, 3, 16, 2)                            \
-    F(Q4F_PLAIN, 4, 16, 2) F(Q4F_QKV, 4, 16, 2)                                                \
-    F(Q4F_PLAIN, 2, 32, 3) F(Q4F_QKV, 2, 32, 3) F(Q4F_GU, 3, 16, 3)
-#define Q4T_NSHAPES 16
+    F(Q4F_PLAIN, 2, 18, 0) F(Q4F_QKV, 2, 14, 0) F(Q4F_GU, 1, 14, 0)
+#define Q4T_NSHAPES 13
 static const int q4t_shapes[Q4T_NSHAPES][7] = {
     /* PLAIN/QKV depth and warps, GU depth and warps, TMA ring (depth = its stages), the
        warps taking the block's items in turn, co-resident (1; 2 with the stash; the warps
@@ -1273,8 +1098,7 @@ static const int q4t_shapes[Q4T_NSHAPES][7] = {
     {2, 32, 3, 16, 0, 0, 0}, {6, 16, 4, 16, 0, 0, 0}, {4, 16, 3, 16, 0, 0, 0}, {3, 32, 2, 32, 0, 0, 0},
     {8, 16, 4, 16, 1, 0, 0}, {4, 32, 2, 32, 1, 0, 0}, {4, 16, 2, 16, 1, 0, 0},
     {2, 32, 3, 16, 0, 1, 0}, {4, 16, 3, 16, 0, 1, 0}, {4, 16, 2, 16, 1, 1, 0},
-    {2, 18, 1, 14, 0, 0, 1}, {2, 18, 1, 14, 0, 0, 2}, {2, 18, 1, 14, 0, 0, 3},
-    {2, 32, 3, 16, 2, 0, 0}, {4, 16, 3, 16, 2, 0, 0}, {2, 32, 3, 16, 3, 0, 0}};
+    {2, 18, 1, 14, 0, 0, 1}, {2, 18, 1, 14, 0, 0, 2}, {2, 18, 1, 14, 0, 0, 3}};
 
 /* The co-resident shapes: the q/k/v and gate/up blocks ("S") take just over half an SM's
  * shared memory, so two of them never share an SM; the plain blocks (o, down, the head:
@@ -1304,9 +1128,9 @@ static void q4t_co_setup(void)
         cudaDeviceGetAttribute(&res, cudaDevAttrReservedSharedMemoryPerBlock, dev) ||
         cudaDeviceGetAttribute(&sm_regs, cudaDevAttrMaxRegistersPerMultiprocessor, dev) ||
         cudaDeviceGetAttribute(&sm_thr, cudaDevAttrMaxThreadsPerMultiProcessor, dev) ||
-        cudaFuncGetAttributes(&fs[0], q4t_bkernel<Q4F_QKV, 2, 14, 0>) ||
-        cudaFuncGetAttributes(&fs[1], q4t_bkernel<Q4F_GU, 1, 14, 0>) ||
-        cudaFuncGetAttributes(&fr, q4t_bkernel<Q4F_PLAIN, 2, 18, 0>)) {
+        cudaFuncGetAttributes(&fs[0], q4t_bkernel<Q4F_QKV, 2, 14>) ||
+        cudaFuncGetAttributes(&fs[1], q4t_bkernel<Q4F_GU, 1, 14>) ||
+        cudaFuncGetAttributes(&fr, q4t_bkernel<Q4F_PLAIN, 2, 18>)) {
         snprintf(q4t_co.why, sizeof q4t_co.why, "device or kernel attributes not readable");
         return;
     }
@@ -1327,9 +1151,9 @@ static void q4t_co_setup(void)
         return;
     }
     int n0 = 0, n1 = 0, n2 = 0;
-    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n0, q4t_bkernel<Q4F_QKV, 2, 14, 0>, 14 * 32, q4t_co.s_dyn) ||
-        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n1, q4t_bkernel<Q4F_GU, 1, 14, 0>, 14 * 32, q4t_co.s_dyn) ||
-        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n2, q4t_bkernel<Q4F_PLAIN, 2, 18, 0>, 18 * 32, 0) ||
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n0, q4t_bkernel<Q4F_QKV, 2, 14>, 14 * 32, q4t_co.s_dyn) ||
+        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n1, q4t_bkernel<Q4F_GU, 1, 14>, 14 * 32, q4t_co.s_dyn) ||
+        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n2, q4t_bkernel<Q4F_PLAIN, 2, 18>, 18 * 32, 0) ||
         n0 != 1 || n1 != 1 || n2 != 1) {
         snprintf(q4t_co.why, sizeof q4t_co.why, "blocks per SM %d, %d, %d (need 1 each)", n0, n1, n2);
         return;
@@ -1380,7 +1204,7 @@ enum lmp_status k_q4t_launch(cudaStream_t st, const struct q4t_args *a, int mode
                              int shape, struct lmp_err *err)
 {
     const int *sh = q4t_shapes[shape >= 0 && shape < Q4T_NSHAPES ? shape : 0];
-    if (sh[4] == 1) { /* the ring must fit (wide inputs): else the default shape */
+    if (sh[4]) { /* the ring must fit (wide inputs): else the default shape */
         int blocks;
         size_t smem;
         const int gu = mode == Q4F_GU;
@@ -1388,13 +1212,10 @@ enum lmp_status k_q4t_launch(cudaStream_t st, const struct q4t_args *a, int mode
                  a->att ? ATT_ROW_SMEM(sh[1] * 32, a->hd, a->max_ctx) * sizeof(float) : 0, &blocks, &smem);
         if (smem + q4t_tma_over > q4t_smem_limit) sh = q4t_shapes[0];
     }
-    if ((sh[6] || sh[4] >= 2) && a->att) sh = q4t_shapes[0]; /* fused attention: not co-resident, no stash */
-    if (sh[4] == 3 && a->ngr != a->nc) sh = q4t_shapes[0]; /* the block stash: groups of 128 */
-    if (sh[6] && !q4t_co.ok) sh = q4t_shapes[0];
+    if (sh[6] && (!q4t_co.ok || a->att)) sh = q4t_shapes[0]; /* fused attention: not co-resident */
     const int tma = sh[4];
     struct q4t_args b = *a;
     b.il = sh[5];
-    b.ring = 0; /* as the shape says (below) */
     const int d = mode == Q4F_GU ? sh[2] : sh[0];
     const int nw = sh[6] ? (mode == Q4F_PLAIN ? 18 : 14) : mode == Q4F_GU ? sh[3] : sh[1];
     size_t smem = 0; /* 0: as q4t_grid says */
@@ -1413,45 +1234,6 @@ enum lmp_status k_q4t_launch(cudaStream_t st, const struct q4t_args *a, int mode
         b.ring = sh[6] == 3;
         if (b.ring && b.stash < 2) return k_q4t_launch(st, a, mode, pdl, 0, err);
         smem = mode == Q4F_PLAIN ? base + (size_t)b.stash * nw * unit : have;
-    }
-    if (sh[4] == 3) {
-        /* the block's stash (q4t_skernel): its last items past d per warp, up to the cap
-           (a->stash per warp, 0: 16) and what fits after the input and the 2 nw slots */
-        int blocks;
-        size_t base;
-        q4t_grid(a->tiles, a->cols, mode, 2 * nw, 0, 0, &blocks, &base);
-        base = (base + 15) & ~(size_t)15;
-        const size_t unit = (size_t)q4t_unit_bytes(mode), lim = q4t_smem_limit - q4t_tma_over;
-        const int tpb = (a->tiles + blocks - 1) / blocks;
-        int p = tpb * a->nc - d * nw, cap = (a->stash > 0 ? a->stash : 16) * nw;
-        if (p > cap) p = cap;
-        if (base >= lim) p = 0;
-        else if ((size_t)p > (lim - base) / unit) p = (int)((lim - base) / unit);
-        if (p < 0) p = 0;
-        b.stash_off = (int)base;
-        b.stash = p;
-        smem = base + (size_t)p * unit;
-    }
-    if (sh[4] == 2) {
-        /* one block per SM with a stash (q4t_bkernel ST): after the input and partial sums,
-           the items a warp has past its first d, up to the cap (a->stash, 0: 16) and what fits */
-        int blocks;
-        size_t base;
-        q4t_grid(a->tiles, a->cols, mode, nw, 0, 0, &blocks, &base);
-        base = (base + 15) & ~(size_t)15;
-        const size_t unit = (size_t)q4t_unit_bytes(mode);
-        const int tpb = (a->tiles + blocks - 1) / blocks, per = (tpb * a->nc + nw - 1) / nw;
-        int p = per - d, cap = a->stash > 0 ? a->stash : 16;
-        if (p > cap) p = cap;
-        const size_t lim = q4t_smem_limit - q4t_tma_over; /* the static part may pass 1 KB */
-        if (base < lim && (size_t)p > (lim - base) / ((size_t)nw * unit)) p = (int)((lim - base) / ((size_t)nw * unit));
-        if (p < 0 || base >= lim) p = 0;
-        b.stash_off = (int)base;
-        b.stash = p;
-        /* bulk copies where the warps' shares are contiguous and the scales are one block
-           per item (groups of 128 columns), unless told (a->ring 1) to use cp.async */
-        b.ring = a->ring != 1 && !b.il && a->ngr == a->nc ? 2 : 0;
-        smem = base + (size_t)p * nw * unit;
     }
 #define Q4T_CASE(MODE, D, NW, TMA)                                                            \
     if (mode == MODE && d == D && nw == NW && tma == TMA)                                     \

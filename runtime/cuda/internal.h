@@ -108,8 +108,6 @@ struct q4f_extra {
     int bps;               /* blocks per SM of the persistent grid (0: as many as fit) */
     int pf, kvpf;          /* tile kernels: q4t_args.pf, .kvpf */
     int npf_flags, diag, prep1; /* tile kernels: q4t_args.npf_flags, .diag, .prep1 */
-    int stash;             /* tile kernels with a stash (shapes 13, 14): its items per warp at most (0: 16) */
-    int stash_cp;          /* and filled by cp.async, not bulk copies */
     unsigned long long *tl; /* tile kernels: the timeline and this launch's row (q4t_args) */
     int tl_slot;
 };
@@ -150,8 +148,7 @@ struct q4t_args {
     int tl_slot;           /* its first block's row: (layer * 4 + product, the head n_layers * 4) x blocks */
     int stash;             /* items per warp copied into shared memory before the dependency */
     int stash_off;         /* where the stash starts in the dynamic shared memory (bytes) */
-    int ring;              /* every item through the stash, used as a ring of `stash` units;
-                              shapes 13, 14: 2 the stash by bulk copies (k_q4t_args: 1 cp.async) */
+    int ring;              /* every item through the stash, used as a ring of `stash` units */
     struct q4t_pfn npf[2]; /* later launches' weights prefetched into L2 (npf_n of them) */
     int npf_n;
     int prep1;             /* the one-pass input preparation (lmp_cuda_opts.q4t_prep) */
@@ -268,8 +265,6 @@ struct lmp_cuda_state {
     int q4t_pf;              /* items per warp their blocks prefetch into L2 at the start */
     int q4t_kvpf;            /* their q/k/v blocks prefetch the cached K, V rows for the attention */
     int q4t_prep1;           /* the one-pass input preparation of the tile kernels (opts) */
-    int q4t_stash;           /* the stash cap of the tile shapes 13, 14 (opts) */
-    int q4t_stash_cp;        /* their stash by cp.async (opts) */
     int q4t_diag;            /* diagnostics: parts of the tile decode skipped (opts) */
     int q4t_npf, q4t_npf_flags; /* they prefetch later launches' weights into L2 (opts) */
     int att_pack;            /* decode attention one block per head (no split) */

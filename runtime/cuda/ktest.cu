@@ -277,18 +277,16 @@ extern "C" enum lmp_status lmp_cuda_k_qmatmul(const struct lmp_qview *w, const f
         struct q4f_extra x;
         memset(&x, 0, sizeof x);
         /* inputs take turns: register ring, 32 warps, TMA ring, both rings with the items in
-           turn, co-resident with and without the stash, and with the ring, one block per SM
-           with the stash (32 warps by bulk copies, 16 by cp.async), the block's stash; the
-           one-pass and the two-pass input preparation in turn */
-        static const int shapes[11] = {0, 2, 4, 7, 9, 10, 11, 12, 13, 14, 15};
+           turn, co-resident with and without the stash, and
+           with the ring; the one-pass and the two-pass input preparation in turn */
+        static const int shapes[8] = {0, 2, 4, 7, 9, 10, 11, 12};
         for (int i = 0; i < n; i++) {
-            const int shape = shapes[i % 11];
+            const int shape = shapes[i % 8];
             float *yy[2] = {dy + (size_t)i * w->rows, NULL};
             x.x = dx + (size_t)i * w->cols;
             struct q4t_args a;
             k_q4t_args(&a, mm, yy, nm, mode, &x);
             a.prep1 = i & 1;
-            a.ring = shape == 14; /* the stash by cp.async */
             TRY(k_q4t_launch(0, &a, mode, 1, shape, err));
         }
         CU_TRY(cudaDeviceSynchronize(), "tile decode kernel");

@@ -428,9 +428,7 @@ static void state_opts(struct lmp_cuda_state *s, const struct lmp_cuda_opts *o)
     s->q4_pipe = o->q4_pipe == 1 ? 1 : o->q4_pipe == 2 ? 0 : Q4F_PIPE;
     s->q4_mega = s->q4f && o->q4_mega;
     s->q4t = s->q4f && !o->no_q4t;
-    s->q4t_depth = o->q4t_depth >= 0 && o->q4t_depth <= 15 ? o->q4t_depth : 0;
-    s->q4t_stash = o->q4t_stash >= 0 && o->q4t_stash <= 16 ? o->q4t_stash : 0;
-    s->q4t_stash_cp = o->q4t_stash_cp;
+    s->q4t_depth = o->q4t_depth >= 0 && o->q4t_depth <= 12 ? o->q4t_depth : 0;
     s->q4t_att = o->q4t_att == 1 ? 1 : o->q4t_att == 2 ? 0 : Q4T_ATT;
     s->q4t_pf = o->q4t_pf >= 0 && o->q4t_pf <= 64 ? o->q4t_pf : 0;
     s->q4t_kvpf = o->q4t_kvpf;
@@ -769,8 +767,6 @@ static void q4f_extra_init(const struct lmp_cuda_state *s, struct q4f_extra *x)
     x->npf_flags = s->q4t_npf_flags;
     x->diag = s->q4t_diag;
     x->prep1 = s->q4t_prep1;
-    x->stash = s->q4t_stash;
-    x->stash_cp = s->q4t_stash_cp;
     x->tl = s->q4t_tl;
 }
 

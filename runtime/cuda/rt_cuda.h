@@ -85,15 +85,7 @@ struct lmp_cuda_opts {
                          items per warp as fit copied into shared memory before the
                          dependency), 12 (as 10, every item through a shared-memory ring
                          filled by cp.async, its first slots before the dependency); see
-                         lmp_cuda_q4t_coresident; one block per SM as 0 with a stash (each
-                         warp's items after its first 2 or 3 copied into shared memory by
-                         cp.async before the dependency, as many as fit up to q4t_stash):
-                         13 (as 0: 32 warps, 2 in flight; gate/up 16, 3), 14 (16 warps, 4
-                         in flight; gate/up 3); 15 (as 0, the block's last items, up to
-                         q4t_stash per warp, copied by thread 0 in one bulk copy per matrix) */
-    int q4t_stash;    /* items per warp at most in the stash of shapes 13 and 14 (0: 16) */
-    int q4t_stash_cp; /* their stash filled by cp.async (16 bytes a lane) instead of bulk copies
-                         (one per warp and matrix; with groups of 128 columns) */
+                         lmp_cuda_q4t_coresident */
     int q4t_pf;       /* the tile kernels' blocks prefetch this many items per warp (after
                          the first in flight) into L2 before they wait for the previous
                          kernel (0: none) */

@@ -236,7 +236,7 @@ TEST(cuda_qmatmul_all_bits)
             struct qmat q;
             const int rows = shapes[c].rows, cols = shapes[c].cols;
             REQUIRE(qmat_make(&q, rows, cols, bits[b], shapes[c].group, shapes[c].perm, &s));
-            const int n = 11; /* the tile kernels take a different shape per input (ktest.cu) */
+            const int n = 8; /* the tile kernels take a different shape per input (ktest.cu) */
             float *X = rnd((long)n * cols, 1.0f, &s);
             float *Yr = malloc((size_t)n * rows * 4), *Y = malloc((size_t)n * rows * 4);
             float *scr = malloc(lmp_qmatmul_scratch_floats(&q.v, n) * 4 + 4);
@@ -543,9 +543,6 @@ TEST(cuda_forward_q4_g128_vs_cpu)
                {0, 0, 0, 10, 0, 0, "Q4 g128 logits, tile decode kernels, co-resident"},
                {0, 0, 0, 11, 0, 0, "Q4 g128 logits, tile decode kernels, co-resident with the stash"},
                {0, 0, 0, 12, 0, 0, "Q4 g128 logits, tile decode kernels, co-resident, cp.async ring"},
-               {0, 0, 0, 13, 0, 0, "Q4 g128 logits, tile decode kernels, stash before the dependency"},
-               {0, 0, 0, 14, 0, 0, "Q4 g128 logits, tile decode kernels, 16 warps, stash"},
-               {0, 0, 0, 15, 0, 0, "Q4 g128 logits, tile decode kernels, the block's stash"},
                {0, 0, 1, 0, 0, 0, "Q4 g128 logits, row-streaming decode kernels"},
                {1, 0, 1, 0, 0, 0, "Q4 g128 logits, row-streaming decode kernels without PDL"},
                {0, 1, 1, 0, 0, 0, "Q4 g128 logits, persistent decode kernel"}};
