@@ -25,13 +25,19 @@
 #define EVAL_TXT "data/tinystories/eval.txt"
 #define CALIB_TXT "data/tinystories/calib.txt"
 
-/* fresh random inputs per run; the seed is printed, and LMP_CUDA_SEED=N repeats a run */
+/* fresh random inputs per run; each seed is printed, and LMP_CUDA_SEED repeats a run: one
+ * number for a test that draws one seed, or the test's seeds in order, comma-separated (each
+ * call takes the next; past the end, the last) */
 static unsigned long long seed_now(void)
 {
+    static const char *next = NULL;
     const char *e = getenv("LMP_CUDA_SEED");
     unsigned long long s;
     if (e && *e) {
-        s = strtoull(e, NULL, 10);
+        if (!next) next = e;
+        char *end = NULL;
+        s = strtoull(next, &end, 10);
+        if (end && *end == ',') next = end + 1;
     } else {
         struct timespec ts;
         clock_gettime(CLOCK_REALTIME, &ts);
@@ -559,7 +565,11 @@ TEST(cuda_forward_q4_g128_vs_cpu)
         CHECK_MSG(last_tile_layers == (var[v].no_q4t ? 0 : 2) && last_tile_head == 0,
                   "%s: %d layers, head %d on the tile kernels", var[v].what, last_tile_layers,
                   last_tile_head);
-        CHECK_CLOSE(var[v].what, lg, lc, 30L * 211, 1e-2 * mx, 1e-2);
+        /* the row-streaming kernels (and the persistent one built on them) add in fp16
+           (decode_q4.cu): over the device runs (docs/device-logs) their largest differences
+           were 0.04-0.14, 2-4 times the tile kernels' (fp32 sums) on the same models, and one
+           draw of 2026-12-04 passed 1e-2 max |logit| (0.139) */
+        CHECK_CLOSE(var[v].what, lg, lc, 30L * 211, (var[v].no_q4t ? 3e-2 : 1e-2) * mx, 1e-2);
         free(lg);
     }
     free(lc);
