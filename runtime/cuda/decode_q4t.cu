@@ -561,10 +561,37 @@ static __device__ __forceinline__ void q4t_preload(const struct q4t_args &A, q4t
     }
 }
 
-/* rows rr, rr + 1 (rr even) of tile t, their sums va, vb (GU: gate; up ua, ub) */
+/* What the outputs of rows rr, rr + 1 of tile t read besides the sums, asked for while the
+ * weights stream (q4t_bkernel: each thread for the pair it will finish; before, these L2
+ * reads came after the block's last barrier, on the launch's critical path): y (PLAIN with
+ * acc, after the dependency) into registers; q/k/v (q and k) prefetches the RoPE cos and
+ * sin into L1 (a table never written: no registers held, the later loads hit L1). */
+template <int MODE>
+static __device__ __forceinline__ float2 q4t_early(const struct q4t_args &A, int t, int rr)
+{
+    float2 e = make_float2(0.0f, 0.0f);
+    if (MODE == Q4F_GU) return e;
+    const int mi = q4t_mat<MODE>(A, t);
+    const struct q4t_mat &M = A.m[mi];
+    const int ra = 16 * (t - M.tile0) + rr;
+    if (ra >= M.rows) return e;
+    if (MODE == Q4F_PLAIN) {
+        if (A.acc) {
+            e.x = __ldcg(M.y + ra);
+            if (ra + 1 < M.rows) e.y = __ldcg(M.y + ra + 1);
+        }
+        return e;
+    }
+    if (mi < 2) asm volatile("prefetch.global.L1 [%0];" ::"l"(A.cs + (size_t)*A.pos * A.hd + ra % A.hd));
+    return e;
+}
+
+/* rows rr, rr + 1 (rr even) of tile t, their sums va, vb (GU: gate; up ua, ub); ep: what
+ * q4t_early loaded for them, or NULL */
 template <int MODE>
 static __device__ __forceinline__ void q4t_pair_out(const struct q4t_args &A, int t, int rr, float va,
-                                                    float vb, float ua, float ub, float ys)
+                                                    float vb, float ua, float ub, float ys,
+                                                    const float2 *ep)
 {
     const int mi = q4t_mat<MODE>(A, t);
     const struct q4t_mat &M = A.m[mi];
@@ -581,9 +608,10 @@ static __device__ __forceinline__ void q4t_pair_out(const struct q4t_args &A, in
         va += M.bias[ra];
         if (hb) vb += M.bias[rb];
     }
+    const float2 e = ep ? *ep : q4t_early<MODE>(A, t, rr);
     if (MODE == Q4F_PLAIN) {
-        M.y[ra] = A.acc ? __ldcg(M.y + ra) + va : va;
-        if (hb) M.y[rb] = A.acc ? __ldcg(M.y + rb) + vb : vb;
+        M.y[ra] = A.acc ? e.x + va : va;
+        if (hb) M.y[rb] = A.acc ? e.y + vb : vb;
         return;
     }
     const int p0 = *A.pos; /* QKV: rows % 16 == 0 */
@@ -606,7 +634,8 @@ static __device__ __forceinline__ void q4t_pair_out(const struct q4t_args &A, in
  * launch is needed. sm: shared memory for att_row (the input's, free by now). */
 template <int MODE, int NW>
 static __device__ __forceinline__ void q4t_block_out(const struct q4t_args &A, const float *part, int t0,
-                                                     int t1, float ys, unsigned char *sm)
+                                                     int t1, float ys, unsigned char *sm,
+                                                     const float2 *early = NULL)
 {
     const int RPU = MODE == Q4F_GU ? 32 : 16;
     for (int k = threadIdx.x; k < (t1 - t0) * 8; k += blockDim.x) {
@@ -617,7 +646,7 @@ static __device__ __forceinline__ void q4t_block_out(const struct q4t_args &A, c
             va += sl[rr], vb += sl[rr + 1];
             if (MODE == Q4F_GU) ua += sl[16 + rr], ub += sl[17 + rr];
         }
-        q4t_pair_out<MODE>(A, t0 + tl, rr, va, vb, ua, ub, ys);
+        q4t_pair_out<MODE>(A, t0 + tl, rr, va, vb, ua, ub, ys, k == (int)threadIdx.x ? early : NULL);
     }
     if (MODE != Q4F_QKV || !A.att) return;
     __shared__ int heads[Q4T_MAX_HEADS + 1];
@@ -681,6 +710,11 @@ __global__ void __launch_bounds__(NW * 32, 1) __maxnreg__(Q4T_NREG(NW)) q4t_bker
     for (int i = threadIdx.x; i < (t1 - t0) * NW * RPU; i += blockDim.x) part[i] = 0.0f;
     pdl_wait();
     q4t_mark(A, 1);
+    float2 early = make_float2(0.0f, 0.0f); /* the outputs' other operands (q4t_early) */
+    if (MODE != Q4F_GU && (int)threadIdx.x < (t1 - t0) * 8) {
+        const float2 e = q4t_early<MODE>(A, t0 + (threadIdx.x >> 3), 2 * (threadIdx.x & 7));
+        if (MODE == Q4F_PLAIN) early = e; /* q/k/v: nothing held (L1 prefetches) */
+    }
     float ys = 1.0f;
     if (A.diag & 1) __syncthreads(); /* diagnostics: the fragments as shared memory holds them */
     else ys = q4t_input<MODE>(A, q4t_sm, red); /* its barriers order the zeroing */
@@ -700,7 +734,7 @@ __global__ void __launch_bounds__(NW * 32, 1) __maxnreg__(Q4T_NREG(NW)) q4t_bker
     __syncthreads();
     q4t_mark(A, 3);
     q4t_pf_next<NW>(A, 0);
-    if (!(A.diag & 4)) q4t_block_out<MODE, NW>(A, part, t0, t1, ys, q4t_sm);
+    if (!(A.diag & 4)) q4t_block_out<MODE, NW>(A, part, t0, t1, ys, q4t_sm, MODE == Q4F_PLAIN ? &early : NULL);
     q4t_mark(A, 4);
 }
 
