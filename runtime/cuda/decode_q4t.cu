@@ -561,33 +561,24 @@ static __device__ __forceinline__ void q4t_preload(const struct q4t_args &A, q4t
     }
 }
 
-/* What the outputs of rows rr, rr + 1 of tile t read besides the sums, asked for while the
- * weights stream (q4t_bkernel: each thread for the pair it will finish; before, these L2
- * reads came after the block's last barrier, on the launch's critical path): y (PLAIN with
- * acc, after the dependency) into registers; q/k/v (q and k) prefetches the RoPE cos and
- * sin into L1 (a table never written: no registers held, the later loads hit L1). */
+/* The residual that the outputs of rows rr, rr + 1 of tile t add to (PLAIN with acc), read
+ * while the weights stream (q4t_bkernel, after the dependency: each thread for the pair it
+ * will finish), not after the block's last barrier: o's and down's outputs 0.45 / 0.55 vs
+ * 0.76 / 0.72 us (docs/GPU.md). The same for q/k/v's RoPE table (an L1 prefetch) was slower. */
 template <int MODE>
 static __device__ __forceinline__ float2 q4t_early(const struct q4t_args &A, int t, int rr)
 {
     float2 e = make_float2(0.0f, 0.0f);
-    if (MODE == Q4F_GU) return e;
-    const int mi = q4t_mat<MODE>(A, t);
-    const struct q4t_mat &M = A.m[mi];
+    if (MODE != Q4F_PLAIN || !A.acc) return e;
+    const struct q4t_mat &M = A.m[0];
     const int ra = 16 * (t - M.tile0) + rr;
-    if (ra >= M.rows) return e;
-    if (MODE == Q4F_PLAIN) {
-        if (A.acc) {
-            e.x = __ldcg(M.y + ra);
-            if (ra + 1 < M.rows) e.y = __ldcg(M.y + ra + 1);
-        }
-        return e;
-    }
-    if (mi < 2) asm volatile("prefetch.global.L1 [%0];" ::"l"(A.cs + (size_t)*A.pos * A.hd + ra % A.hd));
+    if (ra < M.rows) e.x = __ldcg(M.y + ra);
+    if (ra + 1 < M.rows) e.y = __ldcg(M.y + ra + 1);
     return e;
 }
 
-/* rows rr, rr + 1 (rr even) of tile t, their sums va, vb (GU: gate; up ua, ub); ep: what
- * q4t_early loaded for them, or NULL */
+/* rows rr, rr + 1 (rr even) of tile t, their sums va, vb (GU: gate; up ua, ub); ep: the
+ * residual q4t_early read for them (PLAIN), or NULL */
 template <int MODE>
 static __device__ __forceinline__ void q4t_pair_out(const struct q4t_args &A, int t, int rr, float va,
                                                     float vb, float ua, float ub, float ys,
@@ -608,8 +599,8 @@ static __device__ __forceinline__ void q4t_pair_out(const struct q4t_args &A, in
         va += M.bias[ra];
         if (hb) vb += M.bias[rb];
     }
-    const float2 e = ep ? *ep : q4t_early<MODE>(A, t, rr);
     if (MODE == Q4F_PLAIN) {
+        const float2 e = ep ? *ep : q4t_early<MODE>(A, t, rr);
         M.y[ra] = A.acc ? e.x + va : va;
         if (hb) M.y[rb] = A.acc ? e.y + vb : vb;
         return;
@@ -711,10 +702,8 @@ __global__ void __launch_bounds__(NW * 32, 1) __maxnreg__(Q4T_NREG(NW)) q4t_bker
     pdl_wait();
     q4t_mark(A, 1);
     float2 early = make_float2(0.0f, 0.0f); /* the outputs' other operands (q4t_early) */
-    if (MODE != Q4F_GU && (int)threadIdx.x < (t1 - t0) * 8) {
-        const float2 e = q4t_early<MODE>(A, t0 + (threadIdx.x >> 3), 2 * (threadIdx.x & 7));
-        if (MODE == Q4F_PLAIN) early = e; /* q/k/v: nothing held (L1 prefetches) */
-    }
+    if (MODE == Q4F_PLAIN && (int)threadIdx.x < (t1 - t0) * 8)
+        early = q4t_early<MODE>(A, t0 + (threadIdx.x >> 3), 2 * (threadIdx.x & 7));
     float ys = 1.0f;
     if (A.diag & 1) __syncthreads(); /* diagnostics: the fragments as shared memory holds them */
     else ys = q4t_input<MODE>(A, q4t_sm, red); /* its barriers order the zeroing */
