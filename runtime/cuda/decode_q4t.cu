@@ -148,8 +148,8 @@ static __device__ float q4t_prep(const struct q4t_args &A, unsigned char *sm, fl
  * 4 s + c / 2 and 4 s + 2 + c / 2 of the same four lanes by shuffles, so the fp32 copy in
  * shared memory and its second pass go. The same fragments as q4t_prep, bit for bit (the
  * same sums in the same order). Returns 0 where the input does not fit (q4t_prep then). */
-template <int U, class Hook>
-static __device__ float q4t_prep1(const struct q4t_args &A, unsigned char *sm, float *red, Hook hook)
+template <int U>
+static __device__ float q4t_prep1(const struct q4t_args &A, unsigned char *sm, float *red)
 {
     const int cols = A.cols, c4 = cols >> 2, tid = threadIdx.x, nthr = blockDim.x;
     const int lane = tid & 31, nw = nthr >> 5, c = lane & 3;
@@ -167,7 +167,6 @@ static __device__ float q4t_prep1(const struct q4t_args &A, unsigned char *sm, f
             if (A.norm) nw4[u] = __ldg((const float4 *)A.norm + i);
         }
     }
-    hook(); /* loads that are to queue behind the input's */
 #pragma unroll
     for (int u = 0; u < U; u++) {
         const int i = tid + u * nthr;
@@ -210,20 +209,15 @@ static __device__ float q4t_prep1(const struct q4t_args &A, unsigned char *sm, f
 /* the input preparation of the tile kernels: q4t_prep1 (A.prep1, the default) where it fits,
  * with the fewest quads per thread that hold the input (up to 3; 1 for q/k/v: no spills in
  * the default shapes; with a fixed 3 the plain kernel's took longer), else q4t_prep */
-template <int MODE, class Hook>
-static __device__ __forceinline__ float q4t_input(const struct q4t_args &A, unsigned char *sm, float *red, Hook hook)
-{
-    const int u = ((A.cols >> 2) + (int)blockDim.x - 1) / (int)blockDim.x;
-    if (A.prep1 && u == 1) return q4t_prep1<1>(A, sm, red, hook);
-    if (A.prep1 && MODE != Q4F_QKV && u == 2) return q4t_prep1<2>(A, sm, red, hook);
-    if (A.prep1 && MODE != Q4F_QKV && u == 3) return q4t_prep1<3>(A, sm, red, hook);
-    hook();
-    return q4t_prep(A, sm, red);
-}
 template <int MODE>
 static __device__ __forceinline__ float q4t_input(const struct q4t_args &A, unsigned char *sm, float *red)
 {
-    return q4t_input<MODE>(A, sm, red, [] {});
+    const int u = ((A.cols >> 2) + (int)blockDim.x - 1) / (int)blockDim.x;
+    float ys = 0.0f;
+    if (A.prep1 && u == 1) ys = q4t_prep1<1>(A, sm, red);
+    else if (A.prep1 && MODE != Q4F_QKV && u == 2) ys = q4t_prep1<2>(A, sm, red);
+    else if (A.prep1 && MODE != Q4F_QKV && u == 3) ys = q4t_prep1<3>(A, sm, red);
+    return ys != 0.0f ? ys : q4t_prep(A, sm, red);
 }
 
 /* timeline point k of this block (thread 0; A.tl set) */
@@ -567,21 +561,6 @@ static __device__ __forceinline__ void q4t_preload(const struct q4t_args &A, q4t
     }
 }
 
-/* loads d0 .. d1 - 1 of the first D (lt, lj: load d0's item, then the next to load) */
-template <int MODE, int D>
-static __device__ __forceinline__ void q4t_preload_part(const struct q4t_args &A, q4t_walk W,
-                                                        q4t_regs<MODE> (&buf)[D], int &lt, int &lj, int lane,
-                                                        int d0, int d1)
-{
-#pragma unroll
-    for (int d = 0; d < D; d++) {
-        if (d >= d0 && d < d1 && d < W.cnt) {
-            q4t_load<MODE>(buf[d], A, lt, lj, lane);
-            q4t_next(lt, lj, W.st, A.nc);
-        }
-    }
-}
-
 /* The residual that the outputs of rows rr, rr + 1 of tile t add to (PLAIN with acc), read
  * while the weights stream (q4t_bkernel, after the dependency: each thread for the pair it
  * will finish), not after the block's last barrier: o's and down's outputs 0.45 / 0.55 vs
@@ -714,13 +693,7 @@ __global__ void __launch_bounds__(NW * 32, 1) __maxnreg__(Q4T_NREG(NW)) q4t_bker
     WR.f0 += P * W.st, WR.cnt = ring ? 0 : WR.cnt - P;
     q4t_regs<MODE> buf[D];
     int lt, lj;
-    /* the first pre loads before the dependency, the rest once the input's loads are out */
-    const int pre = D - min(D, A.late);
-    if (pre == D) q4t_preload<MODE, D>(A, WR, buf, lt, lj, lane); /* before the dependency */
-    else {
-        lt = WR.f0 / A.nc, lj = WR.f0 - lt * A.nc;
-        q4t_preload_part<MODE, D>(A, WR, buf, lt, lj, lane, 0, pre);
-    }
+    q4t_preload<MODE, D>(A, WR, buf, lt, lj, lane); /* before the dependency */
     if (A.pf && lane == 0) q4t_prefetch<MODE, D>(A, W);
     if (MODE == Q4F_QKV && A.kvpf && threadIdx.x == 0) q4t_kv_prefetch(A);
     q4t_pf_next<NW>(A, 1);
@@ -732,11 +705,8 @@ __global__ void __launch_bounds__(NW * 32, 1) __maxnreg__(Q4T_NREG(NW)) q4t_bker
     if (MODE == Q4F_PLAIN && (int)threadIdx.x < (t1 - t0) * 8)
         early = q4t_early<MODE>(A, t0 + (threadIdx.x >> 3), 2 * (threadIdx.x & 7));
     float ys = 1.0f;
-    auto late = [&] {
-        if (pre < D) q4t_preload_part<MODE, D>(A, WR, buf, lt, lj, lane, pre, D);
-    };
-    if (A.diag & 1) late(), __syncthreads(); /* diagnostics: the fragments as shared memory holds them */
-    else ys = q4t_input<MODE>(A, q4t_sm, red, late); /* its barriers order the zeroing */
+    if (A.diag & 1) __syncthreads(); /* diagnostics: the fragments as shared memory holds them */
+    else ys = q4t_input<MODE>(A, q4t_sm, red); /* its barriers order the zeroing */
     q4t_mark(A, 2);
     const int g = lane >> 2;
     auto end = [&](int t, float ya, float yb, float ua, float ub) {
@@ -1062,7 +1032,6 @@ void k_q4t_args(struct q4t_args *a, const struct cu_mat *const *m, float *const 
     a->npf_flags = x->npf_flags;
     a->diag = x->diag;
     a->prep1 = x->prep1;
-    a->late = x->late;
     a->tl = x->tl;
     a->tl_slot = x->tl_slot;
     if (mode == Q4F_QKV && x->att && x->hcnt && x->nh <= Q4T_MAX_HEADS && x->hd % 16 == 0) {

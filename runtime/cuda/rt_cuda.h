@@ -115,9 +115,6 @@ struct lmp_cuda_opts {
                          from registers where the input fits (up to 3 float4s a thread), 2 two passes
                          through an fp32 copy in shared memory (before session 18); the same
                          fragments (docs/GPU.md) */
-    int q4t_late;     /* of each warp's first loads (2; gate/up 3) before the dependency, how
-                         many wait until the input's loads are out instead (0: none; the
-                         input's L2 reads queue behind them) */
     int q4t_diag;     /* diagnostics of the tile decode, parts skipped (wrong logits), bits: 1 the
                          input preparation, 2 the attention launch, 4 the block outputs
                          (what the weight phases cost without the fixed parts; docs/GPU.md) */
