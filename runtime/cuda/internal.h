@@ -196,6 +196,7 @@ enum { ATT_COMBINE_GLOBAL = 1, ATT_COMBINE_CLUSTER = 2 };
 #define ATT_CLUSTER_MAX 16 /* over 8 (non-portable) where the device schedules such clusters */
 #define ATT_SPLIT_THREADS 256
 #define ATT_SPLIT_MAX 16
+#define ATT_LONG 256 /* decode positions from which the attention takes 16 shares through global memory */
 
 /* The tile layout's chunk-to-group shift: chunk j (128 columns) of a row is in group
  * j >> shift (one group per row: 30, every chunk in group 0). */
@@ -269,7 +270,12 @@ struct lmp_cuda_state {
     int q4t_npf, q4t_npf_flags; /* they prefetch later launches' weights into L2 (opts) */
     int att_pack;            /* decode attention one block per head (no split) */
     int att_shares;          /* the split's shares per head asked for (opts; 0: ~2 blocks per SM) */
-    struct att_split att_sp;  /* the decode attention split over positions */
+    struct att_split att_sp;  /* the decode attention split over positions (the setting in use) */
+    struct att_split att_cfg[2]; /* its settings below and from att_long positions on (n,
+                                    combine; part and cnt as att_sp's), see decode_step */
+    int att_long;            /* first position of att_cfg[1] (INT_MAX: one setting) */
+    int att_auto;            /* the settings by position (neither att_shares nor att_combine given) */
+    int att_long_opt;        /* lmp_cuda_opts.att_long */
     unsigned long long *q4t_tl; /* their timeline (q4t_timeline), Q4T_TL per block and launch */
     int q4t_tl_blocks;       /* blocks per launch slot in it */
     int sms;                 /* the device's SM count */
@@ -300,8 +306,8 @@ struct lmp_cuda_state {
     size_t smem_max;         /* opt-in shared memory per block */
     cudaStream_t stream;
     cublasHandle_t blas;
-    cudaGraphExec_t graph;   /* decode step, captured on first use */
-    int graph_state;         /* 0 not yet, 1 captured, -1 capture failed: launch directly */
+    cudaGraphExec_t graph[2]; /* decode step, captured on first use: one per att_cfg */
+    int graph_state[2];      /* 0 not yet, 1 captured, -1 capture failed: launch directly */
     void **allocs;           /* every cudaMalloc of the state */
     int n_allocs, cap_allocs;
 };

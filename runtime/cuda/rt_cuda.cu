@@ -10,6 +10,7 @@ extern "C" {
 #include "eval/eval.h"
 }
 
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -111,7 +112,8 @@ extern "C" void lmp_cuda_state_free(struct lmp_cuda_state *s)
     if (!s) return;
     cudaSetDevice(s->device);
     if (s->stream) cudaStreamSynchronize(s->stream);
-    if (s->graph_state == 1) cudaGraphExecDestroy(s->graph);
+    for (int k = 0; k < 2; k++)
+        if (s->graph_state[k] == 1) cudaGraphExecDestroy(s->graph[k]);
     for (int i = 0; i < s->n_allocs; i++) cudaFree(s->allocs[i]);
     if (s->blas) cublasDestroy(s->blas);
     if (s->stream) cudaStreamDestroy(s->stream);
@@ -221,20 +223,35 @@ enum lmp_status cu_state_finish(struct lmp_cuda_state *s, const float *rope_cs_h
             return st;
         CU_TRY(cudaMemset(s->q4t_hcnt, 0, (size_t)nh * sizeof(unsigned)), "clearing decode counters");
     }
-    if (!s->att_pack) { /* the decode attention split over positions: ~2 blocks per SM */
+    s->att_long = INT_MAX;
+    if (!s->att_pack) {
+        /* the decode attention split over positions: ~2 blocks per SM (a head's blocks one
+           cluster); by default from ATT_LONG positions on 16 shares combined through global
+           memory (docs/GPU.md: ~1 point better at 1024 tokens, the same at 128) */
         int nh = 1;
         for (int l = 0; l < s->n_layers; l++) nh = s->L[l].nh > nh ? s->L[l].nh : nh;
         int S = s->att_shares > 0 ? s->att_shares : (2 * s->sms + nh / 2) / nh;
         S = S < 1 ? 1 : S > ATT_SPLIT_MAX ? ATT_SPLIT_MAX : S;
-        if (S > 1) {
-            if ((st = cu_state_alloc(s, (void **)&s->att_sp.part, (size_t)nh * S * (s->hd + 2) * sizeof(float),
-                                     "attention parts", err)) ||
-                (st = cu_state_alloc(s, (void **)&s->att_sp.cnt, (size_t)nh * sizeof(unsigned), "attention counters",
-                                     err)))
-                return st;
-            CU_TRY(cudaMemset(s->att_sp.cnt, 0, (size_t)nh * sizeof(unsigned)), "clearing attention counters");
-            s->att_sp.n = S;
+        s->att_cfg[0] = s->att_cfg[1] = s->att_sp;
+        s->att_cfg[0].n = s->att_cfg[1].n = S > 1 ? S : 0;
+        const int from = s->att_long_opt > 0 ? s->att_long_opt : ATT_LONG;
+        if (s->att_auto && S > 1 && s->max_ctx > from) {
+            s->att_long = from;
+            s->att_cfg[1].n = ATT_SPLIT_MAX;
+            s->att_cfg[1].combine = ATT_COMBINE_GLOBAL;
         }
+        const int Smax = s->att_cfg[1].n > s->att_cfg[0].n ? s->att_cfg[1].n : s->att_cfg[0].n;
+        if (Smax > 1) {
+            float *part;
+            unsigned *cnt;
+            if ((st = cu_state_alloc(s, (void **)&part, (size_t)nh * Smax * (s->hd + 2) * sizeof(float),
+                                     "attention parts", err)) ||
+                (st = cu_state_alloc(s, (void **)&cnt, (size_t)nh * sizeof(unsigned), "attention counters", err)))
+                return st;
+            CU_TRY(cudaMemset(cnt, 0, (size_t)nh * sizeof(unsigned)), "clearing attention counters");
+            for (int k = 0; k < 2; k++) s->att_cfg[k].part = part, s->att_cfg[k].cnt = cnt;
+        }
+        s->att_sp = s->att_cfg[0];
     }
     if (s->q4t && s->q4t_tl_blocks) {
         const size_t n = tl_values(s) * sizeof(unsigned long long);
@@ -443,6 +460,8 @@ static void state_opts(struct lmp_cuda_state *s, const struct lmp_cuda_opts *o)
     s->att_shares = o->att_shares;
     s->att_sp.combine = o->att_combine == ATT_COMBINE_GLOBAL || o->att_combine == ATT_COMBINE_CLUSTER ? o->att_combine
                                                                                                    : ATT_COMBINE;
+    s->att_long_opt = o->att_long;
+    s->att_auto = o->att_shares <= 0 && o->att_combine != ATT_COMBINE_GLOBAL && o->att_combine != ATT_COMBINE_CLUSTER;
     if (cudaDeviceGetAttribute(&s->sms, cudaDevAttrMultiProcessorCount, s->device) != cudaSuccess || s->sms < 1)
         s->sms = 1;
     if (o->q4t_timeline) s->q4t_tl_blocks = s->sms; /* the tile kernels' grids: one block per SM at most */
@@ -1224,13 +1243,16 @@ static enum lmp_status batch_fwd(struct lmp_cuda_state *s, int n, int want_logit
     return LMP_OK;
 }
 
-/* One decode step: token and position written on the device, then the captured graph. */
+/* One decode step: token and position written on the device, then the captured graph of
+ * the attention setting for this position (att_cfg: a graph fixes the attention's grid). */
 static enum lmp_status decode_step(struct lmp_cuda_state *s, int32_t tok, int pos,
                                    struct lmp_err *err)
 {
+    const int k = pos >= s->att_long;
     k_set_int2(s->stream, s->d_pos, pos, tok);
-    if (s->no_graph || s->graph_state < 0) return batch_fwd(s, 1, 1, err);
-    if (s->graph_state == 0) {
+    if (!s->att_pack) s->att_sp = s->att_cfg[k];
+    if (s->no_graph || s->graph_state[k] < 0) return batch_fwd(s, 1, 1, err);
+    if (s->graph_state[k] == 0) {
         cudaGraph_t g = NULL;
         /* their allocations and copies are not allowed while the stream is captured */
         (void)q4p_ready(s);
@@ -1243,19 +1265,19 @@ static enum lmp_status decode_step(struct lmp_cuda_state *s, int32_t tok, int po
         if (e || ce != cudaSuccess) {
             (void)cudaGetLastError();
             if (g) cudaGraphDestroy(g);
-            s->graph_state = -1; /* launch kernels directly from now on */
+            s->graph_state[k] = -1; /* launch kernels directly from now on */
             return batch_fwd(s, 1, 1, err);
         }
-        ce = cudaGraphInstantiate(&s->graph, g, 0);
+        ce = cudaGraphInstantiate(&s->graph[k], g, 0);
         cudaGraphDestroy(g);
         if (ce != cudaSuccess) {
             (void)cudaGetLastError();
-            s->graph_state = -1;
+            s->graph_state[k] = -1;
             return batch_fwd(s, 1, 1, err);
         }
-        s->graph_state = 1;
+        s->graph_state[k] = 1;
     }
-    CU_TRY(cudaGraphLaunch(s->graph, s->stream), "launching the decode graph");
+    CU_TRY(cudaGraphLaunch(s->graph[k], s->stream), "launching the decode graph");
     return LMP_OK;
 }
 

@@ -100,6 +100,10 @@ struct lmp_cuda_opts {
                          (ATT_COMBINE), 1 by the last block of a head through global memory and
                          a counter (before session 18), 2 a head's blocks one thread block
                          cluster, through distributed shared memory */
+    int att_long;     /* decode positions from which the split attention takes 16 shares combined
+                         through global memory (below: ~2 blocks per SM as one cluster per
+                         head); 0: 256 (ATT_LONG); only when att_shares and att_combine are
+                         not given; each setting has its own decode graph */
     int q4t_kvpf;     /* the q/k/v tile kernel prefetches the layer's cached K and V rows into
                          L2 before it waits for the previous kernel (for the attention) */
     int q4t_npf;      /* the tile kernels prefetch later launches' weights into L2 while DRAM
