@@ -577,23 +577,8 @@ static __device__ __forceinline__ float2 q4t_early(const struct q4t_args &A, int
     return e;
 }
 
-/* q/k/v, the RoPE cos and sin of rows rr, rr + 1 of tile t (q and k) into the shared slot
- * dst by cp.async (q4t_bkernel, after the dependency: each thread for the pair it will
- * finish, so that the L2 read is not after the block's last barrier; the thread waits for
- * its own copy in q4t_pair_out). An L1 prefetch of the table made q/k/v slower. */
-static __device__ __forceinline__ void q4t_rope_early(const struct q4t_args &A, int t, int rr, float2 *dst)
-{
-    const int mi = q4t_mat<Q4F_QKV>(A, t);
-    const int ra = 16 * (t - A.m[mi].tile0) + rr;
-    if (mi >= 2 || ra >= A.m[mi].rows) return;
-    asm volatile("cp.async.ca.shared.global [%0], [%1], 8;\ncp.async.commit_group;" ::"r"(q4t_saddr(dst)),
-                 "l"(A.cs + (size_t)*A.pos * A.hd + ra % A.hd)
-                 : "memory");
-}
-
 /* rows rr, rr + 1 (rr even) of tile t, their sums va, vb (GU: gate; up ua, ub); ep: the
- * residual q4t_early read for them (PLAIN), the shared slot q4t_rope_early fills (QKV), or
- * NULL */
+ * residual q4t_early read for them (PLAIN), or NULL */
 template <int MODE>
 static __device__ __forceinline__ void q4t_pair_out(const struct q4t_args &A, int t, int rr, float va,
                                                     float vb, float ua, float ub, float ys,
@@ -623,14 +608,8 @@ static __device__ __forceinline__ void q4t_pair_out(const struct q4t_args &A, in
     const int p0 = *A.pos; /* QKV: rows % 16 == 0 */
     float *dst = mi == 0 ? M.y : (mi == 1 ? A.kc : A.vc) + (size_t)p0 * A.kvd;
     if (mi < 2) {
-        float co, si;
-        if (ep) {
-            asm volatile("cp.async.wait_all;" ::: "memory");
-            co = ep->x, si = ep->y;
-        } else {
-            const float *cs = A.cs + (size_t)p0 * A.hd + ra % A.hd;
-            co = cs[0], si = cs[1];
-        }
+        const float *cs = A.cs + (size_t)p0 * A.hd + ra % A.hd;
+        const float co = cs[0], si = cs[1];
         const float y0 = va * co - vb * si, y1 = va * si + vb * co;
         va = y0, vb = y1;
     }
@@ -723,11 +702,8 @@ __global__ void __launch_bounds__(NW * 32, 1) __maxnreg__(Q4T_NREG(NW)) q4t_bker
     pdl_wait();
     q4t_mark(A, 1);
     float2 early = make_float2(0.0f, 0.0f); /* the outputs' other operands (q4t_early) */
-    float2 *rope = (float2 *)(part + tpb * NW * RPU); /* q/k/v: the RoPE pairs (q4t_grid) */
     if (MODE == Q4F_PLAIN && (int)threadIdx.x < (t1 - t0) * 8)
         early = q4t_early<MODE>(A, t0 + (threadIdx.x >> 3), 2 * (threadIdx.x & 7));
-    if (MODE == Q4F_QKV && !A.att && (int)threadIdx.x < (t1 - t0) * 8)
-        q4t_rope_early(A, t0 + (threadIdx.x >> 3), 2 * (threadIdx.x & 7), rope + threadIdx.x);
     float ys = 1.0f;
     if (A.diag & 1) __syncthreads(); /* diagnostics: the fragments as shared memory holds them */
     else ys = q4t_input<MODE>(A, q4t_sm, red); /* its barriers order the zeroing */
@@ -747,9 +723,7 @@ __global__ void __launch_bounds__(NW * 32, 1) __maxnreg__(Q4T_NREG(NW)) q4t_bker
     __syncthreads();
     q4t_mark(A, 3);
     q4t_pf_next<NW>(A, 0);
-    if (!(A.diag & 4))
-        q4t_block_out<MODE, NW>(A, part, t0, t1, ys, q4t_sm,
-                                MODE == Q4F_PLAIN ? &early : MODE == Q4F_QKV && !A.att ? rope + threadIdx.x : NULL);
+    if (!(A.diag & 4)) q4t_block_out<MODE, NW>(A, part, t0, t1, ys, q4t_sm, MODE == Q4F_PLAIN ? &early : NULL);
     q4t_mark(A, 4);
 }
 
@@ -996,7 +970,6 @@ static void q4t_grid(int tiles, int cols, int mode, int nw, int tma_s, size_t mi
                   : k_q4t_smem(cols);
     const int tpb = (tiles + b - 1) / b; /* the warps' partial sums */
     *smem += (size_t)tpb * nw * (mode == Q4F_GU ? 32 : 16) * sizeof(float);
-    if (mode == Q4F_QKV) *smem += (size_t)tpb * 8 * 2 * sizeof(float); /* q4t_bkernel: the RoPE pairs */
     if (*smem < min_smem) *smem = min_smem;
 }
 
