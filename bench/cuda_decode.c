@@ -434,8 +434,6 @@ static const struct {
              {"q4-n50o", LMP_CUDA_W_PACKED, 4, 128, {.q4t_npf = 50, .q4t_npf_flags = 8}},
              {"q4-no", LMP_CUDA_W_PACKED, 4, 128, {.q4t_npf = 50, .q4t_npf_flags = 16}},
              {"q4-no-tl", LMP_CUDA_W_PACKED, 4, 128, {.q4t_npf = 50, .q4t_npf_flags = 16, .q4t_timeline = 1}},
-             {"q4-xt", LMP_CUDA_W_PACKED, 4, 128, {.q4t_xtma = 1}},
-             {"q4-xt-tl", LMP_CUDA_W_PACKED, 4, 128, {.q4t_xtma = 1, .q4t_timeline = 1}},
              {"q4-p2", LMP_CUDA_W_PACKED, 4, 128, {.q4t_prep = 2}},
              {"q4-p2-tl", LMP_CUDA_W_PACKED, 4, 128, {.q4t_prep = 2, .q4t_timeline = 1}},
              {"q4-x1", LMP_CUDA_W_PACKED, 4, 128, {.q4t_diag = 1}},

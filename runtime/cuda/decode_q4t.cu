@@ -89,41 +89,6 @@ static __device__ __forceinline__ void q4t_load(q4t_regs<MODE> &R, const struct 
     }
 }
 
-/* where q4t_xcopy puts the norm weights: after the input's and the partial sums' shared
- * memory (q4t_grid reserves cols floats there when A.xtma) */
-template <int MODE>
-static __device__ __forceinline__ float *q4t_norm_sm(const struct q4t_args &A, unsigned char *sm)
-{
-    const int tpb = (A.tiles + gridDim.x - 1) / gridDim.x, RPU = MODE == Q4F_GU ? 32 : 16;
-    return (float *)(sm + A.cols * 6 + (A.cols / 128) * 8) + (size_t)tpb * (blockDim.x >> 5) * RPU;
-}
-
-/* The input by bulk copies (TMA) instead of every thread's L2 loads, which queue behind the
- * weight loads in flight (A.xtma): thread 0, before the dependency (at == 0) the norm weights
- * (never written) and the byte count, after it (at == 1) x, into the fp32 area of q4t_prep;
- * both complete on bar. */
-template <int MODE>
-static __device__ __forceinline__ void q4t_xcopy(const struct q4t_args &A, unsigned char *sm, uint32_t bar, int at)
-{
-    const unsigned n = (unsigned)A.cols * 4u;
-    if (at == 0) {
-        q4t_bar_init(bar);
-        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
-        asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar), "r"(A.norm ? 2 * n : n) : "memory");
-        if (A.norm)
-            asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(
-                             q4t_saddr(q4t_norm_sm<MODE>(A, sm))),
-                         "l"(A.norm), "r"(n), "r"(bar)
-                         : "memory");
-    } else {
-        asm volatile("fence.proxy.async.global;" ::: "memory"); /* x was written through the generic proxy */
-        asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(
-                         q4t_saddr(sm)),
-                     "l"(A.x), "r"(n), "r"(bar)
-                     : "memory");
-    }
-}
-
 /* The input into shared memory: xf = x (* norm weights) in fp32, sum x^2 and max |x| in
  * one block reduction; then per k16 step s and c = 0..3 the B fragment (x[16s + 2c + {0,
  * 1}], x[16s + 2c + {8, 9}] / 16) as fp16 at xb[(s / 2 * 4 + c) * 2 + s % 2], and per
@@ -183,8 +148,8 @@ static __device__ float q4t_prep(const struct q4t_args &A, unsigned char *sm, fl
  * 4 s + c / 2 and 4 s + 2 + c / 2 of the same four lanes by shuffles, so the fp32 copy in
  * shared memory and its second pass go. The same fragments as q4t_prep, bit for bit (the
  * same sums in the same order). Returns 0 where the input does not fit (q4t_prep then). */
-template <int MODE, int U>
-static __device__ float q4t_prep1(const struct q4t_args &A, unsigned char *sm, float *red, uint32_t xbar)
+template <int U>
+static __device__ float q4t_prep1(const struct q4t_args &A, unsigned char *sm, float *red)
 {
     const int cols = A.cols, c4 = cols >> 2, tid = threadIdx.x, nthr = blockDim.x;
     const int lane = tid & 31, nw = nthr >> 5, c = lane & 3;
@@ -193,16 +158,13 @@ static __device__ float q4t_prep1(const struct q4t_args &A, unsigned char *sm, f
     float2 *ox = (float2 *)(xb + c4);
     float4 t[U], nw4[U];
     float ss = 0.0f, mx = 0.0f;
-    if (xbar) q4t_bar_wait(xbar, 0); /* x (and the norm weights) copied in by q4t_xcopy */
-    const float4 *xs = xbar ? (const float4 *)sm : (const float4 *)A.x;
-    const float4 *ns = xbar ? (const float4 *)q4t_norm_sm<MODE>(A, sm) : (const float4 *)A.norm;
 #pragma unroll
     for (int u = 0; u < U; u++) { /* all loads first, the norm weights' with them */
         const int i = tid + u * nthr;
         t[u] = nw4[u] = make_float4(1.f, 1.f, 1.f, 1.f);
         if (i < c4) {
-            t[u] = xbar ? xs[i] : __ldcg(xs + i);
-            if (A.norm) nw4[u] = xbar ? ns[i] : __ldg(ns + i);
+            t[u] = __ldcg((const float4 *)A.x + i);
+            if (A.norm) nw4[u] = __ldg((const float4 *)A.norm + i);
         }
     }
 #pragma unroll
@@ -248,21 +210,13 @@ static __device__ float q4t_prep1(const struct q4t_args &A, unsigned char *sm, f
  * with the fewest quads per thread that hold the input (up to 3; 1 for q/k/v: no spills in
  * the default shapes; with a fixed 3 the plain kernel's took longer), else q4t_prep */
 template <int MODE>
-static __device__ __forceinline__ int q4t_prep1_u(const struct q4t_args &A)
+static __device__ __forceinline__ float q4t_input(const struct q4t_args &A, unsigned char *sm, float *red)
 {
     const int u = ((A.cols >> 2) + (int)blockDim.x - 1) / (int)blockDim.x;
-    return A.prep1 && (u == 1 || (MODE != Q4F_QKV && u <= 3)) ? u : 0;
-}
-/* xbar: the mbarrier of q4t_xcopy where it copied the input into shared memory, else 0 */
-template <int MODE>
-static __device__ __forceinline__ float q4t_input(const struct q4t_args &A, unsigned char *sm, float *red,
-                                                  uint32_t xbar = 0)
-{
-    const int u = q4t_prep1_u<MODE>(A);
     float ys = 0.0f;
-    if (u == 1) ys = q4t_prep1<MODE, 1>(A, sm, red, xbar);
-    else if (MODE != Q4F_QKV && u == 2) ys = q4t_prep1<MODE, 2>(A, sm, red, xbar);
-    else if (MODE != Q4F_QKV && u == 3) ys = q4t_prep1<MODE, 3>(A, sm, red, xbar);
+    if (A.prep1 && u == 1) ys = q4t_prep1<1>(A, sm, red);
+    else if (A.prep1 && MODE != Q4F_QKV && u == 2) ys = q4t_prep1<2>(A, sm, red);
+    else if (A.prep1 && MODE != Q4F_QKV && u == 3) ys = q4t_prep1<3>(A, sm, red);
     return ys != 0.0f ? ys : q4t_prep(A, sm, red);
 }
 
@@ -745,21 +699,14 @@ __global__ void __launch_bounds__(NW * 32, 1) __maxnreg__(Q4T_NREG(NW)) q4t_bker
     q4t_pf_next<NW>(A, 1);
     float *part = (float *)(q4t_sm + k_q4t_smem_dev(A.cols));
     for (int i = threadIdx.x; i < (t1 - t0) * NW * RPU; i += blockDim.x) part[i] = 0.0f;
-    __shared__ __align__(8) unsigned long long xbar_s;
-    const uint32_t xbar = !Q4T_CO(NW) && A.xtma && q4t_prep1_u<MODE>(A) && !(A.diag & 1) ? q4t_saddr(&xbar_s) : 0;
-    if (xbar) { /* (no stash: the norm weights' space is after the partial sums) */
-        if (threadIdx.x == 0) q4t_xcopy<MODE>(A, q4t_sm, xbar, 0);
-        __syncthreads(); /* the barrier initialised before anyone waits on it */
-    }
     pdl_wait();
-    if (xbar && threadIdx.x == 0) q4t_xcopy<MODE>(A, q4t_sm, xbar, 1);
     q4t_mark(A, 1);
     float2 early = make_float2(0.0f, 0.0f); /* the outputs' other operands (q4t_early) */
     if (MODE == Q4F_PLAIN && (int)threadIdx.x < (t1 - t0) * 8)
         early = q4t_early<MODE>(A, t0 + (threadIdx.x >> 3), 2 * (threadIdx.x & 7));
     float ys = 1.0f;
     if (A.diag & 1) __syncthreads(); /* diagnostics: the fragments as shared memory holds them */
-    else ys = q4t_input<MODE>(A, q4t_sm, red, xbar); /* its barriers order the zeroing, the barrier's init */
+    else ys = q4t_input<MODE>(A, q4t_sm, red); /* its barriers order the zeroing */
     q4t_mark(A, 2);
     const int g = lane >> 2;
     auto end = [&](int t, float ya, float yb, float ua, float ub) {
@@ -1085,7 +1032,6 @@ void k_q4t_args(struct q4t_args *a, const struct cu_mat *const *m, float *const 
     a->npf_flags = x->npf_flags;
     a->diag = x->diag;
     a->prep1 = x->prep1;
-    a->xtma = x->xtma;
     a->tl = x->tl;
     a->tl_slot = x->tl_slot;
     if (mode == Q4F_QKV && x->att && x->hcnt && x->nh <= Q4T_MAX_HEADS && x->hd % 16 == 0) {
@@ -1109,7 +1055,6 @@ static enum lmp_status q4t_launch(cudaStream_t st, const struct q4t_args *a, int
     q4t_grid(a->tiles, a->cols, MODE, NW, TMA ? D : 0,
              a->att ? ATT_ROW_SMEM(NW * 32, a->hd, a->max_ctx) * sizeof(float) : 0, &blocks, &smem);
     if (smem_set) smem = smem_set;
-    else if (!TMA && a->xtma) smem += (size_t)a->cols * sizeof(float); /* q4t_xcopy's norm weights */
     cudaLaunchConfig_t cfg = {};
     cudaLaunchAttribute at;
     memset(&at, 0, sizeof at);

@@ -108,7 +108,6 @@ struct q4f_extra {
     int bps;               /* blocks per SM of the persistent grid (0: as many as fit) */
     int pf, kvpf;          /* tile kernels: q4t_args.pf, .kvpf */
     int npf_flags, diag, prep1; /* tile kernels: q4t_args.npf_flags, .diag, .prep1 */
-    int xtma;              /* tile kernels: q4t_args.xtma */
     unsigned long long *tl; /* tile kernels: the timeline and this launch's row (q4t_args) */
     int tl_slot;
 };
@@ -153,7 +152,6 @@ struct q4t_args {
     struct q4t_pfn npf[2]; /* later launches' weights prefetched into L2 (npf_n of them) */
     int npf_n;
     int prep1;             /* the one-pass input preparation (lmp_cuda_opts.q4t_prep) */
-    int xtma;              /* its input by bulk copies (q4t_xcopy; lmp_cuda_opts.q4t_xtma) */
     int diag;              /* lmp_cuda_opts.q4t_diag (bits 1, 4: no input, no outputs) */
     int npf_flags;         /* lmp_cuda_opts.q4t_npf_flags (2: the prefetches evict last) */
 };
@@ -268,7 +266,6 @@ struct lmp_cuda_state {
     int q4t_pf;              /* items per warp their blocks prefetch into L2 at the start */
     int q4t_kvpf;            /* their q/k/v blocks prefetch the cached K, V rows for the attention */
     int q4t_prep1;           /* the one-pass input preparation of the tile kernels (opts) */
-    int q4t_xtma;            /* its input by bulk copies (opts) */
     int q4t_diag;            /* diagnostics: parts of the tile decode skipped (opts) */
     int q4t_npf, q4t_npf_flags; /* they prefetch later launches' weights into L2 (opts) */
     int att_pack;            /* decode attention one block per head (no split) */

@@ -278,8 +278,7 @@ extern "C" enum lmp_status lmp_cuda_k_qmatmul(const struct lmp_qview *w, const f
         memset(&x, 0, sizeof x);
         /* inputs take turns: register ring, 32 warps, TMA ring, both rings with the items in
            turn, co-resident with and without the stash, and
-           with the ring; the one-pass and the two-pass input preparation in turn, the input
-           by bulk copies with 16 and 32 warps */
+           with the ring; the one-pass and the two-pass input preparation in turn */
         static const int shapes[8] = {0, 2, 4, 7, 9, 10, 11, 12};
         for (int i = 0; i < n; i++) {
             const int shape = shapes[i % 8];
@@ -288,7 +287,6 @@ extern "C" enum lmp_status lmp_cuda_k_qmatmul(const struct lmp_qview *w, const f
             struct q4t_args a;
             k_q4t_args(&a, mm, yy, nm, mode, &x);
             a.prep1 = i & 1;
-            a.xtma = shape == 2 || shape == 7; /* the input by bulk copies (with prep1: i 1, 3) */
             TRY(k_q4t_launch(0, &a, mode, 1, shape, err));
         }
         CU_TRY(cudaDeviceSynchronize(), "tile decode kernel");

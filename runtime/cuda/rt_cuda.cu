@@ -453,7 +453,6 @@ static void state_opts(struct lmp_cuda_state *s, const struct lmp_cuda_opts *o)
     s->q4t_npf_flags = o->q4t_npf_flags;
     s->q4t_diag = o->q4t_diag;
     s->q4t_prep1 = o->q4t_prep != 2;
-    s->q4t_xtma = o->q4t_xtma == 1;
     s->q4p = s->q4t && o->q4t_persist == 1;
     s->q4p_flags = o->q4p_flags;
     s->q4p_slots = o->q4p_slots;
@@ -787,7 +786,6 @@ static void q4f_extra_init(const struct lmp_cuda_state *s, struct q4f_extra *x)
     x->npf_flags = s->q4t_npf_flags;
     x->diag = s->q4t_diag;
     x->prep1 = s->q4t_prep1;
-    x->xtma = s->q4t_xtma;
     x->tl = s->q4t_tl;
 }
 

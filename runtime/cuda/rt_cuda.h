@@ -119,9 +119,6 @@ struct lmp_cuda_opts {
                          from registers where the input fits (up to 3 float4s a thread), 2 two passes
                          through an fp32 copy in shared memory (before session 18); the same
                          fragments (docs/GPU.md) */
-    int q4t_xtma;     /* 1: the one-pass input preparation reads its input (x, the norm weights)
-                         from shared memory, where bulk copies (TMA) of thread 0 put them,
-                         instead of every thread's L2 loads behind the weight loads in flight */
     int q4t_diag;     /* diagnostics of the tile decode, parts skipped (wrong logits), bits: 1 the
                          input preparation, 2 the attention launch, 4 the block outputs
                          (what the weight phases cost without the fixed parts; docs/GPU.md) */

@@ -572,14 +572,6 @@ TEST(cuda_forward_q4_g128_vs_cpu)
         CHECK_CLOSE(var[v].what, lg, lc, 30L * 211, (var[v].no_q4t ? 3e-2 : 1e-2) * mx, 1e-2);
         free(lg);
     }
-    { /* the input of the tile kernels by bulk copies (q4t_xtma) */
-        struct lmp_cuda_opts o = {.q4t_xtma = 1};
-        float *lg = gpu_logits(m, tok, 30, 10, 8, &o);
-        REQUIRE(lg);
-        CHECK_CLOSE("Q4 g128 logits, tile decode kernels, the input by bulk copies", lg, lc, 30L * 211, 1e-2 * mx,
-                    1e-2);
-        free(lg);
-    }
     { /* the attention's settings by position: from position 12 on 16 shares through global
          memory, its own decode graph (the default switches at ATT_LONG = 256) */
         struct lmp_cuda_opts o = {.att_long = 12};
