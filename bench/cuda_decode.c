@@ -353,9 +353,8 @@ static int run_one(const char *name, enum lmp_cuda_wtype wt, int bits, int group
         if (blocks) timeline_report(tlv, blocks, c->n_layers, c->layer[0].n_heads, khz / 1e6);
         free(tlv);
     }
-    /* neither the prefetches, the one-pass input preparation nor the attention's combine
-       change a result */
-    if (!st && (o->q4t_npf_flags + o->q4t_npf || o->q4t_prep || o->att_combine) && kept_q4 && wt == LMP_CUDA_W_PACKED)
+    /* neither the input preparation's variants nor the attention's combine change a result */
+    if (!st && (o->q4t_prep || o->att_combine) && kept_q4 && wt == LMP_CUDA_W_PACKED)
         logits_diff(name, lg, "q4 (tile kernels)", kept_q4, c->vocab);
     if (!st && !strcmp(name, "q4")) kept_q4 = lg, lg = NULL;
     if (!st && !strcmp(name, "q4-rows")) kept_rows = lg, lg = NULL;
@@ -397,9 +396,6 @@ static const struct {
              {"q4-w16", LMP_CUDA_W_PACKED, 4, 128, {.q4t_depth = 2}},
              {"q4-d3", LMP_CUDA_W_PACKED, 4, 128, {.q4t_depth = 3}},
              {"q4-tma", LMP_CUDA_W_PACKED, 4, 128, {.q4t_depth = 4}},
-             {"q4-att", LMP_CUDA_W_PACKED, 4, 128, {.q4t_att = 1}},
-             {"q4-tma-att", LMP_CUDA_W_PACKED, 4, 128, {.q4t_depth = 4, .q4t_att = 1}},
-             {"q4-sepatt", LMP_CUDA_W_PACKED, 4, 128, {.q4t_att = 2}},
              {"q4-tma-w32", LMP_CUDA_W_PACKED, 4, 128, {.q4t_depth = 5}},
              {"q4-tma-s4", LMP_CUDA_W_PACKED, 4, 128, {.q4t_depth = 6}},
              {"q4-il", LMP_CUDA_W_PACKED, 4, 128, {.q4t_depth = 7}},
@@ -424,16 +420,6 @@ static const struct {
              {"f16-s16", LMP_CUDA_W_F16, 0, 0, {.att_shares = 16}},
              {"q4-gc-tl", LMP_CUDA_W_PACKED, 4, 128, {.att_combine = 1, .q4t_timeline = 1}},
              {"q4-w16-pack", LMP_CUDA_W_PACKED, 4, 128, {.q4t_depth = 2, .att_pack = 1}},
-             {"q4-kv", LMP_CUDA_W_PACKED, 4, 128, {.q4t_kvpf = 1}},
-             {"q4-n30", LMP_CUDA_W_PACKED, 4, 128, {.q4t_npf = 30}},
-             {"q4-n50", LMP_CUDA_W_PACKED, 4, 128, {.q4t_npf = 50}},
-             {"q4-n70", LMP_CUDA_W_PACKED, 4, 128, {.q4t_npf = 70}},
-             {"q4-n100", LMP_CUDA_W_PACKED, 4, 128, {.q4t_npf = 100}},
-             {"q4-n50l", LMP_CUDA_W_PACKED, 4, 128, {.q4t_npf = 50, .q4t_npf_flags = 2}},
-             {"q4-n50s", LMP_CUDA_W_PACKED, 4, 128, {.q4t_npf = 50, .q4t_npf_flags = 4}},
-             {"q4-n50o", LMP_CUDA_W_PACKED, 4, 128, {.q4t_npf = 50, .q4t_npf_flags = 8}},
-             {"q4-no", LMP_CUDA_W_PACKED, 4, 128, {.q4t_npf = 50, .q4t_npf_flags = 16}},
-             {"q4-no-tl", LMP_CUDA_W_PACKED, 4, 128, {.q4t_npf = 50, .q4t_npf_flags = 16, .q4t_timeline = 1}},
              {"q4-p2", LMP_CUDA_W_PACKED, 4, 128, {.q4t_prep = 2}},
              {"q4-p2-tl", LMP_CUDA_W_PACKED, 4, 128, {.q4t_prep = 2, .q4t_timeline = 1}},
              {"q4-x1", LMP_CUDA_W_PACKED, 4, 128, {.q4t_diag = 1}},
@@ -441,12 +427,6 @@ static const struct {
              {"q4-x3", LMP_CUDA_W_PACKED, 4, 128, {.q4t_diag = 3}},
              {"q4-x7", LMP_CUDA_W_PACKED, 4, 128, {.q4t_diag = 7}},
              {"q4-x3-tl", LMP_CUDA_W_PACKED, 4, 128, {.q4t_diag = 3, .q4t_timeline = 1}},
-             {"q4-tl-att", LMP_CUDA_W_PACKED, 4, 128, {.q4t_timeline = 1, .q4t_att = 1}},
-             {"q4-pf2", LMP_CUDA_W_PACKED, 4, 128, {.q4t_pf = 2}},
-             {"q4-pf4", LMP_CUDA_W_PACKED, 4, 128, {.q4t_pf = 4}},
-             {"q4-pf8", LMP_CUDA_W_PACKED, 4, 128, {.q4t_pf = 8}},
-             {"q4-pf16", LMP_CUDA_W_PACKED, 4, 128, {.q4t_pf = 16}},
-             {"q4-tma-pf8", LMP_CUDA_W_PACKED, 4, 128, {.q4t_depth = 6, .q4t_pf = 8}},
              {"q4-tma-il", LMP_CUDA_W_PACKED, 4, 128, {.q4t_depth = 9}},
              {"q4-w8", LMP_CUDA_W_PACKED, 4, 128, {.q4_warps = 8, .no_q4t = 1}},
              {"q4-w8-b1", LMP_CUDA_W_PACKED, 4, 128, {.q4_warps = 8, .q4_bps = 1, .no_q4t = 1}},
@@ -574,8 +554,8 @@ int main(int argc, char **argv)
     for (int k = 0; k < N_MODES; k++) {
         /* without --only: the default and the comparisons docs/GPU.md reports; "all": every
          * mode but f32 */
-        static const char *dflt = "f16,q4,q4-p,q4-p-tl,q4-rows,q4-w16,q4-d1,q4-tma-s4,q4-att,q4-pack,q4-il,"
-                                  "q4-pf8,q4-kv,q4-tl,q4-nopdl,q4-nograph,q4-legacy,q4-unfused,q4-p2,q4-gc,q4-n50,q4-x3,q4-x7";
+        static const char *dflt = "f16,q4,q4-p,q4-p-tl,q4-rows,q4-w16,q4-d1,q4-tma-s4,q4-pack,q4-il,"
+                                  "q4-tl,q4-nopdl,q4-nograph,q4-legacy,q4-unfused,q4-p2,q4-gc,q4-x3,q4-x7";
         if (only && !strcmp(only, "all") ? k == N_MODES - 1 : !in_list(only ? only : dflt, modes[k].name))
             continue;
         int e = run_one(modes[k].name, modes[k].wt, modes[k].bits, modes[k].group, &modes[k].o, &c,

@@ -30,9 +30,9 @@
  * leave the sums in the block's shared memory (a slot per tile and warp); after one barrier
  * the block adds each row's slots in warp order (the result does not depend on timing) and
  * finishes the rows: bias, RoPE and the KV-cache store (QKV), SwiGLU (GU), y = or += (PLAIN).
- * With the attention fused in (QKV), the block that completes a head's q, k and v rows
- * computes its attention. Measured and not kept (docs/GPU.md): stream-K over the whole grid
- * (tiles split across blocks, partial sums through global memory): 34.5 % vs 45.4 %.
+ * Measured and not kept (docs/GPU.md): stream-K over the whole grid (tiles split across
+ * blocks, partial sums through global memory): 34.5 % vs 45.4 %; the attention at the end
+ * of q/k/v; weights of this or later launches prefetched into L2.
  *
  * Each warp has its next D items in flight: in registers (q4t_bkernel) or in a shared-memory
  * ring filled by bulk copies (q4t_tkernel); the first D are requested before the previous
@@ -40,7 +40,6 @@
  * the block prepares the input. */
 #include "internal.h"
 #include "reduce.cuh"
-#include "attention.cuh"
 #include "q4t.cuh"
 
 #include <string.h>
@@ -462,90 +461,6 @@ static __device__ __forceinline__ void q4t_stash_run(const struct q4t_args &A, q
     }
 }
 
-/* lane 0: L2 prefetches of the warp's items D .. D + A.pf - 1 (codes and scales), issued
- * before the dependency so that DRAM stays busy while the previous kernel drains */
-template <int MODE, int D>
-static __device__ __forceinline__ void q4t_prefetch(const struct q4t_args &A, q4t_walk W)
-{
-    const int n = min(W.cnt, D + A.pf);
-    int t = W.f0 / A.nc, j = W.f0 - t * A.nc;
-    for (int k = 0; k < n; k++) {
-        if (k >= D) {
-            const int mi = q4t_mat<MODE>(A, t), lt = t - A.m[mi].tile0;
-            const unsigned it = (unsigned)(lt * A.nc + j) * 64u;
-            const unsigned gi = (unsigned)(lt * A.ngr + (j >> A.cshift)) * 8u;
-            asm volatile("cp.async.bulk.prefetch.L2.global [%0], 1024;" ::"l"(A.m[mi].codes + it) : "memory");
-            asm volatile("prefetch.global.L2 [%0];" ::"l"(A.m[mi].sz + gi));
-            if (MODE == Q4F_GU) {
-                asm volatile("cp.async.bulk.prefetch.L2.global [%0], 1024;" ::"l"(A.m[1].codes + it) : "memory");
-                asm volatile("prefetch.global.L2 [%0];" ::"l"(A.m[1].sz + gi));
-            }
-        }
-        q4t_next(t, j, W.st, A.nc);
-    }
-}
-
-/* ---- later launches' weights into L2 (q4t_args.npf) ---------------------------------------
- * A layer's launches leave DRAM idle while their latency chain runs (epilogue, attention,
- * the next launch's input preparation): ~30 of ~53 us per layer (docs/GPU.md). The 50 MB L2
- * can hold what a later launch will read: a launch's blocks ask for it with bulk prefetches
- * (one instruction per contiguous range, no registers or shared memory held), each lane one
- * warp share of the later launch (the end of it: the share's first items are what that
- * launch requests before its own dependency). */
-static __device__ __forceinline__ void q4t_pf_range(const char *p, size_t n, uint64_t pol)
-{
-    for (size_t o = 0; o < n; o += 65536) {
-        const unsigned k = (unsigned)min((size_t)65536, n - o);
-        asm volatile("cp.async.bulk.prefetch.L2.global.L2::cache_hint [%0], %1, %2;" ::"l"(p + o), "r"(k), "l"(pol)
-                     : "memory");
-    }
-}
-
-/* the lanes (lane of nl) of this block take the warp shares s = block nl + lane, + grid nl .. */
-static __device__ void q4t_pf_issue(const struct q4t_pfn &T, int lane, int nl, uint64_t pol)
-{
-    const int shares = T.blocks * T.nw, tpb = (T.tiles + T.blocks - 1) / T.blocks;
-    for (int s = (int)blockIdx.x * nl + lane; s < shares; s += (int)gridDim.x * nl) {
-        const int bn = s / T.nw, wn = s - bn * T.nw;
-        const int t0 = min(T.tiles, bn * tpb), t1 = min(T.tiles, t0 + tpb);
-        const int nit = (t1 - t0) * T.nc, per = (nit + T.nw - 1) / T.nw;
-        const int lo = min(nit, wn * per), hi = min(nit, lo + per);
-        const int take = (int)(((long long)(hi - lo) * T.pct + 99) / 100);
-        if (take <= 0) continue;
-        const int f0 = t0 * T.nc + hi - take, f1 = t0 * T.nc + hi;
-        for (int mi = 0; mi < T.nm; mi++) {
-            const int m0 = T.tile0[mi] * T.nc, a = max(f0, m0), b = min(f1, T.tile1[mi] * T.nc);
-            if (a >= b) continue;
-            q4t_pf_range(T.codes[mi] + (size_t)(a - m0) * 1024, (size_t)(b - a) * 1024, pol);
-            const int ta = a / T.nc - T.tile0[mi], tb = (b - 1) / T.nc - T.tile0[mi];
-            q4t_pf_range(T.sz[mi] + (size_t)ta * T.ngr * 64, (size_t)(tb - ta + 1) * T.ngr * 64, pol);
-        }
-    }
-}
-
-/* the targets asked for at the start (at_start 1) or after the weights (0): the block's last warp */
-template <int NW>
-static __device__ __forceinline__ void q4t_pf_next(const struct q4t_args &A, int at_start)
-{
-    if (!A.npf_n || (int)(threadIdx.x >> 5) != NW - 1) return;
-    const uint64_t pol = A.npf_flags & 2 ? q4t_pol_last() : q4t_pol_normal();
-    for (int i = 0; i < A.npf_n; i++)
-        if (A.npf[i].at_start == at_start) q4t_pf_issue(A.npf[i], threadIdx.x & 31, 32, pol);
-}
-
-/* thread 0, q/k/v: this block's share of the layer's cached K and V rows 0 .. *pos - 1 (both
- * contiguous: the caches are position-major) into L2 for the attention that follows */
-static __device__ __forceinline__ void q4t_kv_prefetch(const struct q4t_args &A)
-{
-    const size_t bytes = (size_t)*A.pos * A.kvd * sizeof(float);
-    const size_t per = (bytes / gridDim.x + 255) & ~(size_t)255, b0 = per * blockIdx.x;
-    if (b0 >= bytes) return;
-    const unsigned n = (unsigned)min(per, bytes - b0) & ~15u;
-    if (!n) return;
-    asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"((const char *)A.kc + b0), "r"(n) : "memory");
-    asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"((const char *)A.vc + b0), "r"(n) : "memory");
-}
-
 /* the first D loads of the warp's items; lt, lj: the next item to load */
 template <int MODE, int D>
 static __device__ __forceinline__ void q4t_preload(const struct q4t_args &A, q4t_walk W,
@@ -617,12 +532,11 @@ static __device__ __forceinline__ void q4t_pair_out(const struct q4t_args &A, in
     dst[rb] = vb;
 }
 
-#define Q4T_MAX_HEADS 128 /* attention fused into q/k/v: heads a block can finish */
 
-/* The block's tiles [t0, t1) from the warps' slots (in warp order) to the outputs; with
- * A.att (q/k/v) each head whose q, k and v tiles are all written (counted in A.hcnt over
- * the grid) gets its attention from the block that completes it, so no separate attention
- * launch is needed. sm: shared memory for att_row (the input's, free by now). */
+/* The block's tiles [t0, t1) from the warps' slots (in warp order) to the outputs. (Until
+ * session 19 q/k/v could also compute the attention of the heads its block completed,
+ * `q4t_att`: 45.7-46.2 % vs 48-50 %; removed with the L2 prefetch options, whose code alone
+ * cost ~1 % of decode time: docs/GPU.md.) */
 template <int MODE, int NW>
 static __device__ __forceinline__ void q4t_block_out(const struct q4t_args &A, const float *part, int t0,
                                                      int t1, float ys, unsigned char *sm,
@@ -638,33 +552,6 @@ static __device__ __forceinline__ void q4t_block_out(const struct q4t_args &A, c
             if (MODE == Q4F_GU) ua += sl[16 + rr], ub += sl[17 + rr];
         }
         q4t_pair_out<MODE>(A, t0 + tl, rr, va, vb, ua, ub, ys, k == (int)threadIdx.x ? early : NULL);
-    }
-    if (MODE != Q4F_QKV || !A.att) return;
-    __shared__ int heads[Q4T_MAX_HEADS + 1];
-    __threadfence(); /* this block's q, k, v rows before its counts */
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        const int tph = A.hd / 16, grp = A.nh / A.nkv, need = 3 * tph;
-        int nd = 0;
-        for (int t = t0; t < t1; t++) {
-            const int mi = q4t_mat<MODE>(A, t), hh = (t - A.m[mi].tile0) / tph;
-            const int h0 = mi == 0 ? hh : hh * grp, h1 = mi == 0 ? hh + 1 : hh * grp + grp;
-            for (int h = h0; h < h1; h++)
-                if ((int)atomicAdd(A.hcnt + h, 1u) + 1 == need) {
-                    heads[nd++] = h;
-                    A.hcnt[h] = 0; /* complete: ready for the next launch */
-                }
-        }
-        heads[Q4T_MAX_HEADS] = nd;
-        if (nd) __threadfence(); /* the other blocks' rows after their counts */
-    }
-    __syncthreads();
-    const int nd = heads[Q4T_MAX_HEADS], grp = A.nh / A.nkv;
-    for (int k = 0; k < nd; k++) {
-        const int h = heads[k];
-        att_row<NW * 32, true>(A.att + (size_t)h * A.hd, A.m[0].y + (size_t)h * A.hd, A.kc, A.vc,
-                               *A.pos + 1, A.kvd, h / grp, A.hd, A.att_scale, (float *)sm);
-        __syncthreads();
     }
 }
 
@@ -694,9 +581,6 @@ __global__ void __launch_bounds__(NW * 32, 1) __maxnreg__(Q4T_NREG(NW)) q4t_bker
     q4t_regs<MODE> buf[D];
     int lt, lj;
     q4t_preload<MODE, D>(A, WR, buf, lt, lj, lane); /* before the dependency */
-    if (A.pf && lane == 0) q4t_prefetch<MODE, D>(A, W);
-    if (MODE == Q4F_QKV && A.kvpf && threadIdx.x == 0) q4t_kv_prefetch(A);
-    q4t_pf_next<NW>(A, 1);
     float *part = (float *)(q4t_sm + k_q4t_smem_dev(A.cols));
     for (int i = threadIdx.x; i < (t1 - t0) * NW * RPU; i += blockDim.x) part[i] = 0.0f;
     pdl_wait();
@@ -722,7 +606,6 @@ __global__ void __launch_bounds__(NW * 32, 1) __maxnreg__(Q4T_NREG(NW)) q4t_bker
     q4t_stream<MODE, D>(A, WR, buf, lt, lj, q4t_sm, lane, end, sums);
     __syncthreads();
     q4t_mark(A, 3);
-    q4t_pf_next<NW>(A, 0);
     if (!(A.diag & 4)) q4t_block_out<MODE, NW>(A, part, t0, t1, ys, q4t_sm, MODE == Q4F_PLAIN ? &early : NULL);
     q4t_mark(A, 4);
 }
@@ -806,8 +689,6 @@ __global__ void __launch_bounds__(NW * 32, 1) q4t_tkernel(const __grid_constant_
             q4t_next(lt, lj, W.st, nc);
         }
     }
-    if (A.pf && lane == 0) q4t_prefetch<MODE, S>(A, W);
-    if (MODE == Q4F_QKV && A.kvpf && threadIdx.x == 0) q4t_kv_prefetch(A);
     float *part = (float *)(q4t_sm + q4t_ring_off(A.cols) + (size_t)NW * S * IB);
     for (int i = threadIdx.x; i < (t1 - t0) * NW * RPU; i += blockDim.x) part[i] = 0.0f;
     pdl_wait();
@@ -1027,21 +908,10 @@ void k_q4t_args(struct q4t_args *a, const struct cu_mat *const *m, float *const 
     a->vc = x->vc;
     a->hd = x->hd;
     a->kvd = x->kvd;
-    a->pf = x->pf;
-    a->kvpf = mode == Q4F_QKV && x->kvpf;
-    a->npf_flags = x->npf_flags;
     a->diag = x->diag;
     a->prep1 = x->prep1;
     a->tl = x->tl;
     a->tl_slot = x->tl_slot;
-    if (mode == Q4F_QKV && x->att && x->hcnt && x->nh <= Q4T_MAX_HEADS && x->hd % 16 == 0) {
-        a->att = x->att; /* attention fused in (q4t_block_out) */
-        a->hcnt = x->hcnt;
-        a->nh = x->nh;
-        a->nkv = x->nkv;
-        a->max_ctx = x->max_ctx;
-        a->att_scale = 1.0f / sqrtf((float)x->hd);
-    }
 }
 
 
@@ -1053,7 +923,7 @@ static enum lmp_status q4t_launch(cudaStream_t st, const struct q4t_args *a, int
     int blocks;
     size_t smem;
     q4t_grid(a->tiles, a->cols, MODE, NW, TMA ? D : 0,
-             a->att ? ATT_ROW_SMEM(NW * 32, a->hd, a->max_ctx) * sizeof(float) : 0, &blocks, &smem);
+             0, &blocks, &smem);
     if (smem_set) smem = smem_set;
     cudaLaunchConfig_t cfg = {};
     cudaLaunchAttribute at;
@@ -1200,29 +1070,6 @@ enum lmp_status k_q4t_init_attrs(size_t smem_max, struct lmp_err *err)
 
 const char *k_q4t_co_status(void) { return q4t_co.ok ? NULL : q4t_co.why; }
 
-void k_q4t_pf_add(struct q4t_args *a, const struct q4t_args *next, int mode, int shape, int pct,
-                  int at_start)
-{
-    if (a->npf_n >= 2 || pct <= 0) return;
-    const int *sh = q4t_shapes[shape >= 0 && shape < Q4T_NSHAPES ? shape : 0];
-    struct q4t_pfn *t = &a->npf[a->npf_n++];
-    memset(t, 0, sizeof *t);
-    t->nm = next->n;
-    for (int i = 0; i < next->n; i++) {
-        t->codes[i] = (const char *)next->m[i].codes;
-        t->sz[i] = (const char *)next->m[i].sz;
-        t->tile0[i] = mode == Q4F_GU ? 0 : next->m[i].tile0;
-        t->tile1[i] = mode == Q4F_GU || i + 1 == next->n ? next->tiles : next->m[i + 1].tile0;
-    }
-    t->tiles = next->tiles;
-    t->nc = next->nc;
-    t->ngr = next->ngr;
-    t->blocks = next->tiles < q4t_sms() ? next->tiles : q4t_sms(); /* as q4t_grid */
-    t->nw = sh[6] ? (mode == Q4F_PLAIN ? 18 : 14) : mode == Q4F_GU ? sh[3] : sh[1];
-    t->pct = pct > 100 ? 100 : pct;
-    t->at_start = at_start;
-}
-
 enum lmp_status k_q4t_launch(cudaStream_t st, const struct q4t_args *a, int mode, int pdl,
                              int shape, struct lmp_err *err)
 {
@@ -1232,10 +1079,10 @@ enum lmp_status k_q4t_launch(cudaStream_t st, const struct q4t_args *a, int mode
         size_t smem;
         const int gu = mode == Q4F_GU;
         q4t_grid(a->tiles, a->cols, mode, sh[gu ? 3 : 1], sh[gu ? 2 : 0],
-                 a->att ? ATT_ROW_SMEM(sh[1] * 32, a->hd, a->max_ctx) * sizeof(float) : 0, &blocks, &smem);
+                 0, &blocks, &smem);
         if (smem + q4t_tma_over > q4t_smem_limit) sh = q4t_shapes[0];
     }
-    if (sh[6] && (!q4t_co.ok || a->att)) sh = q4t_shapes[0]; /* fused attention: not co-resident */
+    if (sh[6] && !q4t_co.ok) sh = q4t_shapes[0];
     const int tma = sh[4];
     struct q4t_args b = *a;
     b.il = sh[5];

@@ -74,7 +74,6 @@ enum { Q4F_PLAIN = 0, Q4F_GU = 1, Q4F_QKV = 2 };
 #define Q4F_WARPS 16 /* warps per block by default (8 or 16) */
 #define Q4F_PIPE 1   /* by default the next step's loads are in flight during a step */
 #define Q4F_BPS 0    /* blocks per SM by default (0: as many as fit) */
-#define Q4T_ATT 0    /* tile kernels: attention fused into q/k/v by default (1) or not (0) */
 struct q4f_mat {
     const uint8_t *codes;
     const __half *s, *z;
@@ -100,25 +99,11 @@ struct q4f_extra {
     float *kc, *vc;
     int hd, kvd;
     int warps, pdl;        /* warps per block (8, 16), programmatic dependent launch */
-    float *att;            /* tile kernels, QKV: attention into att (nh heads over the caches,
-                              max_ctx positions) with per-head counters hcnt (zeroed) */
-    unsigned *hcnt;
-    int nh, nkv, max_ctx;
     int pipe;              /* a warp's next step loaded while the current one is computed */
     int bps;               /* blocks per SM of the persistent grid (0: as many as fit) */
-    int pf, kvpf;          /* tile kernels: q4t_args.pf, .kvpf */
-    int npf_flags, diag, prep1; /* tile kernels: q4t_args.npf_flags, .diag, .prep1 */
+    int diag, prep1;       /* tile kernels: q4t_args.diag, .prep1 */
     unsigned long long *tl; /* tile kernels: the timeline and this launch's row (q4t_args) */
     int tl_slot;
-};
-
-/* a later tile launch whose weights a launch asks the L2 for (q4t_args.npf): its matrices'
- * codes and scales, the flat item ranges [tile0 nc, tile1 nc) they hold, its grid (blocks,
- * warps) and the percentage of each of its warps' shares, taken from the share's end */
-struct q4t_pfn {
-    const char *codes[3], *sz[3];
-    int tile0[3], tile1[3];
-    int nm, tiles, nc, ngr, blocks, nw, pct, at_start;
 };
 
 /* the tensor-core tile kernels (decode_q4t.cu): the same three modes on the tile layout */
@@ -137,23 +122,14 @@ struct q4t_args {
     const int *pos;
     float *kc, *vc;
     float eps;
-    float *att;            /* QKV: attention fused in (k_q4t_args sets it from q4f_extra) */
-    unsigned *hcnt;
-    int nh, nkv, max_ctx;
-    float att_scale;
     int il;                /* the warps take the block's items in turn (else contiguous shares) */
-    int pf;                /* items per warp prefetched into L2 before the dependency */
-    int kvpf;              /* QKV: the blocks prefetch the layer's cached K and V rows into L2 */
     unsigned long long *tl; /* timeline (lmp_cuda_opts.q4t_timeline): Q4T_TL values per block */
     int tl_slot;           /* its first block's row: (layer * 4 + product, the head n_layers * 4) x blocks */
     int stash;             /* items per warp copied into shared memory before the dependency */
     int stash_off;         /* where the stash starts in the dynamic shared memory (bytes) */
     int ring;              /* every item through the stash, used as a ring of `stash` units */
-    struct q4t_pfn npf[2]; /* later launches' weights prefetched into L2 (npf_n of them) */
-    int npf_n;
     int prep1;             /* the one-pass input preparation (lmp_cuda_opts.q4t_prep) */
     int diag;              /* lmp_cuda_opts.q4t_diag (bits 1, 4: no input, no outputs) */
-    int npf_flags;         /* lmp_cuda_opts.q4t_npf_flags (2: the prefetches evict last) */
 };
 
 /* timeline of a tile-kernel block: %globaltimer (ns) at start, after the dependency, after
@@ -261,13 +237,8 @@ struct lmp_cuda_state {
     int q4_mega;             /* the whole decode step in one persistent kernel where it applies */
     int q4t;                 /* 4-bit decode through the tensor-core tile kernels where they apply */
     int q4t_depth;           /* their items in flight per warp (k_q4t_launch) */
-    unsigned *q4t_hcnt;      /* per-head counters of the attention fused into q/k/v */
-    int q4t_att;             /* whether it is fused (else a separate attention launch) */
-    int q4t_pf;              /* items per warp their blocks prefetch into L2 at the start */
-    int q4t_kvpf;            /* their q/k/v blocks prefetch the cached K, V rows for the attention */
     int q4t_prep1;           /* the one-pass input preparation of the tile kernels (opts) */
     int q4t_diag;            /* diagnostics: parts of the tile decode skipped (opts) */
-    int q4t_npf, q4t_npf_flags; /* they prefetch later launches' weights into L2 (opts) */
     int att_pack;            /* decode attention one block per head (no split) */
     int att_shares;          /* the split's shares per head asked for (opts; 0: ~2 blocks per SM) */
     struct att_split att_sp;  /* the decode attention split over positions (the setting in use) */
@@ -431,10 +402,6 @@ void k_q4t_args(struct q4t_args *a, const struct cu_mat *const *m, float *const 
  * the default */
 enum lmp_status k_q4t_launch(cudaStream_t st, const struct q4t_args *a, int mode, int pdl,
                              int shape, struct lmp_err *err);
-/* a's next free npf slot: the weights of the launch `next` (its mode and shape), pct % of
- * each warp's share from its end (100: all), asked for at a's start or after its weights */
-void k_q4t_pf_add(struct q4t_args *a, const struct q4t_args *next, int mode, int shape, int pct,
-                  int at_start);
 enum lmp_status k_q4t_init_attrs(size_t smem_max, struct lmp_err *err);
 /* NULL when the co-resident shapes (10, 11) run as such; else why they fall back to 0 */
 const char *k_q4t_co_status(void);

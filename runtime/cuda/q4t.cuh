@@ -23,19 +23,6 @@ static __device__ __forceinline__ uint2 q4t_ld8(const uint2 *p)
     return r;
 }
 
-/* L2 eviction policies (createpolicy) for the prefetches of later launches' weights */
-static __device__ __forceinline__ uint64_t q4t_pol_last(void)
-{
-    uint64_t p;
-    asm("createpolicy.fractional.L2::evict_last.b64 %0, 1.0;" : "=l"(p));
-    return p;
-}
-static __device__ __forceinline__ uint64_t q4t_pol_normal(void)
-{
-    uint64_t p;
-    asm("createpolicy.fractional.L2::evict_normal.b64 %0, 1.0;" : "=l"(p));
-    return p;
-}
 /* d += A (16x16 fp16, row) * B (16x8 fp16, col), fp32 */
 static __device__ __forceinline__ void q4t_mma(float d[4], uint32_t a0, uint32_t a1, uint32_t a2,
                                                uint32_t a3, uint32_t b0, uint32_t b1)

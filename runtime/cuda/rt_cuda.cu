@@ -216,13 +216,6 @@ enum lmp_status cu_state_finish(struct lmp_cuda_state *s, const float *rope_cs_h
             return lmp_err_set(err, LMP_ERR_NOMEM, "CUDA: size of %s overflows", bufs[i].what);
         if ((st = cu_state_alloc(s, (void **)bufs[i].p, n, bufs[i].what, err))) return st;
     }
-    if (s->q4t) { /* the per-head counters of the attention fused into the tile kernels */
-        int nh = 1;
-        for (int l = 0; l < s->n_layers; l++) nh = s->L[l].nh > nh ? s->L[l].nh : nh;
-        if ((st = cu_state_alloc(s, (void **)&s->q4t_hcnt, (size_t)nh * sizeof(unsigned), "decode counters", err)))
-            return st;
-        CU_TRY(cudaMemset(s->q4t_hcnt, 0, (size_t)nh * sizeof(unsigned)), "clearing decode counters");
-    }
     s->att_long = INT_MAX;
     if (!s->att_pack) {
         /* the decode attention split over positions: ~2 blocks per SM (a head's blocks one
@@ -446,11 +439,6 @@ static void state_opts(struct lmp_cuda_state *s, const struct lmp_cuda_opts *o)
     s->q4_mega = s->q4f && o->q4_mega;
     s->q4t = s->q4f && !o->no_q4t;
     s->q4t_depth = o->q4t_depth >= 0 && o->q4t_depth <= 12 ? o->q4t_depth : 0;
-    s->q4t_att = o->q4t_att == 1 ? 1 : o->q4t_att == 2 ? 0 : Q4T_ATT;
-    s->q4t_pf = o->q4t_pf >= 0 && o->q4t_pf <= 64 ? o->q4t_pf : 0;
-    s->q4t_kvpf = o->q4t_kvpf;
-    s->q4t_npf = o->q4t_npf > 0 && o->q4t_npf <= 100 ? o->q4t_npf : 0;
-    s->q4t_npf_flags = o->q4t_npf_flags;
     s->q4t_diag = o->q4t_diag;
     s->q4t_prep1 = o->q4t_prep != 2;
     s->q4p = s->q4t && o->q4t_persist == 1;
@@ -781,9 +769,6 @@ static void q4f_extra_init(const struct lmp_cuda_state *s, struct q4f_extra *x)
     x->bps = s->q4_bps;
     x->pipe = s->q4_pipe;
     x->pdl = s->pdl;
-    x->pf = s->q4t_pf;
-    x->kvpf = s->q4t_kvpf;
-    x->npf_flags = s->q4t_npf_flags;
     x->diag = s->q4t_diag;
     x->prep1 = s->q4t_prep1;
     x->tl = s->q4t_tl;
@@ -859,7 +844,7 @@ static enum lmp_status layer_q4f_fwd(struct lmp_cuda_state *s, int l, struct lmp
 /* Whether layer l decodes through the tensor-core tile kernels (decode_q4t.cu). */
 static int layer_q4t(const struct lmp_cuda_state *s, const struct cu_layer *L)
 {
-    if (!s->q4t || !s->q4t_hcnt || s->hd % 2) return 0;
+    if (!s->q4t || s->hd % 2) return 0;
     const struct cu_mat *qkv[3] = {&L->m[CU_WQ], &L->m[CU_WK], &L->m[CU_WV]};
     const struct cu_mat *gu[2] = {&L->m[CU_WGATE], &L->m[CU_WUP]};
     const struct cu_mat *wo = &L->m[CU_WO], *wd = &L->m[CU_WDOWN];
@@ -886,45 +871,14 @@ static void head_q4t_args(const struct lmp_cuda_state *s, struct q4t_args *a)
 /* Layer l's four tile launches (q/k/v, o, gate/up, down; modes in mode). */
 static void layer_q4t_args(const struct lmp_cuda_state *s, int l, struct q4t_args a[4], int mode[4])
 {
-    const struct cu_layer *L = &s->L[l];
     struct q4f_extra x;
     struct layer_prod P[4];
     q4f_extra_init(s, &x);
     layer_prods(s, l, x, P);
-    if (s->q4t_att) { /* attention at the end of the q/k/v kernel */
-        P[0].x.att = s->att;
-        P[0].x.hcnt = s->q4t_hcnt;
-        P[0].x.nh = L->nh;
-        P[0].x.nkv = L->nkv;
-        P[0].x.max_ctx = s->max_ctx;
-    }
     for (int i = 0; i < 4; i++) {
         P[i].x.tl_slot = (l * 4 + i) * s->q4t_tl_blocks;
         k_q4t_args(&a[i], P[i].m, P[i].y, P[i].n, P[i].mode, &P[i].x);
         mode[i] = P[i].mode;
-    }
-}
-
-/* With q4t_npf: which later launch's weights each of layer l's launches asks the L2 for
- * (lmp_cuda_opts.q4t_npf): q/k/v all of o and the end of gate/up's warp shares (the
- * attention's time), gate/up the end of down's, down the next layer's q/k/v or the head. */
-static void layer_q4t_npf(const struct lmp_cuda_state *s, int l, struct q4t_args a[4], const int mode[4])
-{
-    const int pct = s->q4t_npf, fl = s->q4t_npf_flags, sh = s->q4t_depth, st = (fl & 4) != 0;
-    if (!pct) return;
-    k_q4t_pf_add(&a[0], &a[1], mode[1], sh, 100, 0);
-    if (fl & 16) return;
-    k_q4t_pf_add(&a[0], &a[2], mode[2], sh, pct, 0);
-    if (fl & 8) return;
-    k_q4t_pf_add(&a[2], &a[3], mode[3], sh, pct, st);
-    struct q4t_args n[4];
-    int nm[4];
-    if (l + 1 < s->n_layers && layer_q4t(s, &s->L[l + 1])) {
-        layer_q4t_args(s, l + 1, n, nm);
-        k_q4t_pf_add(&a[3], &n[0], nm[0], sh, pct, st);
-    } else if (l + 1 == s->n_layers && head_q4t(s)) {
-        head_q4t_args(s, &n[0]);
-        k_q4t_pf_add(&a[3], &n[0], Q4F_PLAIN, sh, pct, st);
     }
 }
 
@@ -937,11 +891,10 @@ static enum lmp_status layer_q4t_fwd(struct lmp_cuda_state *s, int l, struct lmp
     struct q4t_args A[4];
     int mode[4];
     layer_q4t_args(s, l, A, mode);
-    layer_q4t_npf(s, l, A, mode);
     for (int i = 0; i < 4; i++) {
         const struct q4t_args &a = A[i];
         if ((e = k_q4t_launch(st, &a, mode[i], s->pdl, s->q4t_depth, err))) return e;
-        if (i == 0 && !a.att && !(s->q4t_diag & 2) &&
+        if (i == 0 && !(s->q4t_diag & 2) &&
             (e = k_attention(st, s->att, s->q, s->k_cache + s->kv_off[l], s->v_cache + s->kv_off[l], 1, s->d_pos, s->max_ctx, L->nh,
                              L->nkv, s->hd, s->smem_max, s->pdl, err, tl_attention(s, l),
                              s->att_sp.n > 1 ? &s->att_sp : NULL)))
@@ -1165,7 +1118,7 @@ static enum lmp_status layer_fwd(struct lmp_cuda_state *s, int l, float *h, int 
 static int head_q4t(const struct lmp_cuda_state *s)
 {
     const struct cu_mat *head = &s->out;
-    return s->q4t && s->q4t_hcnt && k_q4t_ok(&head, 1, Q4F_PLAIN, s->smem_max) && al16(s->h) &&
+    return s->q4t && k_q4t_ok(&head, 1, Q4F_PLAIN, s->smem_max) && al16(s->h) &&
            al16(s->out_norm);
 }
 

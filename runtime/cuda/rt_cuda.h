@@ -86,9 +86,6 @@ struct lmp_cuda_opts {
                          dependency), 12 (as 10, every item through a shared-memory ring
                          filled by cp.async, its first slots before the dependency); see
                          lmp_cuda_q4t_coresident */
-    int q4t_pf;       /* the tile kernels' blocks prefetch this many items per warp (after
-                         the first in flight) into L2 before they wait for the previous
-                         kernel (0: none) */
     int att_pack;     /* decode attention one block per head over all positions, as before
                          (comparisons; the default splits each head's positions over several
                          blocks and combines their parts) */
@@ -104,17 +101,6 @@ struct lmp_cuda_opts {
                          through global memory (below: ~2 blocks per SM as one cluster per
                          head); 0: 256 (ATT_LONG); only when att_shares and att_combine are
                          not given; each setting has its own decode graph */
-    int q4t_kvpf;     /* the q/k/v tile kernel prefetches the layer's cached K and V rows into
-                         L2 before it waits for the previous kernel (for the attention) */
-    int q4t_npf;      /* the tile kernels prefetch later launches' weights into L2 while DRAM
-                         would idle: this percentage of each warp's share of gate/up (asked
-                         for by q/k/v, with all of o), of down (by gate/up) and of the next
-                         layer's q/k/v or the head (by down); 0: off */
-    int q4t_npf_flags; /* its variants, bits: 2 the prefetched lines evict last, 4 gate/up and
-                         down and the next q/k/v asked for at the start of the launch before
-                         (not after its weights), 8 only o and gate/up (by q/k/v), 16 only o
-                         (1, the weight loads evict first, was measured in session 17 and
-                         removed: its test in the item loads cost 0.8 point) */
     int q4t_prep;     /* input preparation of the tile kernels: 0 the default (1), 1 one pass
                          from registers where the input fits (up to 3 float4s a thread), 2 two passes
                          through an fp32 copy in shared memory (before session 18); the same
@@ -124,8 +110,6 @@ struct lmp_cuda_opts {
                          (what the weight phases cost without the fixed parts; docs/GPU.md) */
     int q4t_timeline; /* the tile kernels record per block when they start, pass the dependency,
                          have the input, have read the weights and end (lmp_cuda_timeline) */
-    int q4t_att;      /* decode attention with the tile kernels: 0 the default (its own
-                         launch), 1 at the end of the q/k/v launch, 2 its own launch */
     int q4t_persist;  /* 4-bit decode of all layers as one persistent kernel over the tile
                          layout (decode_q4p.cu: the weights stream through a shared-memory
                          ring ahead of the phases' dependencies) where every layer takes the

@@ -529,33 +529,30 @@ TEST(cuda_forward_q4_g128_vs_cpu)
     REQUIRE(lc);
     const float mx = max_abs(lc, 30L * 211);
     static const struct {
-        int no_pdl, mega, no_q4t, depth, att, persist;
+        int no_pdl, mega, no_q4t, depth, persist;
         const char *what;
-    } var[] = {{0, 0, 0, 0, 0, 0, "Q4 g128 logits, tensor-core tile decode kernels"},
-               {0, 0, 0, 0, 0, 1, "Q4 g128 logits, persistent tile decode kernel"},
-               {0, 0, 0, 0, 0, 2, "Q4 g128 logits, persistent tile decode kernel, cp.async ring"},
-               {0, 0, 0, 0, 0, 3, "Q4 g128 logits, persistent tile decode kernel, copy warp"},
-               {0, 0, 0, 0, 1, 0, "Q4 g128 logits, tile decode kernels, attention fused in"},
-               {0, 0, 0, 0, 2, 0, "Q4 g128 logits, tile decode kernels, attention launched apart"},
-               {1, 0, 0, 4, 1, 0, "Q4 g128 logits, TMA ring, attention fused in, no PDL"},
-               {0, 0, 0, 4, 1, 0, "Q4 g128 logits, TMA ring, attention fused in"},
-               {1, 0, 0, 0, 0, 0, "Q4 g128 logits, tile decode kernels without PDL"},
-               {0, 0, 0, 2, 0, 0, "Q4 g128 logits, tile decode kernels, 32 warps"},
-               {0, 0, 0, 3, 0, 0, "Q4 g128 logits, tile decode kernels, 32 warps, 3 in flight"},
-               {0, 0, 0, 4, 0, 0, "Q4 g128 logits, tile decode kernels, TMA ring"},
-               {1, 0, 0, 5, 0, 0, "Q4 g128 logits, tile decode kernels, TMA ring, 32 warps, no PDL"},
-               {0, 0, 0, 6, 0, 0, "Q4 g128 logits, tile decode kernels, TMA ring of 4"},
-               {0, 0, 0, 1, 0, 0, "Q4 g128 logits, tile decode kernels, 6 in flight"},
-               {0, 0, 0, 10, 0, 0, "Q4 g128 logits, tile decode kernels, co-resident"},
-               {0, 0, 0, 11, 0, 0, "Q4 g128 logits, tile decode kernels, co-resident with the stash"},
-               {0, 0, 0, 12, 0, 0, "Q4 g128 logits, tile decode kernels, co-resident, cp.async ring"},
-               {0, 0, 1, 0, 0, 0, "Q4 g128 logits, row-streaming decode kernels"},
-               {1, 0, 1, 0, 0, 0, "Q4 g128 logits, row-streaming decode kernels without PDL"},
-               {0, 1, 1, 0, 0, 0, "Q4 g128 logits, persistent decode kernel"}};
+    } var[] = {{0, 0, 0, 0, 0, "Q4 g128 logits, tensor-core tile decode kernels"},
+               {0, 0, 0, 0, 1, "Q4 g128 logits, persistent tile decode kernel"},
+               {0, 0, 0, 0, 2, "Q4 g128 logits, persistent tile decode kernel, cp.async ring"},
+               {0, 0, 0, 0, 3, "Q4 g128 logits, persistent tile decode kernel, copy warp"},
+               {1, 0, 0, 4, 0, "Q4 g128 logits, TMA ring, no PDL"},
+               {1, 0, 0, 0, 0, "Q4 g128 logits, tile decode kernels without PDL"},
+               {0, 0, 0, 2, 0, "Q4 g128 logits, tile decode kernels, 32 warps"},
+               {0, 0, 0, 3, 0, "Q4 g128 logits, tile decode kernels, 32 warps, 3 in flight"},
+               {0, 0, 0, 4, 0, "Q4 g128 logits, tile decode kernels, TMA ring"},
+               {1, 0, 0, 5, 0, "Q4 g128 logits, tile decode kernels, TMA ring, 32 warps, no PDL"},
+               {0, 0, 0, 6, 0, "Q4 g128 logits, tile decode kernels, TMA ring of 4"},
+               {0, 0, 0, 1, 0, "Q4 g128 logits, tile decode kernels, 6 in flight"},
+               {0, 0, 0, 10, 0, "Q4 g128 logits, tile decode kernels, co-resident"},
+               {0, 0, 0, 11, 0, "Q4 g128 logits, tile decode kernels, co-resident with the stash"},
+               {0, 0, 0, 12, 0, "Q4 g128 logits, tile decode kernels, co-resident, cp.async ring"},
+               {0, 0, 1, 0, 0, "Q4 g128 logits, row-streaming decode kernels"},
+               {1, 0, 1, 0, 0, "Q4 g128 logits, row-streaming decode kernels without PDL"},
+               {0, 1, 1, 0, 0, "Q4 g128 logits, persistent decode kernel"}};
     for (size_t v = 0; v < sizeof var / sizeof var[0]; v++) {
         struct lmp_cuda_opts o = {.no_pdl = var[v].no_pdl, .q4_mega = var[v].mega,
                                   .no_q4t = var[v].no_q4t, .q4t_depth = var[v].depth,
-                                  .q4t_att = var[v].att, .q4t_persist = var[v].persist ? 1 : 0,
+                                  .q4t_persist = var[v].persist ? 1 : 0,
                                   .q4p_flags = var[v].persist == 2 ? 1 : var[v].persist == 3 ? 4 : 0};
         float *lg = gpu_logits(m, tok, 30, 10, 8, &o);
         REQUIRE(lg);
