@@ -102,6 +102,14 @@ $(CUDA_B)/%.o: %.cu runtime/cuda/internal.h runtime/cuda/rt_cuda.h runtime/cuda/
 	@mkdir -p $(dir $@)
 	@echo "  NVCC $<"; $(NVCC) $(NVFLAGS) -c $< -o $@
 
+# the default 4-bit tile decode kernels must not spill registers (scripts/cuda-spills.sh;
+# docs/GPU.md, session 19): ptxas reports per kernel, kept beside the object
+$(CUDA_B)/runtime/cuda/decode_q4t.o: runtime/cuda/decode_q4t.cu runtime/cuda/internal.h runtime/cuda/rt_cuda.h runtime/cuda/reduce.cuh runtime/cuda/attention.cuh runtime/cuda/q4dot.cuh runtime/cuda/q4t.cuh scripts/cuda-spills.sh
+	@mkdir -p $(dir $@)
+	@echo "  NVCC $< (and its spill check)"; \
+	  $(NVCC) $(NVFLAGS) -Xptxas -v -c $< -o $@ 2> $(@:.o=.ptxas) || { cat $(@:.o=.ptxas); rm -f $@; exit 1; }; \
+	  sh scripts/cuda-spills.sh $(@:.o=.ptxas) || { rm -f $@; exit 1; }
+
 $(CUDA_B)/%.o: %.c
 	@mkdir -p $(dir $@)
 	@echo "  CC $< (cuda)"; $(CC) $(CUDA_CFLAGS) -MMD -MP -c $< -o $@
