@@ -478,8 +478,8 @@ static __device__ __forceinline__ void q4t_preload(const struct q4t_args &A, q4t
 
 /* The residual that the outputs of rows rr, rr + 1 of tile t add to (PLAIN with acc), read
  * while the weights stream (q4t_bkernel, after the dependency: each thread for the pair it
- * will finish), not after the block's last barrier: o's and down's outputs 0.45 / 0.55 vs
- * 0.76 / 0.72 us (docs/GPU.md). The same for q/k/v's RoPE table (an L1 prefetch) was slower. */
+ * will finish), not after the block's last barrier: o's and down's outputs 0.46 / 0.50 vs
+ * 0.76 / 0.72 us (docs/GPU.md, session 19). The same for q/k/v's RoPE table (an L1 prefetch) was slower. */
 template <int MODE>
 static __device__ __forceinline__ float2 q4t_early(const struct q4t_args &A, int t, int rr)
 {
@@ -532,15 +532,11 @@ static __device__ __forceinline__ void q4t_pair_out(const struct q4t_args &A, in
     dst[rb] = vb;
 }
 
-
-/* The block's tiles [t0, t1) from the warps' slots (in warp order) to the outputs. (Until
- * session 19 q/k/v could also compute the attention of the heads its block completed,
- * `q4t_att`: 45.7-46.2 % vs 48-50 %; removed with the L2 prefetch options, whose code alone
- * cost ~1 % of decode time: docs/GPU.md.) */
+/* The block's tiles [t0, t1) from the warps' slots (in warp order) to the outputs; early:
+ * thread k's residual pair from q4t_early (PLAIN), or NULL */
 template <int MODE, int NW>
 static __device__ __forceinline__ void q4t_block_out(const struct q4t_args &A, const float *part, int t0,
-                                                     int t1, float ys, unsigned char *sm,
-                                                     const float2 *early = NULL)
+                                                     int t1, float ys, const float2 *early = NULL)
 {
     const int RPU = MODE == Q4F_GU ? 32 : 16;
     for (int k = threadIdx.x; k < (t1 - t0) * 8; k += blockDim.x) {
@@ -606,7 +602,7 @@ __global__ void __launch_bounds__(NW * 32, 1) __maxnreg__(Q4T_NREG(NW)) q4t_bker
     q4t_stream<MODE, D>(A, WR, buf, lt, lj, q4t_sm, lane, end, sums);
     __syncthreads();
     q4t_mark(A, 3);
-    if (!(A.diag & 4)) q4t_block_out<MODE, NW>(A, part, t0, t1, ys, q4t_sm, MODE == Q4F_PLAIN ? &early : NULL);
+    if (!(A.diag & 4)) q4t_block_out<MODE, NW>(A, part, t0, t1, ys, MODE == Q4F_PLAIN ? &early : NULL);
     q4t_mark(A, 4);
 }
 
@@ -738,7 +734,7 @@ __global__ void __launch_bounds__(NW * 32, 1) q4t_tkernel(const __grid_constant_
     }
     __syncthreads();
     q4t_mark(A, 3);
-    q4t_block_out<MODE, NW>(A, part, t0, t1, ys, q4t_sm);
+    q4t_block_out<MODE, NW>(A, part, t0, t1, ys);
     q4t_mark(A, 4);
 }
 
@@ -840,8 +836,7 @@ static int q4t_sms(void)
 }
 
 /* blocks and shared memory of a launch over `tiles` tiles (bkernel: + the partial sums) */
-static void q4t_grid(int tiles, int cols, int mode, int nw, int tma_s, size_t min_smem, int *blocks,
-                     size_t *smem)
+static void q4t_grid(int tiles, int cols, int mode, int nw, int tma_s, int *blocks, size_t *smem)
 {
     int b = q4t_sms();
     if (b > tiles) b = tiles;
@@ -851,7 +846,6 @@ static void q4t_grid(int tiles, int cols, int mode, int nw, int tma_s, size_t mi
                   : k_q4t_smem(cols);
     const int tpb = (tiles + b - 1) / b; /* the warps' partial sums */
     *smem += (size_t)tpb * nw * (mode == Q4F_GU ? 32 : 16) * sizeof(float);
-    if (*smem < min_smem) *smem = min_smem;
 }
 
 int k_q4t_ok(const struct cu_mat *const *m, int n, int mode, size_t smem_max)
@@ -870,7 +864,7 @@ int k_q4t_ok(const struct cu_mat *const *m, int n, int mode, size_t smem_max)
     if (items >= (1 << 25)) return 0;
     int blocks;
     size_t smem;
-    q4t_grid((int)(items / (m[0]->cols / 128)), m[0]->cols, mode, 32, 0, 0, &blocks, &smem);
+    q4t_grid((int)(items / (m[0]->cols / 128)), m[0]->cols, mode, 32, 0, &blocks, &smem);
     return smem + 1024 <= smem_max;
 }
 
@@ -922,8 +916,7 @@ static enum lmp_status q4t_launch(cudaStream_t st, const struct q4t_args *a, int
 {
     int blocks;
     size_t smem;
-    q4t_grid(a->tiles, a->cols, MODE, NW, TMA ? D : 0,
-             0, &blocks, &smem);
+    q4t_grid(a->tiles, a->cols, MODE, NW, TMA ? D : 0, &blocks, &smem);
     if (smem_set) smem = smem_set;
     cudaLaunchConfig_t cfg = {};
     cudaLaunchAttribute at;
@@ -1078,8 +1071,7 @@ enum lmp_status k_q4t_launch(cudaStream_t st, const struct q4t_args *a, int mode
         int blocks;
         size_t smem;
         const int gu = mode == Q4F_GU;
-        q4t_grid(a->tiles, a->cols, mode, sh[gu ? 3 : 1], sh[gu ? 2 : 0],
-                 0, &blocks, &smem);
+        q4t_grid(a->tiles, a->cols, mode, sh[gu ? 3 : 1], sh[gu ? 2 : 0], &blocks, &smem);
         if (smem + q4t_tma_over > q4t_smem_limit) sh = q4t_shapes[0];
     }
     if (sh[6] && !q4t_co.ok) sh = q4t_shapes[0];
@@ -1093,7 +1085,7 @@ enum lmp_status k_q4t_launch(cudaStream_t st, const struct q4t_args *a, int mode
         /* the input and partial sums, then the stash in what is left of S's or R's share */
         int blocks;
         size_t base;
-        q4t_grid(a->tiles, a->cols, mode, nw, 0, 0, &blocks, &base);
+        q4t_grid(a->tiles, a->cols, mode, nw, 0, &blocks, &base);
         base = (base + 15) & ~(size_t)15;
         const size_t have = mode == Q4F_PLAIN ? q4t_co.r_dyn : q4t_co.s_dyn;
         if (base > have) return k_q4t_launch(st, a, mode, pdl, 0, err);

@@ -245,8 +245,6 @@ struct lmp_cuda_state {
     struct att_split att_cfg[2]; /* its settings below and from att_long positions on (n,
                                     combine; part and cnt as att_sp's), see decode_step */
     int att_long;            /* first position of att_cfg[1] (INT_MAX: one setting) */
-    int att_auto;            /* the settings by position (neither att_shares nor att_combine given) */
-    int att_long_opt;        /* lmp_cuda_opts.att_long */
     unsigned long long *q4t_tl; /* their timeline (q4t_timeline), Q4T_TL per block and launch */
     int q4t_tl_blocks;       /* blocks per launch slot in it */
     int sms;                 /* the device's SM count */

@@ -216,7 +216,6 @@ enum lmp_status cu_state_finish(struct lmp_cuda_state *s, const float *rope_cs_h
             return lmp_err_set(err, LMP_ERR_NOMEM, "CUDA: size of %s overflows", bufs[i].what);
         if ((st = cu_state_alloc(s, (void **)bufs[i].p, n, bufs[i].what, err))) return st;
     }
-    s->att_long = INT_MAX;
     if (!s->att_pack) {
         /* the decode attention split over positions: ~2 blocks per SM (a head's blocks one
            cluster); by default from ATT_LONG positions on 16 shares combined through global
@@ -227,11 +226,11 @@ enum lmp_status cu_state_finish(struct lmp_cuda_state *s, const float *rope_cs_h
         S = S < 1 ? 1 : S > ATT_SPLIT_MAX ? ATT_SPLIT_MAX : S;
         s->att_cfg[0] = s->att_cfg[1] = s->att_sp;
         s->att_cfg[0].n = s->att_cfg[1].n = S > 1 ? S : 0;
-        const int from = s->att_long_opt > 0 ? s->att_long_opt : ATT_LONG;
-        if (s->att_auto && S > 1 && s->max_ctx > from) {
-            s->att_long = from;
+        if (S > 1 && s->max_ctx > s->att_long) {
             s->att_cfg[1].n = ATT_SPLIT_MAX;
             s->att_cfg[1].combine = ATT_COMBINE_GLOBAL;
+        } else {
+            s->att_long = INT_MAX;
         }
         const int Smax = s->att_cfg[1].n > s->att_cfg[0].n ? s->att_cfg[1].n : s->att_cfg[0].n;
         if (Smax > 1) {
@@ -245,6 +244,8 @@ enum lmp_status cu_state_finish(struct lmp_cuda_state *s, const float *rope_cs_h
             for (int k = 0; k < 2; k++) s->att_cfg[k].part = part, s->att_cfg[k].cnt = cnt;
         }
         s->att_sp = s->att_cfg[0];
+    } else {
+        s->att_long = INT_MAX; /* one block per head at every position */
     }
     if (s->q4t && s->q4t_tl_blocks) {
         const size_t n = tl_values(s) * sizeof(unsigned long long);
@@ -448,8 +449,10 @@ static void state_opts(struct lmp_cuda_state *s, const struct lmp_cuda_opts *o)
     s->att_shares = o->att_shares;
     s->att_sp.combine = o->att_combine == ATT_COMBINE_GLOBAL || o->att_combine == ATT_COMBINE_CLUSTER ? o->att_combine
                                                                                                    : ATT_COMBINE;
-    s->att_long_opt = o->att_long;
-    s->att_auto = o->att_shares <= 0 && o->att_combine != ATT_COMBINE_GLOBAL && o->att_combine != ATT_COMBINE_CLUSTER;
+    /* the setting by position only where neither the shares nor the combine are asked for */
+    s->att_long = o->att_shares > 0 || o->att_combine == ATT_COMBINE_GLOBAL || o->att_combine == ATT_COMBINE_CLUSTER
+                      ? INT_MAX
+                      : o->att_long > 0 ? o->att_long : ATT_LONG;
     if (cudaDeviceGetAttribute(&s->sms, cudaDevAttrMultiProcessorCount, s->device) != cudaSuccess || s->sms < 1)
         s->sms = 1;
     if (o->q4t_timeline) s->q4t_tl_blocks = s->sms; /* the tile kernels' grids: one block per SM at most */
