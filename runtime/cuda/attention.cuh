@@ -15,6 +15,10 @@
 
 #define ATT_ROW_SMEM(nt, hd, max_t) (4 * (size_t)(nt) + 36 + (size_t)(hd) + (size_t)(max_t))
 
+/* floats of a split attention's part in shared memory (its output, max, exp sum; 16-byte
+ * multiple): att_split_kernel, q4t_aokernel */
+static __host__ __device__ __forceinline__ int att_part_floats(int hd) { return (hd + 2 + 3) & ~3; }
+
 template <bool CG>
 static __device__ __forceinline__ float att_ld(const float *p)
 {

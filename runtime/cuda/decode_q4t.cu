@@ -41,7 +41,9 @@
 #include "internal.h"
 #include "reduce.cuh"
 #include "q4t.cuh"
+#include "attention.cuh"
 
+#include <cooperative_groups.h>
 #include <string.h>
 
 /* input loads in flight per thread in q4t_prep: 3 measured 1.654 vs 1.687 ms/token for 1 */
@@ -606,6 +608,194 @@ __global__ void __launch_bounds__(NW * 32, 1) __maxnreg__(Q4T_NREG(NW)) q4t_bker
     q4t_mark(A, 4);
 }
 
+/* Warp 0 (lane) of a block of o by heads: head h's output from its S attention parts (ldf(q,
+ * i): float i of part q; ld2: two floats) as the B fragments of o's chunk h in sm (the layout
+ * of q4t_prep), with its own power of two, whose inverse goes to *ys. The shares' weights
+ * e^(m_k - m) l_k, then lane (s, c) = (lane / 4, lane % 4) sums dimensions k, k + 1, k + 8,
+ * k + 9 (k = 16 s + 2 c) over the shares in share order, B shares' loads at a time: its
+ * fragment quad. */
+template <int B, class Ldf, class Ld2>
+static __device__ __forceinline__ void q4t_head_frags(const struct q4t_args &A, unsigned char *sm, int h, int S,
+                                                      int hd, int lane, float *ys, Ldf ldf, Ld2 ld2)
+{
+    const float mk = lane < S ? ldf(lane, hd) : -INFINITY;
+    const float lk = lane < S ? ldf(lane, hd + 1) : 0.0f;
+    const float m = warp_max(mk);
+    const float e = mk > -INFINITY ? expf(mk - m) * lk : 0.0f;
+    const float den = warp_sum(e);
+    const int s = lane >> 2, cq = lane & 3, k = 16 * s + 2 * cq;
+    float2 lo = make_float2(0.0f, 0.0f), hi = make_float2(0.0f, 0.0f);
+    for (int q0 = 0; q0 < S; q0 += B) {
+        float2 vl[B], vh[B];
+#pragma unroll
+        for (int u = 0; u < B; u++) {
+            if (q0 + u < S) {
+                vl[u] = ld2(q0 + u, k);
+                vh[u] = ld2(q0 + u, k + 8);
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < B; u++) {
+            const float wq = __shfl_sync(~0u, e, (q0 + u) & 31);
+            if (q0 + u < S && wq != 0.0f) {
+                lo.x += wq * vl[u].x, lo.y += wq * vl[u].y;
+                hi.x += wq * vh[u].x, hi.y += wq * vh[u].y;
+            }
+        }
+    }
+    const float rd = 1.0f / den;
+    lo.x *= rd, lo.y *= rd, hi.x *= rd, hi.y *= rd;
+    const float mx = warp_max(fmaxf(fmaxf(fabsf(lo.x), fabsf(lo.y)), fmaxf(fabsf(hi.x), fabsf(hi.y))));
+    const int E = q4t_scale_exp(mx);
+    uint2 *xb = (uint2 *)((float *)sm + A.cols);
+    float2 *ox = (float2 *)(xb + (A.cols >> 2));
+    const int qs = 8 * h + s; /* the k16 step among o's columns */
+    float off, X;
+    xb[((qs >> 1) * 4 + cq) * 2 + (qs & 1)] = q4t_bfrag(lo.x, lo.y, hi.x, hi.y, ldexpf(1.0f, E), off, X);
+    off = warp_sum(off);
+    X = warp_sum(X);
+    if (!lane) ox[h] = make_float2(off, X), *ys = ldexpf(1.0f, -E);
+}
+
+/* o's outputs of a tile's rows (lanes 4 g: rows 16 t + g and + 8) added into y by atomics;
+ * the bias by head 0's blocks */
+struct q4t_red_end {
+    const struct q4t_mat *M;
+    float ys;
+    int lane, bias;
+    __device__ __forceinline__ void operator()(int t, float ya, float yb, float, float) const
+    {
+        if ((lane & 3) == 0) {
+            const int ra = 16 * t + (lane >> 2), rb = ra + 8;
+            if (ra < M->rows) atomicAdd(M->y + ra, ya * ys + (bias ? M->bias[ra] : 0.0f));
+            if (rb < M->rows) atomicAdd(M->y + rb, yb * ys + (bias ? M->bias[rb] : 0.0f));
+        }
+    }
+};
+
+/* ---- the attention and o in one launch (q4t_aokernel, the default where hd == 128) -------
+ * o's input chunk h (its 128 columns) is head h's output, so o splits by heads: block (r, h)
+ * of a cluster of S per head computes the attention over share r of the positions (att_row,
+ * as att_split_kernel), the cluster combines the S parts (warp 0 of every block all 128
+ * dimensions of its head, one lane per B fragment quad, with its own power of two) and
+ * the block multiplies them with rows [r tpb, (r + 1) tpb) of W_o's chunk h. Those items
+ * are requested before the dependency (D per warp: all of them at the 7B shape), so o's
+ * launch, input preparation and weight phase leave the critical path. The heads' products
+ * are added into the residual by atomics (red.global.add: the order of the heads'
+ * additions varies, last-bit differences between runs). */
+#define Q4T_AO_NW 8 /* warps per block (ATT_SPLIT_THREADS threads, as the split attention) */
+template <int NW, int D, int MB, int EARLY>
+__global__ void __launch_bounds__(NW * 32, MB) q4t_aokernel(const __grid_constant__ struct q4t_args A,
+                                                           const __grid_constant__ struct q4t_att T)
+{
+    extern __shared__ __align__(16) unsigned char q4t_sm[];
+    __shared__ float ys_sh;
+    const int r = blockIdx.x, h = blockIdx.y, S = gridDim.x, nh = gridDim.y, tid = threadIdx.x;
+    const int lane = tid & 31, w = tid >> 5, hd = T.hd, kvd = T.nkv * hd, kh = h / (nh / T.nkv);
+    /* the timeline (T.tl): share 0's start, release, att_row's phases, the fragments, the end */
+    unsigned long long *tb = T.tl && !tid && !r ? T.tl + (size_t)h * 8 : NULL;
+    att_mark(tb, 0);
+    pdl_trigger();
+    /* o's items: tiles [t0, t1) of chunk h, warp w a contiguous run of them */
+    const int tpb = (A.tiles + S - 1) / S, t0 = min(A.tiles, r * tpb), t1 = min(A.tiles, t0 + tpb);
+    const int per = (t1 - t0 + NW - 1) / NW, wt0 = min(t1, t0 + w * per), wt1 = min(t1, wt0 + per);
+    q4t_walk W;
+    W.f0 = wt0 * A.nc + h, W.st = A.nc, W.cnt = wt1 - wt0;
+    q4t_regs<Q4F_PLAIN> buf[D];
+    int lt, lj;
+    if (EARLY) q4t_preload<Q4F_PLAIN, D>(A, W, buf, lt, lj, lane); /* before the dependency */
+    const int p0 = *A.pos, Tn = p0 + 1, c = (Tn + S - 1) / S, a0 = min(Tn, r * c), a1 = min(Tn, a0 + c);
+    att_prefetch(T.kc, T.vc, a0, min(a1, p0), kvd, kh, hd, NW * 32); /* earlier steps' rows */
+    pdl_wait();
+    att_mark(tb, 1);
+    float *po = (float *)(q4t_sm + ((k_q4t_smem_dev(A.cols) + 15) & ~15)); /* 16-byte aligned for att_row */
+    if (a1 > a0) {
+        att_row<NW * 32, false>(po, T.q + (size_t)h * hd, T.kc + (size_t)a0 * kvd, T.vc + (size_t)a0 * kvd, a1 - a0,
+                                kvd, kh, hd, T.scale, po + att_part_floats(hd), tb ? tb + 3 : NULL, po + hd);
+    } else { /* an empty share: weight 0 */
+        for (int d = tid; d < hd; d += NW * 32) po[d] = 0.0f;
+        if (!tid) po[hd] = -INFINITY, po[hd + 1] = 0.0f;
+    }
+    cooperative_groups::cluster_group cl = cooperative_groups::this_cluster();
+    cl.sync(); /* every part written */
+    if (w == 0)
+        q4t_head_frags<8>(A, q4t_sm, h, S, hd, lane, &ys_sh, [&](int q, int i) { return cl.map_shared_rank(po, q)[i]; },
+                       [&](int q, int i) { return *(const float2 *)(cl.map_shared_rank(po, q) + i); });
+    __syncthreads();
+    asm volatile("barrier.cluster.arrive.release.aligned;" ::: "memory"); /* this block read the parts */
+    att_mark(tb, 7);
+    if (!EARLY) q4t_preload<Q4F_PLAIN, D>(A, W, buf, lt, lj, lane);
+    const q4t_red_end end = {&A.m[0], ys_sh, lane, A.m[0].bias && h == 0};
+    float sums[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    q4t_stream<Q4F_PLAIN, D>(A, W, buf, lt, lj, q4t_sm, lane, end, sums);
+    asm volatile("barrier.cluster.wait.acquire.aligned;" ::: "memory"); /* the parts stay until all have read them */
+    if (tb) att_mark(tb, 2);
+}
+
+/* its variants (opts.att_o): warps, o's items per warp, blocks per SM, items before the
+   dependency */
+typedef void (*q4t_ao_fn)(const struct q4t_args, const struct q4t_att);
+static const q4t_ao_fn q4t_ao_fns[] = {q4t_aokernel<8, 4, 2, 1>, q4t_aokernel<8, 4, 3, 1>, q4t_aokernel<8, 2, 4, 1>,
+                                       q4t_aokernel<8, 4, 2, 0>};
+#define Q4T_AO_NV 4
+
+/* ---- o by heads (q4t_ohkernel) ------------------------------------------------------------
+ * The attention kernel writes each share's part and stops (ATT_COMBINE_NONE: no counter, no
+ * cluster, no combine); block (r, h) of o, one per SM, reads head h's S parts from L2 (warp
+ * 0: 2 S loads per lane), combines them into the fragments of chunk h (q4t_head_frags) and
+ * multiplies with its R-th of W_o's rows of that chunk, whose items it requested before the
+ * dependency; the heads' products are added into the residual by atomics. So the
+ * attention's combine and o's input preparation over all heads (16 KB from L2, a block
+ * reduction) become one warp's L2 round trip. */
+template <int NW, int D>
+__global__ void __launch_bounds__(NW * 32, 1) __maxnreg__(Q4T_NREG(NW))
+    q4t_ohkernel(const __grid_constant__ struct q4t_args A, const float *part, int S)
+{
+    extern __shared__ __align__(16) unsigned char q4t_sm[];
+    __shared__ float ys_sh;
+    const int r = blockIdx.x, h = blockIdx.y, R = gridDim.x, lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+    const int hd = 128;
+    unsigned long long *tp = A.tl && !threadIdx.x ? A.tl + ((size_t)A.tl_slot + h * R + r) * Q4T_TL : NULL;
+#define Q4T_OH_MARK(k)                                                                        \
+    if (tp) {                                                                                 \
+        unsigned long long g_;                                                                \
+        asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(g_));                                \
+        tp[k] = g_, tp[5 + k] = clock64();                                                    \
+    }
+    Q4T_OH_MARK(0);
+    pdl_trigger();
+    const int tpb = (A.tiles + R - 1) / R, t0 = min(A.tiles, r * tpb), t1 = min(A.tiles, t0 + tpb);
+    const int per = (t1 - t0 + NW - 1) / NW, wt0 = min(t1, t0 + w * per), wt1 = min(t1, wt0 + per);
+    q4t_walk W;
+    W.f0 = wt0 * A.nc + h, W.st = A.nc, W.cnt = wt1 - wt0;
+    q4t_regs<Q4F_PLAIN> buf[D];
+    int lt, lj;
+    q4t_preload<Q4F_PLAIN, D>(A, W, buf, lt, lj, lane); /* before the dependency */
+    pdl_wait();
+    Q4T_OH_MARK(1);
+    if (w == 0) {
+        const float *ph = part + (size_t)h * S * (hd + 2);
+        q4t_head_frags<4>(A, q4t_sm, h, S, hd, lane, &ys_sh, [&](int q, int i) { return __ldcg(ph + (size_t)q * (hd + 2) + i); },
+                       [&](int q, int i) {
+                           const float *p = ph + (size_t)q * (hd + 2) + i; /* hd + 2 even: 8-byte aligned */
+                           return __ldcg((const float2 *)p);
+                       });
+    }
+    __syncthreads();
+    Q4T_OH_MARK(2);
+    const q4t_red_end end = {&A.m[0], ys_sh, lane, A.m[0].bias && h == 0};
+    float sums[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    q4t_stream<Q4F_PLAIN, D>(A, W, buf, lt, lj, q4t_sm, lane, end, sums);
+    if (tp) {
+        __syncthreads();
+        Q4T_OH_MARK(3);
+        Q4T_OH_MARK(4);
+    }
+#undef Q4T_OH_MARK
+}
+#define Q4T_OH_NW 32
+#define Q4T_OH_D 2
+
 /* ---- the weights through a shared-memory ring filled by bulk copies (TMA) ----------------
  * Each warp owns S stages of one item (1 KB; gate/up 2 KB) with an mbarrier each: lane 0
  * arms the barrier with the byte count and issues cp.async.bulk copies of the item's codes,
@@ -1057,6 +1247,14 @@ enum lmp_status k_q4t_init_attrs(size_t smem_max, struct lmp_err *err)
     Q4T_EACH(Q4T_ATTR)
 #undef Q4T_ATTR
     CU_TRY(e, "q4 tile kernel attributes");
+    CU_TRY(cudaFuncSetAttribute(q4t_ohkernel<Q4T_OH_NW, Q4T_OH_D>, cudaFuncAttributeMaxDynamicSharedMemorySize, v),
+           "o by heads kernel attributes");
+    for (int k = 0; k < Q4T_AO_NV; k++) {
+        CU_TRY(cudaFuncSetAttribute(q4t_ao_fns[k], cudaFuncAttributeMaxDynamicSharedMemorySize, v),
+               "attention and o kernel attributes");
+        if (cudaFuncSetAttribute(q4t_ao_fns[k], cudaFuncAttributeNonPortableClusterSizeAllowed, 1) != cudaSuccess)
+            (void)cudaGetLastError(); /* clusters of up to 8 then (k_q4t_ao_ok) */
+    }
     q4t_co_setup();
     return LMP_OK;
 }
@@ -1103,4 +1301,95 @@ enum lmp_status k_q4t_launch(cudaStream_t st, const struct q4t_args *a, int mode
     Q4T_EACH(Q4T_CASE)
 #undef Q4T_CASE
     return lmp_err_set(err, LMP_ERR_INTERNAL, "q4 tile kernel: no variant for mode %d shape %d", mode, shape);
+}
+
+/* ---- the attention and o in one launch: host side ------------------------------------ */
+size_t k_q4t_ao_smem(int cols, int hd, int max_ctx, int S)
+{
+    return (((size_t)cols * 6 + (size_t)(cols / 128) * 8 + 15) & ~(size_t)15) + (size_t)att_part_floats(hd) * sizeof(float) +
+           ATT_ROW_SMEM(Q4T_AO_NW * 32, hd, (max_ctx + S - 1) / S) * sizeof(float);
+}
+
+static cudaLaunchConfig_t q4t_ao_cfg(cudaStream_t st, int nh, int S, size_t smem, int pdl, cudaLaunchAttribute *at)
+{
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = dim3((unsigned)S, (unsigned)nh);
+    cfg.blockDim = dim3(Q4T_AO_NW * 32);
+    cfg.dynamicSmemBytes = smem;
+    cfg.stream = st;
+    memset(at, 0, 2 * sizeof *at);
+    at[0].id = cudaLaunchAttributeClusterDimension;
+    at[0].val.clusterDim.x = (unsigned)S;
+    at[0].val.clusterDim.y = 1;
+    at[0].val.clusterDim.z = 1;
+    at[1].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    at[1].val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = at;
+    cfg.numAttrs = pdl ? 2 : 1;
+    return cfg;
+}
+
+int k_q4t_ao_ok(const struct q4t_args *a, int nh, int nkv, int hd, int S, int max_ctx, size_t smem_max, int variant,
+                int *clusters)
+{
+    *clusters = 0;
+    if (hd != 128 || a->n != 1 || a->nc != nh || !a->acc || nkv < 1 || nh % nkv || S < 1 || S > ATT_SPLIT_MAX ||
+        variant < 0 || variant >= Q4T_AO_NV)
+        return 0;
+    const size_t smem = k_q4t_ao_smem(a->cols, hd, max_ctx, S);
+    if (smem + 1024 > smem_max) return 0;
+    static int known_S, known_v, known_nh, known_nc; /* asked once per shape (the decode asks every layer) */
+    static size_t known_smem;
+    if (known_S != S || known_smem != smem || known_v != variant || known_nh != nh) {
+        cudaLaunchAttribute at[2];
+        cudaLaunchConfig_t cfg = q4t_ao_cfg(0, nh, S, smem, 0, at);
+        known_nc = 0; /* over 8 blocks: only where the device can place such a cluster */
+        if (cudaOccupancyMaxActiveClusters(&known_nc, q4t_ao_fns[variant], &cfg) != cudaSuccess) {
+            (void)cudaGetLastError();
+            known_nc = S <= 8 ? -1 : 0; /* not known; clusters of up to 8 are portable */
+        }
+        known_S = S, known_smem = smem, known_v = variant, known_nh = nh;
+    }
+    *clusters = known_nc;
+    return known_nc != 0;
+}
+
+enum lmp_status k_q4t_ao_launch(cudaStream_t st, const struct q4t_args *a, const struct q4t_att *t, int nh,
+                                int S, int max_ctx, int pdl, int variant, struct lmp_err *err)
+{
+    cudaLaunchAttribute at[2];
+    cudaLaunchConfig_t cfg = q4t_ao_cfg(st, nh, S, k_q4t_ao_smem(a->cols, t->hd, max_ctx, S), pdl, at);
+    CU_TRY(cudaLaunchKernelEx(&cfg, q4t_ao_fns[variant], *a, *t), "attention and o kernel");
+    return LMP_OK;
+}
+
+/* o by heads: R blocks per head, about one block per SM */
+static int q4t_oh_rows(int nh, int sms) { return nh >= sms ? 1 : sms / nh; }
+
+int k_q4t_oh_ok(const struct q4t_args *a, int nh, int hd, int S)
+{
+    return hd == 128 && a->n == 1 && a->nc == nh && a->acc && S >= 1 && S <= ATT_SPLIT_MAX &&
+           (size_t)a->cols * 6 + (size_t)a->nc * 8 + 1024 <= q4t_smem_limit;
+}
+
+enum lmp_status k_q4t_oh_launch(cudaStream_t st, const struct q4t_args *a, const float *part, int nh, int hd, int S,
+                                int pdl, struct lmp_err *err)
+{
+    int dev = 0, sms = 1;
+    (void)cudaGetDevice(&dev);
+    (void)cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
+    cudaLaunchConfig_t cfg = {};
+    cudaLaunchAttribute at;
+    memset(&at, 0, sizeof at);
+    cfg.gridDim = dim3((unsigned)q4t_oh_rows(nh, sms), (unsigned)nh);
+    cfg.blockDim = dim3(Q4T_OH_NW * 32);
+    cfg.dynamicSmemBytes = (size_t)a->cols * 6 + (size_t)a->nc * 8;
+    cfg.stream = st;
+    at.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    at.val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = &at;
+    cfg.numAttrs = pdl ? 1 : 0;
+    (void)hd;
+    CU_TRY(cudaLaunchKernelEx(&cfg, q4t_ohkernel<Q4T_OH_NW, Q4T_OH_D>, *a, part, S), "o by heads kernel");
+    return LMP_OK;
 }

@@ -206,7 +206,6 @@ attention_kernel(float *out, const float *q, const float *kc, const float *vc, c
  * att_part_floats(hd) floats, att_row's after them) and after a cluster barrier block j
  * combines dimensions [j ceil(hd / S), (j + 1) ceil(hd / S)) from all of them, in the
  * same share order (the same result); a second barrier keeps each part until all are read. */
-static __host__ __device__ __forceinline__ int att_part_floats(int hd) { return (hd + 2 + 3) & ~3; }
 
 /* out[d0 .. d1) of a head from its S parts, ld(k, i) giving float i of share k's part: the
  * shares' weights e^(m_k - m) l_k / sum by one warp, then per dimension in share order, the
@@ -262,6 +261,13 @@ att_split_kernel(float *out, const float *q, const float *kc, const float *vc, c
     } else { /* an empty share: weight 0 */
         for (int d = tid; d < hd; d += ATT_SPLIT_THREADS) po[d] = 0.0f;
         if (!tid) po[hd] = -INFINITY, po[hd + 1] = 0.0f;
+    }
+    if (!CL && sp.combine == ATT_COMBINE_NONE) { /* the next kernel combines the parts */
+        if (tb) {
+            __syncthreads();
+            att_mark(tb, 2);
+        }
+        return;
     }
     if (CL) {
         cooperative_groups::cluster_group cl = cooperative_groups::this_cluster();

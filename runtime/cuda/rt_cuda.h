@@ -105,6 +105,12 @@ struct lmp_cuda_opts {
                          from registers where the input fits (up to 3 float4s a thread), 2 two passes
                          through an fp32 copy in shared memory (before session 18); the same
                          fragments (docs/GPU.md) */
+    int att_o;        /* 4-bit tile decode: the attention and the o product in one launch
+                         (q4t_aokernel: a head's blocks, one cluster, split its positions and
+                         then multiply the head's output with their share of W_o's rows, added
+                         into the residual by atomics) where the head size is 128: 0 the
+                         default (on), 1 on, 2 off (separate launches, as before session 20);
+                         3-5 variants of the kernel (comparisons; decode_q4t.cu q4t_ao_fns) */
     int q4t_diag;     /* diagnostics of the tile decode, parts skipped (wrong logits), bits: 1 the
                          input preparation, 2 the attention launch, 4 the block outputs
                          (what the weight phases cost without the fixed parts; docs/GPU.md) */
@@ -296,6 +302,10 @@ void lmp_cuda_decode_info(const struct lmp_cuda_state *s, int *tile_layers, int 
 /* Whether decode steps run every layer as the persistent tile kernel (opts.q4t_persist):
  * its ring slots per warp, 0 when they do not. */
 int lmp_cuda_decode_persistent(struct lmp_cuda_state *s);
+/* The layers whose attention and o ran as one launch (opts.att_o) in the last decode step,
+ * that launch's shares per head (the most of any layer; 0: none) and how many of its
+ * clusters (one per head) the device holds at once (-1: not known; clusters may be NULL). */
+void lmp_cuda_decode_att_o(const struct lmp_cuda_state *s, int *layers, int *shares, int *clusters);
 enum lmp_status lmp_cuda_k_qmatmul(const struct lmp_qview *w, const float *X, int n, float *Y,
                                    int variant, struct lmp_err *err);
 /* row-wise negative log-likelihood: nll[i] = logsumexp(logits[i]) - logits[i][target[i]] */

@@ -582,6 +582,76 @@ TEST(cuda_forward_q4_g128_vs_cpu)
     lmp_model_free(m);
 }
 
+/* The attention and o in one launch (opts.att_o; the default where the head size is 128):
+ * o split by heads, each head's blocks one cluster over its positions, the heads' products
+ * added into the residual by atomics. Against the CPU, with and without biases, GQA and a
+ * wider layer; 8 shares (the 7B shape's), 3, and 16 (this model's default: at the first
+ * positions some shares are empty, weight 0); the separate launches (att_o 2) for comparison. */
+TEST(cuda_forward_q4_attention_o_vs_cpu)
+{
+    need_gpu();
+    static const struct tl ls[] = {{2, 1, 256}, {4, 2, 384}};
+    for (int bias = 0; bias < 2; bias++) {
+        struct lmp_model *m = build_model(256, 128, 173, 2, ls, bias, 0, 10000.0f, 1e-5f, 64, NULL, seed_now());
+        REQUIRE(m);
+        /* build_model's weights are uniform in +-0.5 whatever the width: at head size 128
+           the scores reach the hundreds and the softmax picks one position, so that fp16
+           rounding of the inputs (every GPU path, also the separate launches) can flip it.
+           q and k scaled so that the scores are O(1), as in a trained model */
+        for (int l = 0; l < 2; l++) {
+            static const char *const qk[] = {LMP_N_WQ, LMP_N_WK, LMP_N_BQ, LMP_N_BK};
+            for (int k = 0; k < (bias ? 4 : 2); k++) {
+                char nm[LMP_NAME_MAX];
+                snprintf(nm, sizeof nm, "blk.%d.%s", l, qk[k]);
+                struct lmp_tensor *t = lmp_model_find(m, nm);
+                REQUIRE(t);
+                float *d = t->data;
+                for (int64_t i = 0; i < lmp_tensor_nelem(t); i++) d[i] *= 0.0625f;
+            }
+        }
+        rtn_quantize(m, 4, 128);
+        int32_t tok[30];
+        float *lc = rand_tokens_cpu_logits(m, tok, 30);
+        REQUIRE(lc);
+        const float mx = max_abs(lc, 30L * 173);
+        static const struct {
+            int att_o, att_shares, att_long, layers, shares;
+            const char *what;
+        } var[] = {{0, 8, 0, 2, 8, "Q4 g128 logits, attention and o in one launch, 8 shares"},
+                   {0, 3, 0, 2, 3, "Q4 g128 logits, attention and o in one launch, 3 shares"},
+                   {0, 0, 12, 2, 16, "Q4 g128 logits, attention and o in one launch, 16 shares"},
+                   {6, 8, 0, 2, 8, "Q4 g128 logits, o by heads after the attention's parts, 8 shares"},
+                   {6, 0, 12, 2, 16, "Q4 g128 logits, o by heads after the attention's parts, 16 shares"},
+                   {2, 0, 0, 0, 0, "Q4 g128 logits, attention and o in separate launches"}};
+        for (size_t v = 0; v < sizeof var / sizeof var[0]; v++) {
+            struct lmp_cuda_opts o = {.att_o = var[v].att_o, .att_shares = var[v].att_shares, .att_long = var[v].att_long};
+            struct lmp_cuda_state *s = NULL;
+            struct lmp_err err = {{0}};
+            float *lg = malloc(30L * 173 * sizeof *lg);
+            REQUIRE(lg);
+            for (long i = 0; i < 30L * 173; i++) lg[i] = NAN;
+            if (lmp_cuda_state_create(m, 30, 8, &o, &s, &err)) {
+                lmp_test_fail(__FILE__, __LINE__, "gpu state: %s", err.msg);
+                free(lg);
+                continue;
+            }
+            enum lmp_status st = lmp_cuda_forward(s, tok, 10, 0, lg, &err);
+            for (int i = 10; !st && i < 30; i++) st = lmp_cuda_forward(s, tok + i, 1, i, lg + (size_t)i * 173, &err);
+            int layers = -1, shares = -1;
+            lmp_cuda_decode_att_o(s, &layers, &shares, NULL);
+            lmp_cuda_state_free(s);
+            CHECK_MSG(!st, "%s: %s", var[v].what, err.msg);
+            /* 16 shares only where the device places clusters of 16 (else 8) */
+            CHECK_MSG(layers == var[v].layers && (shares == var[v].shares || (var[v].shares == 16 && shares == 8)),
+                      "%s (bias %d): %d layers, %d shares in one launch", var[v].what, bias, layers, shares);
+            CHECK_CLOSE(var[v].what, lg, lc, 30L * 173, 1e-2 * mx, 1e-2);
+            free(lg);
+        }
+        free(lc);
+        lmp_model_free(m);
+    }
+}
+
 static void ppl_pair(struct lmp_model *m, const int32_t *ids, int64_t n, enum lmp_eval_protocol p,
                      int ctx, const char *what, double *ppl_cpu)
 {
