@@ -419,6 +419,7 @@ static const struct {
              {"q4-il", LMP_CUDA_W_PACKED, 4, 128, {.q4t_depth = 7}},
              {"q4-tl", LMP_CUDA_W_PACKED, 4, 128, {.q4t_timeline = 1}},
              {"q4-sep", LMP_CUDA_W_PACKED, 4, 128, {.att_o = 2}},
+             {"q4-ao", LMP_CUDA_W_PACKED, 4, 128, {.att_o = 1}},
              {"q4-ao3", LMP_CUDA_W_PACKED, 4, 128, {.att_o = 3}},
              {"q4-ao4", LMP_CUDA_W_PACKED, 4, 128, {.att_o = 4}},
              {"q4-ao5", LMP_CUDA_W_PACKED, 4, 128, {.att_o = 5}},

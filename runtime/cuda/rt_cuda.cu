@@ -443,7 +443,7 @@ static void state_opts(struct lmp_cuda_state *s, const struct lmp_cuda_opts *o)
     s->q4t_diag = o->q4t_diag;
     s->q4t_prep1 = o->q4t_prep != 2;
     s->q4t_oh = o->att_o == 6 && !o->att_pack && !o->q4t_diag;
-    s->q4t_ao = o->att_o != 2 && o->att_o != 6 && !o->att_pack && !o->q4t_diag;
+    s->q4t_ao = (o->att_o == 1 || (o->att_o >= 3 && o->att_o <= 5)) && !o->att_pack && !o->q4t_diag;
     s->ao_variant = o->att_o >= 3 && o->att_o <= 5 ? o->att_o - 2 : 0;
     s->q4p = s->q4t && o->q4t_persist == 1;
     s->q4p_flags = o->q4p_flags;
