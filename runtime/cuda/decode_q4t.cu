@@ -1299,6 +1299,20 @@ static void q4t_co_setup(void)
     q4t_co.ok = 1;
 }
 
+/* the dynamic shared-memory limit v of a kernel, less its static shared memory past the
+   1 KB that smem_max leaves for it */
+static cudaError_t q4t_dyn_attr(const void *fn, int v)
+{
+    cudaFuncAttributes fa;
+    cudaError_t e = cudaFuncGetAttributes(&fa, fn);
+    if (e) return e;
+    if (fa.sharedSizeBytes > 1024) {
+        if (fa.sharedSizeBytes - 1024 >= (size_t)v) return cudaErrorInvalidValue;
+        v -= (int)(fa.sharedSizeBytes - 1024);
+    }
+    return cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, v);
+}
+
 enum lmp_status k_q4t_init_attrs(size_t smem_max, struct lmp_err *err)
 {
     const int v = (int)smem_max;
@@ -1309,13 +1323,10 @@ enum lmp_status k_q4t_init_attrs(size_t smem_max, struct lmp_err *err)
     Q4T_EACH(Q4T_ATTR)
 #undef Q4T_ATTR
     CU_TRY(e, "q4 tile kernel attributes");
-    CU_TRY(cudaFuncSetAttribute(q4t_ohkernel<Q4T_OH_NW, Q4T_OH_D, 0>, cudaFuncAttributeMaxDynamicSharedMemorySize, v),
-           "o by heads kernel attributes");
-    CU_TRY(cudaFuncSetAttribute(q4t_ohkernel<Q4T_OH_NW, Q4T_OH_D, 1>, cudaFuncAttributeMaxDynamicSharedMemorySize, v),
-           "o by heads kernel attributes");
+    CU_TRY(q4t_dyn_attr((const void *)q4t_ohkernel<Q4T_OH_NW, Q4T_OH_D, 0>, v), "o by heads kernel attributes");
+    CU_TRY(q4t_dyn_attr((const void *)q4t_ohkernel<Q4T_OH_NW, Q4T_OH_D, 1>, v), "o by heads kernel attributes");
     for (int k = 0; k < Q4T_AO_NV; k++) {
-        CU_TRY(cudaFuncSetAttribute(q4t_ao_fns[k], cudaFuncAttributeMaxDynamicSharedMemorySize, v),
-               "attention and o kernel attributes");
+        CU_TRY(q4t_dyn_attr((const void *)q4t_ao_fns[k], v), "attention and o kernel attributes");
         if (cudaFuncSetAttribute(q4t_ao_fns[k], cudaFuncAttributeNonPortableClusterSizeAllowed, 1) != cudaSuccess)
             (void)cudaGetLastError(); /* clusters of up to 8 then (k_q4t_ao_ok) */
     }
@@ -1433,7 +1444,7 @@ static int q4t_oh_rows(int nh, int sms) { return nh >= sms ? 1 : sms / nh; }
 int k_q4t_oh_ok(const struct q4t_args *a, int nh, int hd, int S)
 {
     return hd == 128 && a->n == 1 && a->nc == nh && a->acc && S >= 1 && S <= ATT_SPLIT_MAX &&
-           (size_t)a->cols * 6 + (size_t)a->nc * 8 + 1024 <= q4t_smem_limit;
+           (size_t)a->cols * 6 + (size_t)a->nc * 8 + 2048 <= q4t_smem_limit; /* its static part: 1.6 KB */
 }
 
 enum lmp_status k_q4t_oh_launch(cudaStream_t st, const struct q4t_args *a, const float *part, int nh, int hd, int S,
