@@ -657,66 +657,6 @@ static __device__ __forceinline__ void q4t_head_frags(const struct q4t_args &A, 
     if (!lane) ox[h] = make_float2(off, X), *ys = ldexpf(1.0f, -E);
 }
 
-/* q4t_head_frags over ceil(S / 4) warps (block barriers included; every thread calls it):
- * warp v loads shares 4 v .. 4 v + 3 of the lane's dimensions together with the shares'
- * maxima and sums, so that the part loads take one L2 round trip, not one per 4 shares after
- * the reductions; warp 0 adds the warps' sums in warp order (shares in order within each)
- * and writes the fragments. */
-template <class Ldf, class Ld2>
-static __device__ __forceinline__ void q4t_head_frags_mw(const struct q4t_args &A, unsigned char *sm, int h, int S,
-                                                         int hd, float *ys, Ldf ldf, Ld2 ld2)
-{
-    __shared__ float4 wsum[(ATT_SPLIT_MAX + 3) / 4 - 1][32];
-    const int w = threadIdx.x >> 5, lane = threadIdx.x & 31, nwc = (S + 3) / 4;
-    const int s = lane >> 2, cq = lane & 3, k = 16 * s + 2 * cq;
-    float2 lo = make_float2(0.0f, 0.0f), hi = make_float2(0.0f, 0.0f);
-    float den = 0.0f;
-    if (w < nwc) {
-        float2 vl[4], vh[4];
-#pragma unroll
-        for (int u = 0; u < 4; u++) {
-            if (4 * w + u < S) {
-                vl[u] = ld2(4 * w + u, k);
-                vh[u] = ld2(4 * w + u, k + 8);
-            }
-        }
-        const float mk = lane < S ? ldf(lane, hd) : -INFINITY;
-        const float lk = lane < S ? ldf(lane, hd + 1) : 0.0f;
-        const float m = warp_max(mk);
-        const float e = mk > -INFINITY ? expf(mk - m) * lk : 0.0f;
-        den = warp_sum(e);
-#pragma unroll
-        for (int u = 0; u < 4; u++) {
-            const float wq = __shfl_sync(~0u, e, (4 * w + u) & 31);
-            if (4 * w + u < S && wq != 0.0f) {
-                lo.x += wq * vl[u].x, lo.y += wq * vl[u].y;
-                hi.x += wq * vh[u].x, hi.y += wq * vh[u].y;
-            }
-        }
-        if (w > 0) wsum[w - 1][lane] = make_float4(lo.x, lo.y, hi.x, hi.y);
-    }
-    __syncthreads();
-    if (w == 0) {
-        for (int v = 1; v < nwc; v++) {
-            const float4 t = wsum[v - 1][lane];
-            lo.x += t.x, lo.y += t.y, hi.x += t.z, hi.y += t.w;
-        }
-        const float rd = 1.0f / den;
-        lo.x *= rd, lo.y *= rd, hi.x *= rd, hi.y *= rd;
-        const float mx = warp_max(fmaxf(fmaxf(fabsf(lo.x), fabsf(lo.y)), fmaxf(fabsf(hi.x), fabsf(hi.y))));
-        const int E = q4t_scale_exp(mx);
-        uint2 *xb = (uint2 *)((float *)sm + A.cols);
-        float2 *ox = (float2 *)(xb + (A.cols >> 2));
-        const int qs = 8 * h + s;
-        float off, X;
-        xb[((qs >> 1) * 4 + cq) * 2 + (qs & 1)] = q4t_bfrag(lo.x, lo.y, hi.x, hi.y, ldexpf(1.0f, E), off, X);
-        off = warp_sum(off);
-        X = warp_sum(X);
-        if (!lane) ox[h] = make_float2(off, X), *ys = ldexpf(1.0f, -E);
-    }
-    __syncthreads();
-}
-
 /* o's outputs of a tile's rows (lanes 4 g: rows 16 t + g and + 8) added into y by atomics;
  * the bias by head 0's blocks */
 struct q4t_red_end {
@@ -807,7 +747,7 @@ static const q4t_ao_fn q4t_ao_fns[] = {q4t_aokernel<8, 4, 2, 1>, q4t_aokernel<8,
  * dependency; the heads' products are added into the residual by atomics. So the
  * attention's combine and o's input preparation over all heads (16 KB from L2, a block
  * reduction) become one warp's L2 round trip. */
-template <int NW, int D, int MW>
+template <int NW, int D>
 __global__ void __launch_bounds__(NW * 32, 1) __maxnreg__(Q4T_NREG(NW))
     q4t_ohkernel(const __grid_constant__ struct q4t_args A, const float *part, int S)
 {
@@ -833,17 +773,15 @@ __global__ void __launch_bounds__(NW * 32, 1) __maxnreg__(Q4T_NREG(NW))
     q4t_preload<Q4F_PLAIN, D>(A, W, buf, lt, lj, lane); /* before the dependency */
     pdl_wait();
     Q4T_OH_MARK(1);
-    const float *ph = part + (size_t)h * S * (hd + 2);
-    auto ldf = [&](int q, int i) { return __ldcg(ph + (size_t)q * (hd + 2) + i); };
-    auto ld2 = [&](int q, int i) { /* hd + 2 even: 8-byte aligned */
-        return __ldcg((const float2 *)(ph + (size_t)q * (hd + 2) + i));
-    };
-    if (MW) {
-        q4t_head_frags_mw(A, q4t_sm, h, S, hd, &ys_sh, ldf, ld2);
-    } else {
-        if (w == 0) q4t_head_frags<4>(A, q4t_sm, h, S, hd, lane, &ys_sh, ldf, ld2);
-        __syncthreads();
+    if (w == 0) {
+        const float *ph = part + (size_t)h * S * (hd + 2);
+        q4t_head_frags<4>(A, q4t_sm, h, S, hd, lane, &ys_sh, [&](int q, int i) { return __ldcg(ph + (size_t)q * (hd + 2) + i); },
+                       [&](int q, int i) {
+                           const float *p = ph + (size_t)q * (hd + 2) + i; /* hd + 2 even: 8-byte aligned */
+                           return __ldcg((const float2 *)p);
+                       });
     }
+    __syncthreads();
     Q4T_OH_MARK(2);
     const q4t_red_end end = {&A.m[0], ys_sh, lane, A.m[0].bias && h == 0};
     float sums[4] = {0.0f, 0.0f, 0.0f, 0.0f};
@@ -1299,20 +1237,6 @@ static void q4t_co_setup(void)
     q4t_co.ok = 1;
 }
 
-/* the dynamic shared-memory limit v of a kernel, less its static shared memory past the
-   1 KB that smem_max leaves for it */
-static cudaError_t q4t_dyn_attr(const void *fn, int v)
-{
-    cudaFuncAttributes fa;
-    cudaError_t e = cudaFuncGetAttributes(&fa, fn);
-    if (e) return e;
-    if (fa.sharedSizeBytes > 1024) {
-        if (fa.sharedSizeBytes - 1024 >= (size_t)v) return cudaErrorInvalidValue;
-        v -= (int)(fa.sharedSizeBytes - 1024);
-    }
-    return cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, v);
-}
-
 enum lmp_status k_q4t_init_attrs(size_t smem_max, struct lmp_err *err)
 {
     const int v = (int)smem_max;
@@ -1323,10 +1247,11 @@ enum lmp_status k_q4t_init_attrs(size_t smem_max, struct lmp_err *err)
     Q4T_EACH(Q4T_ATTR)
 #undef Q4T_ATTR
     CU_TRY(e, "q4 tile kernel attributes");
-    CU_TRY(q4t_dyn_attr((const void *)q4t_ohkernel<Q4T_OH_NW, Q4T_OH_D, 0>, v), "o by heads kernel attributes");
-    CU_TRY(q4t_dyn_attr((const void *)q4t_ohkernel<Q4T_OH_NW, Q4T_OH_D, 1>, v), "o by heads kernel attributes");
+    CU_TRY(cudaFuncSetAttribute(q4t_ohkernel<Q4T_OH_NW, Q4T_OH_D>, cudaFuncAttributeMaxDynamicSharedMemorySize, v),
+           "o by heads kernel attributes");
     for (int k = 0; k < Q4T_AO_NV; k++) {
-        CU_TRY(q4t_dyn_attr((const void *)q4t_ao_fns[k], v), "attention and o kernel attributes");
+        CU_TRY(cudaFuncSetAttribute(q4t_ao_fns[k], cudaFuncAttributeMaxDynamicSharedMemorySize, v),
+               "attention and o kernel attributes");
         if (cudaFuncSetAttribute(q4t_ao_fns[k], cudaFuncAttributeNonPortableClusterSizeAllowed, 1) != cudaSuccess)
             (void)cudaGetLastError(); /* clusters of up to 8 then (k_q4t_ao_ok) */
     }
@@ -1444,11 +1369,11 @@ static int q4t_oh_rows(int nh, int sms) { return nh >= sms ? 1 : sms / nh; }
 int k_q4t_oh_ok(const struct q4t_args *a, int nh, int hd, int S)
 {
     return hd == 128 && a->n == 1 && a->nc == nh && a->acc && S >= 1 && S <= ATT_SPLIT_MAX &&
-           (size_t)a->cols * 6 + (size_t)a->nc * 8 + 2048 <= q4t_smem_limit; /* its static part: 1.6 KB */
+           (size_t)a->cols * 6 + (size_t)a->nc * 8 + 1024 <= q4t_smem_limit;
 }
 
 enum lmp_status k_q4t_oh_launch(cudaStream_t st, const struct q4t_args *a, const float *part, int nh, int hd, int S,
-                                int pdl, int mw, struct lmp_err *err)
+                                int pdl, struct lmp_err *err)
 {
     int dev = 0, sms = 1;
     (void)cudaGetDevice(&dev);
@@ -1465,7 +1390,6 @@ enum lmp_status k_q4t_oh_launch(cudaStream_t st, const struct q4t_args *a, const
     cfg.attrs = &at;
     cfg.numAttrs = pdl ? 1 : 0;
     (void)hd;
-    if (mw) CU_TRY(cudaLaunchKernelEx(&cfg, q4t_ohkernel<Q4T_OH_NW, Q4T_OH_D, 1>, *a, part, S), "o by heads kernel");
-    else CU_TRY(cudaLaunchKernelEx(&cfg, q4t_ohkernel<Q4T_OH_NW, Q4T_OH_D, 0>, *a, part, S), "o by heads kernel");
+    CU_TRY(cudaLaunchKernelEx(&cfg, q4t_ohkernel<Q4T_OH_NW, Q4T_OH_D>, *a, part, S), "o by heads kernel");
     return LMP_OK;
 }

@@ -239,8 +239,7 @@ struct lmp_cuda_state {
     int q4t_depth;           /* their items in flight per warp (k_q4t_launch) */
     int q4t_prep1;           /* the one-pass input preparation of the tile kernels (opts) */
     int q4t_ao;              /* the decode attention and o in one launch where k_q4t_ao_ok (opts.att_o) */
-    int q4t_oh;              /* o by heads after the attention's parts (opts.att_o 0, 6, 7): 1 the
-                                combine in one warp, 2 in S / 4 warps */
+    int q4t_oh;              /* o by heads after the attention's parts (opts.att_o 6) */
     int ao_variant;          /* its kernel variant (opts.att_o 3-5: 1-3) */
     int ao_layers, ao_shares, ao_clusters; /* the last decode step's layers that took it, its most
                                             shares, its clusters resident at once */
@@ -427,7 +426,7 @@ enum lmp_status k_q4t_ao_launch(cudaStream_t st, const struct q4t_args *a, const
  * result with its share of W_o's rows of chunk h, added into the residual by atomics */
 int k_q4t_oh_ok(const struct q4t_args *a, int nh, int hd, int S);
 enum lmp_status k_q4t_oh_launch(cudaStream_t st, const struct q4t_args *a, const float *part, int nh, int hd, int S,
-                                int pdl, int mw, struct lmp_err *err); /* mw: the parts combined by S / 4 warps */
+                                int pdl, struct lmp_err *err);
 /* NULL when the co-resident shapes (10, 11) run as such; else why they fall back to 0 */
 const char *k_q4t_co_status(void);
 

@@ -442,7 +442,7 @@ static void state_opts(struct lmp_cuda_state *s, const struct lmp_cuda_opts *o)
     s->q4t_depth = o->q4t_depth >= 0 && o->q4t_depth <= 12 ? o->q4t_depth : 0;
     s->q4t_diag = o->q4t_diag;
     s->q4t_prep1 = o->q4t_prep != 2;
-    s->q4t_oh = o->att_pack || o->q4t_diag ? 0 : o->att_o == 6 ? 1 : o->att_o == 0 || o->att_o == 7 ? 2 : 0;
+    s->q4t_oh = o->att_o == 6 && !o->att_pack && !o->q4t_diag;
     s->q4t_ao = (o->att_o == 1 || (o->att_o >= 3 && o->att_o <= 5)) && !o->att_pack && !o->q4t_diag;
     s->ao_variant = o->att_o >= 3 && o->att_o <= 5 ? o->att_o - 2 : 0;
     s->q4p = s->q4t && o->q4t_persist == 1;
@@ -909,7 +909,7 @@ static enum lmp_status layer_q4t_fwd(struct lmp_cuda_state *s, int l, struct lmp
     for (int i = 0; i < 4; i++) {
         const struct q4t_args &a = A[i];
         if (i == 1 && oh) {
-            if ((e = k_q4t_oh_launch(st, &a, s->att_sp.part, L->nh, s->hd, S, s->pdl, s->q4t_oh == 2, err))) return e;
+            if ((e = k_q4t_oh_launch(st, &a, s->att_sp.part, L->nh, s->hd, S, s->pdl, err))) return e;
             continue;
         }
         if (i == 0 && oh) {

@@ -106,15 +106,13 @@ struct lmp_cuda_opts {
                          through an fp32 copy in shared memory (before session 18); the same
                          fragments (docs/GPU.md) */
     int att_o;        /* 4-bit tile decode where the head size is 128, how the attention meets o:
-                         0 the default (7), 1 one launch (q4t_aokernel: a head's blocks, one
+                         0 the default (2), 1 one launch (q4t_aokernel: a head's blocks, one
                          cluster, split its positions, then multiply the head's output with
                          their share of W_o's rows, added into the residual by atomics), 2
-                         separate launches (o by rows after the attention's combine, before
-                         session 20), 3-5 variants of 1 (decode_q4t.cu q4t_ao_fns), 6 o by
-                         heads (q4t_ohkernel: the attention writes its parts, each o block
-                         combines one head's and multiplies it with its share of W_o's rows
-                         of that head; atomics) with the combine in one warp, 7 the same with
-                         the combine in S / 4 warps; docs/GPU.md session 20 */
+                         separate launches, 3-5 variants of 1 (decode_q4t.cu q4t_ao_fns), 6 o
+                         by heads (q4t_ohkernel: the attention writes its parts, each o block
+                         combines one head's and multiplies them with its share of W_o's rows
+                         of that head; atomics); docs/GPU.md session 20 */
     int q4t_diag;     /* diagnostics of the tile decode, parts skipped (wrong logits), bits: 1 the
                          input preparation, 2 the attention launch, 4 the block outputs
                          (what the weight phases cost without the fixed parts; docs/GPU.md) */

@@ -622,10 +622,7 @@ TEST(cuda_forward_q4_attention_o_vs_cpu)
                    {1, 0, 12, 2, 16, "Q4 g128 logits, attention and o in one launch, 16 shares"},
                    {6, 8, 0, 2, 8, "Q4 g128 logits, o by heads after the attention's parts, 8 shares"},
                    {6, 0, 12, 2, 16, "Q4 g128 logits, o by heads after the attention's parts, 16 shares"},
-                   {0, 8, 0, 2, 8, "Q4 g128 logits, o by heads, combine in 2 warps (the default), 8 shares"},
-                   {0, 3, 0, 2, 3, "Q4 g128 logits, o by heads, combine in 1 warp (the default), 3 shares"},
-                   {0, 0, 12, 2, 16, "Q4 g128 logits, o by heads, combine in 4 warps (the default), 16 shares"},
-                   {2, 0, 0, 0, 0, "Q4 g128 logits, attention and o in separate launches"}};
+                   {0, 0, 0, 0, 0, "Q4 g128 logits, attention and o in separate launches (the default)"}};
         for (size_t v = 0; v < sizeof var / sizeof var[0]; v++) {
             struct lmp_cuda_opts o = {.att_o = var[v].att_o, .att_shares = var[v].att_shares, .att_long = var[v].att_long};
             struct lmp_cuda_state *s = NULL;
