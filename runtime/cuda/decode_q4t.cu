@@ -221,13 +221,15 @@ static __device__ __forceinline__ float q4t_input(const struct q4t_args &A, unsi
     return ys != 0.0f ? ys : q4t_prep(A, sm, red);
 }
 
-/* timeline point k of this block (thread 0; A.tl set) */
+/* timeline point k of this block (thread 0; A.tl set); GRID2: the block's row is y * gridDim.x
+ * + x (the 2-D grid of o by heads) */
+template <bool GRID2 = false>
 static __device__ __forceinline__ void q4t_mark(const struct q4t_args &A, int k)
 {
     if (!A.tl || threadIdx.x) return;
     unsigned long long g;
     asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(g));
-    unsigned long long *p = A.tl + ((size_t)A.tl_slot + blockIdx.x) * Q4T_TL;
+    unsigned long long *p = A.tl + ((size_t)A.tl_slot + (GRID2 ? blockIdx.y * gridDim.x : 0) + blockIdx.x) * Q4T_TL;
     p[k] = g;
     p[5 + k] = clock64();
 }
@@ -608,6 +610,18 @@ __global__ void __launch_bounds__(NW * 32, 1) __maxnreg__(Q4T_NREG(NW)) q4t_bker
     q4t_mark(A, 4);
 }
 
+/* o by heads: block r of R of head h takes tiles [r tpb, (r + 1) tpb) of W_o's chunk h,
+ * warp w of NW a contiguous run of them (one item per tile) */
+template <int NW>
+static __device__ __forceinline__ q4t_walk q4t_head_walk(const struct q4t_args &A, int r, int R, int h, int w)
+{
+    const int tpb = (A.tiles + R - 1) / R, t0 = min(A.tiles, r * tpb), t1 = min(A.tiles, t0 + tpb);
+    const int per = (t1 - t0 + NW - 1) / NW, wt0 = min(t1, t0 + w * per), wt1 = min(t1, wt0 + per);
+    q4t_walk W;
+    W.f0 = wt0 * A.nc + h, W.st = A.nc, W.cnt = wt1 - wt0;
+    return W;
+}
+
 /* Warp 0 (lane) of a block of o by heads: head h's output from its S attention parts (ldf(q,
  * i): float i of part q; ld2: two floats) as the B fragments of o's chunk h in sm (the layout
  * of q4t_prep), with its own power of two, whose inverse goes to *ys. The shares' weights
@@ -696,11 +710,7 @@ __global__ void __launch_bounds__(NW * 32, MB) q4t_aokernel(const __grid_constan
     unsigned long long *tb = T.tl && !tid && !r ? T.tl + (size_t)h * 8 : NULL;
     att_mark(tb, 0);
     pdl_trigger();
-    /* o's items: tiles [t0, t1) of chunk h, warp w a contiguous run of them */
-    const int tpb = (A.tiles + S - 1) / S, t0 = min(A.tiles, r * tpb), t1 = min(A.tiles, t0 + tpb);
-    const int per = (t1 - t0 + NW - 1) / NW, wt0 = min(t1, t0 + w * per), wt1 = min(t1, wt0 + per);
-    q4t_walk W;
-    W.f0 = wt0 * A.nc + h, W.st = A.nc, W.cnt = wt1 - wt0;
+    const q4t_walk W = q4t_head_walk<NW>(A, r, S, h, w); /* o's items: its share of chunk h */
     q4t_regs<Q4F_PLAIN> buf[D];
     int lt, lj;
     if (EARLY) q4t_preload<Q4F_PLAIN, D>(A, W, buf, lt, lj, lane); /* before the dependency */
@@ -755,24 +765,14 @@ __global__ void __launch_bounds__(NW * 32, 1) __maxnreg__(Q4T_NREG(NW))
     __shared__ float ys_sh;
     const int r = blockIdx.x, h = blockIdx.y, R = gridDim.x, lane = threadIdx.x & 31, w = threadIdx.x >> 5;
     const int hd = 128;
-    unsigned long long *tp = A.tl && !threadIdx.x ? A.tl + ((size_t)A.tl_slot + h * R + r) * Q4T_TL : NULL;
-#define Q4T_OH_MARK(k)                                                                        \
-    if (tp) {                                                                                 \
-        unsigned long long g_;                                                                \
-        asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(g_));                                \
-        tp[k] = g_, tp[5 + k] = clock64();                                                    \
-    }
-    Q4T_OH_MARK(0);
+    q4t_mark<true>(A, 0);
     pdl_trigger();
-    const int tpb = (A.tiles + R - 1) / R, t0 = min(A.tiles, r * tpb), t1 = min(A.tiles, t0 + tpb);
-    const int per = (t1 - t0 + NW - 1) / NW, wt0 = min(t1, t0 + w * per), wt1 = min(t1, wt0 + per);
-    q4t_walk W;
-    W.f0 = wt0 * A.nc + h, W.st = A.nc, W.cnt = wt1 - wt0;
+    const q4t_walk W = q4t_head_walk<NW>(A, r, R, h, w);
     q4t_regs<Q4F_PLAIN> buf[D];
     int lt, lj;
     q4t_preload<Q4F_PLAIN, D>(A, W, buf, lt, lj, lane); /* before the dependency */
     pdl_wait();
-    Q4T_OH_MARK(1);
+    q4t_mark<true>(A, 1);
     if (w == 0) {
         const float *ph = part + (size_t)h * S * (hd + 2);
         q4t_head_frags<4>(A, q4t_sm, h, S, hd, lane, &ys_sh, [&](int q, int i) { return __ldcg(ph + (size_t)q * (hd + 2) + i); },
@@ -782,16 +782,15 @@ __global__ void __launch_bounds__(NW * 32, 1) __maxnreg__(Q4T_NREG(NW))
                        });
     }
     __syncthreads();
-    Q4T_OH_MARK(2);
+    q4t_mark<true>(A, 2);
     const q4t_red_end end = {&A.m[0], ys_sh, lane, A.m[0].bias && h == 0};
     float sums[4] = {0.0f, 0.0f, 0.0f, 0.0f};
     q4t_stream<Q4F_PLAIN, D>(A, W, buf, lt, lj, q4t_sm, lane, end, sums);
-    if (tp) {
+    if (A.tl) { /* every thread: the barrier (the products have no output phase of their own) */
         __syncthreads();
-        Q4T_OH_MARK(3);
-        Q4T_OH_MARK(4);
+        q4t_mark<true>(A, 3);
+        q4t_mark<true>(A, 4);
     }
-#undef Q4T_OH_MARK
 }
 #define Q4T_OH_NW 32
 #define Q4T_OH_D 2
@@ -1363,8 +1362,6 @@ enum lmp_status k_q4t_ao_launch(cudaStream_t st, const struct q4t_args *a, const
     return LMP_OK;
 }
 
-/* o by heads: R blocks per head, about one block per SM */
-static int q4t_oh_rows(int nh, int sms) { return nh >= sms ? 1 : sms / nh; }
 
 int k_q4t_oh_ok(const struct q4t_args *a, int nh, int hd, int S)
 {
@@ -1372,16 +1369,13 @@ int k_q4t_oh_ok(const struct q4t_args *a, int nh, int hd, int S)
            (size_t)a->cols * 6 + (size_t)a->nc * 8 + 1024 <= q4t_smem_limit;
 }
 
-enum lmp_status k_q4t_oh_launch(cudaStream_t st, const struct q4t_args *a, const float *part, int nh, int hd, int S,
+enum lmp_status k_q4t_oh_launch(cudaStream_t st, const struct q4t_args *a, const float *part, int nh, int S, int sms,
                                 int pdl, struct lmp_err *err)
 {
-    int dev = 0, sms = 1;
-    (void)cudaGetDevice(&dev);
-    (void)cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
     cudaLaunchConfig_t cfg = {};
     cudaLaunchAttribute at;
     memset(&at, 0, sizeof at);
-    cfg.gridDim = dim3((unsigned)q4t_oh_rows(nh, sms), (unsigned)nh);
+    cfg.gridDim = dim3((unsigned)(nh >= sms ? 1 : sms / nh), (unsigned)nh); /* about one block per SM */
     cfg.blockDim = dim3(Q4T_OH_NW * 32);
     cfg.dynamicSmemBytes = (size_t)a->cols * 6 + (size_t)a->nc * 8;
     cfg.stream = st;
@@ -1389,7 +1383,6 @@ enum lmp_status k_q4t_oh_launch(cudaStream_t st, const struct q4t_args *a, const
     at.val.programmaticStreamSerializationAllowed = 1;
     cfg.attrs = &at;
     cfg.numAttrs = pdl ? 1 : 0;
-    (void)hd;
     CU_TRY(cudaLaunchKernelEx(&cfg, q4t_ohkernel<Q4T_OH_NW, Q4T_OH_D>, *a, part, S), "o by heads kernel");
     return LMP_OK;
 }

@@ -425,7 +425,7 @@ enum lmp_status k_q4t_ao_launch(cudaStream_t st, const struct q4t_args *a, const
  * hd + 2) floats, as att_split_kernel writes them with ATT_COMBINE_NONE) and multiplies the
  * result with its share of W_o's rows of chunk h, added into the residual by atomics */
 int k_q4t_oh_ok(const struct q4t_args *a, int nh, int hd, int S);
-enum lmp_status k_q4t_oh_launch(cudaStream_t st, const struct q4t_args *a, const float *part, int nh, int hd, int S,
+enum lmp_status k_q4t_oh_launch(cudaStream_t st, const struct q4t_args *a, const float *part, int nh, int S, int sms,
                                 int pdl, struct lmp_err *err);
 /* NULL when the co-resident shapes (10, 11) run as such; else why they fall back to 0 */
 const char *k_q4t_co_status(void);

@@ -909,7 +909,7 @@ static enum lmp_status layer_q4t_fwd(struct lmp_cuda_state *s, int l, struct lmp
     for (int i = 0; i < 4; i++) {
         const struct q4t_args &a = A[i];
         if (i == 1 && oh) {
-            if ((e = k_q4t_oh_launch(st, &a, s->att_sp.part, L->nh, s->hd, S, s->pdl, err))) return e;
+            if ((e = k_q4t_oh_launch(st, &a, s->att_sp.part, L->nh, S, s->sms, s->pdl, err))) return e;
             continue;
         }
         if (i == 0 && oh) {

@@ -337,7 +337,7 @@ static float *cpu_logits(const struct lmp_model *m, const int32_t *tok, int n)
 /* GPU logits: a prefill of n0 tokens, then one token at a time (the graph), then the rest
  * as a batch */
 /* what the last gpu_logits decoded through: layers and head on the tile kernels */
-static int last_tile_layers = -1, last_tile_head = -1, last_persistent = -1;
+static int last_tile_layers = -1, last_tile_head = -1, last_persistent = -1, last_ao_layers = -1, last_ao_shares = -1;
 
 static float *gpu_logits(const struct lmp_model *m, const int32_t *tok, int n, int n0, int n1,
                          const struct lmp_cuda_opts *o)
@@ -358,6 +358,7 @@ static float *gpu_logits(const struct lmp_model *m, const int32_t *tok, int n, i
         st = lmp_cuda_forward(s, tok + i, 1, i, lg + (size_t)i * V, &err);
     if (!st) st = lmp_cuda_forward(s, tok + n0 + n1, n - n0 - n1, n0 + n1, lg + (size_t)(n0 + n1) * V, &err);
     last_persistent = lmp_cuda_decode_persistent(s);
+    lmp_cuda_decode_att_o(s, &last_ao_layers, &last_ao_shares, NULL);
     if (st) {
         lmp_test_fail(__FILE__, __LINE__, "gpu forward: %s", err.msg);
         free(lg);
@@ -625,22 +626,10 @@ TEST(cuda_forward_q4_attention_o_vs_cpu)
                    {0, 0, 0, 0, 0, "Q4 g128 logits, attention and o in separate launches (the default)"}};
         for (size_t v = 0; v < sizeof var / sizeof var[0]; v++) {
             struct lmp_cuda_opts o = {.att_o = var[v].att_o, .att_shares = var[v].att_shares, .att_long = var[v].att_long};
-            struct lmp_cuda_state *s = NULL;
-            struct lmp_err err = {{0}};
-            float *lg = malloc(30L * 173 * sizeof *lg);
-            REQUIRE(lg);
-            for (long i = 0; i < 30L * 173; i++) lg[i] = NAN;
-            if (lmp_cuda_state_create(m, 30, 8, &o, &s, &err)) {
-                lmp_test_fail(__FILE__, __LINE__, "gpu state: %s", err.msg);
-                free(lg);
-                continue;
-            }
-            enum lmp_status st = lmp_cuda_forward(s, tok, 10, 0, lg, &err);
-            for (int i = 10; !st && i < 30; i++) st = lmp_cuda_forward(s, tok + i, 1, i, lg + (size_t)i * 173, &err);
-            int layers = -1, shares = -1;
-            lmp_cuda_decode_att_o(s, &layers, &shares, NULL);
-            lmp_cuda_state_free(s);
-            CHECK_MSG(!st, "%s: %s", var[v].what, err.msg);
+            /* positions 10 .. 29 decoded one token at a time */
+            float *lg = gpu_logits(m, tok, 30, 10, 19, &o);
+            if (!lg) continue;
+            const int layers = last_ao_layers, shares = last_ao_shares;
             /* 16 shares only where the device places clusters of 16 (else 8) */
             CHECK_MSG(layers == var[v].layers && (shares == var[v].shares || (var[v].shares == 16 && shares == 8)),
                       "%s (bias %d): %d layers, %d shares in one launch", var[v].what, bias, layers, shares);
