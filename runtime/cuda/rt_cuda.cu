@@ -912,15 +912,6 @@ static enum lmp_status layer_q4t_fwd(struct lmp_cuda_state *s, int l, struct lmp
             if ((e = k_q4t_oh_launch(st, &a, s->att_sp.part, L->nh, S, s->sms, s->pdl, err))) return e;
             continue;
         }
-        if (i == 0 && oh) {
-            if ((e = k_q4t_launch(st, &a, mode[i], s->pdl, s->q4t_depth, err))) return e;
-            struct att_split sp = s->att_sp;
-            sp.combine = ATT_COMBINE_NONE;
-            if ((e = k_attention(st, s->att, s->q, s->k_cache + s->kv_off[l], s->v_cache + s->kv_off[l], 1, s->d_pos,
-                                 s->max_ctx, L->nh, L->nkv, s->hd, s->smem_max, s->pdl, err, tl_attention(s, l), &sp)))
-                return e;
-            continue;
-        }
         if (i == 1 && ao) {
             const struct q4t_att t = {s->q, s->k_cache + s->kv_off[l], s->v_cache + s->kv_off[l], L->nkv, s->hd,
                                       1.0f / sqrtf((float)s->hd), tl_attention(s, l)};
@@ -928,12 +919,14 @@ static enum lmp_status layer_q4t_fwd(struct lmp_cuda_state *s, int l, struct lmp
             continue;
         }
         if ((e = k_q4t_launch(st, &a, mode[i], s->pdl, s->q4t_depth, err))) return e;
-        if (i == 0 && ao) continue;
-        if (i == 0 && !(s->q4t_diag & 2) &&
-            (e = k_attention(st, s->att, s->q, s->k_cache + s->kv_off[l], s->v_cache + s->kv_off[l], 1, s->d_pos, s->max_ctx, L->nh,
-                             L->nkv, s->hd, s->smem_max, s->pdl, err, tl_attention(s, l),
-                             s->att_sp.n > 1 ? &s->att_sp : NULL)))
-            return e;
+        if (i == 0 && !ao && !(s->q4t_diag & 2)) {
+            struct att_split sp = s->att_sp;
+            if (oh) sp.combine = ATT_COMBINE_NONE; /* o combines the parts */
+            if ((e = k_attention(st, s->att, s->q, s->k_cache + s->kv_off[l], s->v_cache + s->kv_off[l], 1, s->d_pos,
+                                 s->max_ctx, L->nh, L->nkv, s->hd, s->smem_max, s->pdl, err, tl_attention(s, l),
+                                 sp.n > 1 ? &sp : NULL)))
+                return e;
+        }
     }
     return LMP_OK;
 }
