@@ -77,6 +77,11 @@ bench-gptq: $(BUILD)/gptq_layer
 $(BUILD)/gptq_layer: bench/gptq_layer.c $(BUILD)/liblmpress.a
 	$(CC) $(CFLAGS) -o $@ $< $(BUILD)/liblmpress.a $(LDLIBS)
 
+# A GGUF of a Llama-2-7B-shaped model with random weights, for llama-bench beside
+# bench/cuda_decode.c (bench/synth_gguf.c; docs/GPU.md "llama.cpp on the same GPU").
+$(BUILD)/synth_gguf: bench/synth_gguf.c $(BUILD)/liblmpress.a
+	$(CC) $(CFLAGS) -o $@ $< $(BUILD)/liblmpress.a $(LDLIBS)
+
 # ---- CUDA (`make cuda`, needs nvcc; CPU builds never use it) ---------------------------------
 # runtime/cuda/*.cu -> $(BUILD)/cuda/liblmpress_cuda.a; the device tests
 # $(BUILD)/cuda/lmpress-cuda-tests (tests/cuda/*.c, skip without a GPU); the benchmarks

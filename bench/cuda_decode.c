@@ -164,9 +164,6 @@ static void timeline_report(const unsigned long long *tl, int blocks, int layers
     int n = 0, nph = 0;
     double *ph[5];
     for (int k = 0; k < 5; k++) ph[k] = malloc((size_t)layers * nh * sizeof(double));
-    double *ao[2];
-    int nao = 0;
-    for (int k = 0; k < 2; k++) ao[k] = malloc((size_t)layers * nh * sizeof(double));
     for (int l = l0; l < l1; l++) {
         const unsigned long long *S = tl + (size_t)(l * 4) * blocks * 10, *A = at + (size_t)l * 128 * 8;
         unsigned long long qend = 0, first = ~0ull, rel = ~0ull, last = 0;
@@ -177,10 +174,6 @@ static void timeline_report(const unsigned long long *tl, int blocks, int layers
             if (!q[0]) continue;
             /* phases: q, scores, softmax, P V, the rest (q[3..6] after each, q[2] the end) */
             const unsigned long long pt[6] = {q[1], q[3], q[4], q[5], q[6], q[2]};
-            if (q[7]) { /* the attention and o in one launch: from P V to the fragments, then o */
-                ao[0][nao] = q[7] >= q[6] ? (double)(q[7] - q[6]) / 1e3 : 0.0;
-                ao[1][nao++] = q[2] >= q[7] ? (double)(q[2] - q[7]) / 1e3 : 0.0;
-            }
             for (int k = 0; k < 5; k++) ph[k][nph] = pt[k + 1] >= pt[k] ? (double)(pt[k + 1] - pt[k]) / 1e3 : 0.0;
             nph++;
             first = q[0] < first ? q[0] : first;
@@ -204,10 +197,6 @@ static void timeline_report(const unsigned long long *tl, int blocks, int layers
                median_d(ph[0], nph), median_d(ph[1], nph), median_d(ph[2], nph), median_d(ph[3], nph),
                median_d(ph[4], nph));
     }
-    if (nao)
-        printf("  attention and o in one launch (us, medians): P V to the o input %.2f, o %.2f\n", median_d(ao[0], nao),
-               median_d(ao[1], nao));
-    for (int k = 0; k < 2; k++) free(ao[k]);
     for (int k = 0; k < 5; k++) free(ph[k]);
     for (int k = 0; k < 8; k++) free(v[k]);
     free(bw);
@@ -356,10 +345,9 @@ static int run_one(const char *name, enum lmp_cuda_wtype wt, int bits, int group
         free(tlv);
     }
     if (!st) {
-        int al = 0, as = 0, ac = 0;
-        lmp_cuda_decode_att_o(s, &al, &as, &ac);
-        if (al) fprintf(stderr, "  %-10s attention and o in one launch: %d layers, %d shares per head, %d clusters resident at once\n",
-                        name, al, as, ac);
+        int al = 0, as = 0;
+        lmp_cuda_decode_att_o(s, &al, &as);
+        if (al) fprintf(stderr, "  %-10s o by heads: %d layers, %d shares per head\n", name, al, as);
     }
     if (!st && o->q4t_timeline) {
         const size_t n = (size_t)(c->n_layers * 4 + 1) * 1024 * 10 + (size_t)c->n_layers * 128 * 8;
@@ -419,14 +407,10 @@ static const struct {
              {"q4-il", LMP_CUDA_W_PACKED, 4, 128, {.q4t_depth = 7}},
              {"q4-tl", LMP_CUDA_W_PACKED, 4, 128, {.q4t_timeline = 1}},
              {"q4-sep", LMP_CUDA_W_PACKED, 4, 128, {.att_o = 2}},
-             {"q4-ao", LMP_CUDA_W_PACKED, 4, 128, {.att_o = 1}},
-             {"q4-ao3", LMP_CUDA_W_PACKED, 4, 128, {.att_o = 3}},
-             {"q4-ao4", LMP_CUDA_W_PACKED, 4, 128, {.att_o = 4}},
-             {"q4-ao5", LMP_CUDA_W_PACKED, 4, 128, {.att_o = 5}},
-             {"q4-ao4-tl", LMP_CUDA_W_PACKED, 4, 128, {.att_o = 4, .q4t_timeline = 1}},
-             {"q4-ao3-tl", LMP_CUDA_W_PACKED, 4, 128, {.att_o = 3, .q4t_timeline = 1}},
              {"q4-oh", LMP_CUDA_W_PACKED, 4, 128, {.att_o = 6}},
              {"q4-oh-tl", LMP_CUDA_W_PACKED, 4, 128, {.att_o = 6, .q4t_timeline = 1}},
+             {"q4-ohw", LMP_CUDA_W_PACKED, 4, 128, {.att_o = 7}},
+             {"q4-ohw-tl", LMP_CUDA_W_PACKED, 4, 128, {.att_o = 7, .q4t_timeline = 1}},
              {"q4-sep-tl", LMP_CUDA_W_PACKED, 4, 128, {.att_o = 2, .q4t_timeline = 1}},
              {"q4-co", LMP_CUDA_W_PACKED, 4, 128, {.q4t_depth = 10}},
              {"q4-co-tl", LMP_CUDA_W_PACKED, 4, 128, {.q4t_depth = 10, .q4t_timeline = 1}},

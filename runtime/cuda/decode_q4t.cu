@@ -43,7 +43,6 @@
 #include "q4t.cuh"
 #include "attention.cuh"
 
-#include <cooperative_groups.h>
 #include <string.h>
 
 /* input loads in flight per thread in q4t_prep: 3 measured 1.654 vs 1.687 ms/token for 1 */
@@ -622,41 +621,14 @@ static __device__ __forceinline__ q4t_walk q4t_head_walk(const struct q4t_args &
     return W;
 }
 
-/* Warp 0 (lane) of a block of o by heads: head h's output from its S attention parts (ldf(q,
- * i): float i of part q; ld2: two floats) as the B fragments of o's chunk h in sm (the layout
- * of q4t_prep), with its own power of two, whose inverse goes to *ys. The shares' weights
- * e^(m_k - m) l_k, then lane (s, c) = (lane / 4, lane % 4) sums dimensions k, k + 1, k + 8,
- * k + 9 (k = 16 s + 2 c) over the shares in share order, B shares' loads at a time: its
- * fragment quad. */
-template <int B, class Ldf, class Ld2>
-static __device__ __forceinline__ void q4t_head_frags(const struct q4t_args &A, unsigned char *sm, int h, int S,
-                                                      int hd, int lane, float *ys, Ldf ldf, Ld2 ld2)
+/* The end of a head's combine in warp 0 of a block of o by heads: the lane's fragment quad
+ * (lo, hi: dimensions k, k + 1 and k + 8, k + 9, k = 16 (lane / 4) + 2 (lane % 4), summed over
+ * the shares with weights e^(m_k - m) l_k, den their sum) as the B fragments of o's chunk h
+ * in sm (the layout of q4t_prep), with its own power of two, whose inverse goes to *ys. */
+static __device__ __forceinline__ void q4t_head_out(const struct q4t_args &A, unsigned char *sm, int h, int lane,
+                                                    float2 lo, float2 hi, float den, float *ys)
 {
-    const float mk = lane < S ? ldf(lane, hd) : -INFINITY;
-    const float lk = lane < S ? ldf(lane, hd + 1) : 0.0f;
-    const float m = warp_max(mk);
-    const float e = mk > -INFINITY ? expf(mk - m) * lk : 0.0f;
-    const float den = warp_sum(e);
-    const int s = lane >> 2, cq = lane & 3, k = 16 * s + 2 * cq;
-    float2 lo = make_float2(0.0f, 0.0f), hi = make_float2(0.0f, 0.0f);
-    for (int q0 = 0; q0 < S; q0 += B) {
-        float2 vl[B], vh[B];
-#pragma unroll
-        for (int u = 0; u < B; u++) {
-            if (q0 + u < S) {
-                vl[u] = ld2(q0 + u, k);
-                vh[u] = ld2(q0 + u, k + 8);
-            }
-        }
-#pragma unroll
-        for (int u = 0; u < B; u++) {
-            const float wq = __shfl_sync(~0u, e, (q0 + u) & 31);
-            if (q0 + u < S && wq != 0.0f) {
-                lo.x += wq * vl[u].x, lo.y += wq * vl[u].y;
-                hi.x += wq * vh[u].x, hi.y += wq * vh[u].y;
-            }
-        }
-    }
+    const int s = lane >> 2, cq = lane & 3;
     const float rd = 1.0f / den;
     lo.x *= rd, lo.y *= rd, hi.x *= rd, hi.y *= rd;
     const float mx = warp_max(fmaxf(fmaxf(fabsf(lo.x), fabsf(lo.y)), fmaxf(fabsf(hi.x), fabsf(hi.y))));
@@ -669,6 +641,101 @@ static __device__ __forceinline__ void q4t_head_frags(const struct q4t_args &A, 
     off = warp_sum(off);
     X = warp_sum(X);
     if (!lane) ox[h] = make_float2(off, X), *ys = ldexpf(1.0f, -E);
+}
+
+/* Shares q0 .. q0 + B - 1 (those < S) of the lane's fragment quad, weighted (e: lane q's share
+ * weight), added to lo, hi; all B shares' loads are issued before the first is used. */
+template <int B, class Ld2>
+static __device__ __forceinline__ void q4t_head_add(int q0, int S, int k, float e, float2 &lo, float2 &hi, Ld2 ld2)
+{
+    float2 vl[B], vh[B];
+#pragma unroll
+    for (int u = 0; u < B; u++) {
+        if (q0 + u < S) {
+            vl[u] = ld2(q0 + u, k);
+            vh[u] = ld2(q0 + u, k + 8);
+        }
+    }
+#pragma unroll
+    for (int u = 0; u < B; u++) {
+        const float wq = __shfl_sync(~0u, e, (q0 + u) & 31);
+        if (q0 + u < S && wq != 0.0f) {
+            lo.x += wq * vl[u].x, lo.y += wq * vl[u].y;
+            hi.x += wq * vh[u].x, hi.y += wq * vh[u].y;
+        }
+    }
+}
+
+/* The shares' weights e^(m_k - m) l_k (lane k < S: share k's; ldf(q, i): float i of part q,
+ * the maximum at hd, the exp sum at hd + 1), and their sum in *den. */
+template <class Ldf>
+static __device__ __forceinline__ float q4t_head_weights(int S, int hd, int lane, float *den, Ldf ldf)
+{
+    const float mk = lane < S ? ldf(lane, hd) : -INFINITY;
+    const float lk = lane < S ? ldf(lane, hd + 1) : 0.0f;
+    const float m = warp_max(mk);
+    const float e = mk > -INFINITY ? expf(mk - m) * lk : 0.0f;
+    *den = warp_sum(e);
+    return e;
+}
+
+/* Warp 0 (lane) of a block of o by heads: head h's output from its S attention parts (ldf:
+ * one float, ld2: two) as the B fragments of o's chunk h: the shares' weights, then the
+ * parts in share order, B shares' loads at a time (q4t_head_out). */
+template <int B, class Ldf, class Ld2>
+static __device__ __forceinline__ void q4t_head_frags(const struct q4t_args &A, unsigned char *sm, int h, int S,
+                                                      int hd, int lane, float *ys, Ldf ldf, Ld2 ld2)
+{
+    float den;
+    const float e = q4t_head_weights(S, hd, lane, &den, ldf);
+    const int k = 16 * (lane >> 2) + 2 * (lane & 3);
+    float2 lo = make_float2(0.0f, 0.0f), hi = make_float2(0.0f, 0.0f);
+    for (int q0 = 0; q0 < S; q0 += B) q4t_head_add<B>(q0, S, k, e, lo, hi, ld2);
+    q4t_head_out(A, sm, h, lane, lo, hi, den, ys);
+}
+
+/* The same over ceil(S / 4) warps (every thread of the block calls it; two block barriers):
+ * warp v issues the loads of shares 4 v .. 4 v + 3 before the shares' maxima and sums, so
+ * all part loads take one L2 round trip together (warp 0 alone: one for the maxima, then one
+ * per 4 shares); warp 0 adds the other warps' sums in warp order through wsum (3 x 32 float4
+ * of shared memory: ATT_SPLIT_MAX 16) and writes the fragments. */
+template <class Ldf, class Ld2>
+static __device__ __forceinline__ void q4t_head_frags_mw(const struct q4t_args &A, unsigned char *sm, float4 *wsum,
+                                                         int h, int S, int hd, float *ys, Ldf ldf, Ld2 ld2)
+{
+    const int w = threadIdx.x >> 5, lane = threadIdx.x & 31, nwc = (S + 3) / 4;
+    float2 lo = make_float2(0.0f, 0.0f), hi = make_float2(0.0f, 0.0f);
+    float den = 0.0f;
+    if (w < nwc) {
+        const int k = 16 * (lane >> 2) + 2 * (lane & 3);
+        float2 vl[4], vh[4];
+#pragma unroll
+        for (int u = 0; u < 4; u++) {
+            if (4 * w + u < S) {
+                vl[u] = ld2(4 * w + u, k);
+                vh[u] = ld2(4 * w + u, k + 8);
+            }
+        }
+        const float e = q4t_head_weights(S, hd, lane, &den, ldf);
+#pragma unroll
+        for (int u = 0; u < 4; u++) {
+            const float wq = __shfl_sync(~0u, e, (4 * w + u) & 31);
+            if (4 * w + u < S && wq != 0.0f) {
+                lo.x += wq * vl[u].x, lo.y += wq * vl[u].y;
+                hi.x += wq * vh[u].x, hi.y += wq * vh[u].y;
+            }
+        }
+        if (w > 0) wsum[(w - 1) * 32 + lane] = make_float4(lo.x, lo.y, hi.x, hi.y);
+    }
+    __syncthreads();
+    if (w == 0) {
+        for (int v = 1; v < nwc; v++) {
+            const float4 t = wsum[(v - 1) * 32 + lane];
+            lo.x += t.x, lo.y += t.y, hi.x += t.z, hi.y += t.w;
+        }
+        q4t_head_out(A, sm, h, lane, lo, hi, den, ys);
+    }
+    __syncthreads();
 }
 
 /* o's outputs of a tile's rows (lanes 4 g: rows 16 t + g and + 8) added into y by atomics;
@@ -687,68 +754,6 @@ struct q4t_red_end {
     }
 };
 
-/* ---- the attention and o in one launch (q4t_aokernel, the default where hd == 128) -------
- * o's input chunk h (its 128 columns) is head h's output, so o splits by heads: block (r, h)
- * of a cluster of S per head computes the attention over share r of the positions (att_row,
- * as att_split_kernel), the cluster combines the S parts (warp 0 of every block all 128
- * dimensions of its head, one lane per B fragment quad, with its own power of two) and
- * the block multiplies them with rows [r tpb, (r + 1) tpb) of W_o's chunk h. Those items
- * are requested before the dependency (D per warp: all of them at the 7B shape), so o's
- * launch, input preparation and weight phase leave the critical path. The heads' products
- * are added into the residual by atomics (red.global.add: the order of the heads'
- * additions varies, last-bit differences between runs). */
-#define Q4T_AO_NW 8 /* warps per block (ATT_SPLIT_THREADS threads, as the split attention) */
-template <int NW, int D, int MB, int EARLY>
-__global__ void __launch_bounds__(NW * 32, MB) q4t_aokernel(const __grid_constant__ struct q4t_args A,
-                                                           const __grid_constant__ struct q4t_att T)
-{
-    extern __shared__ __align__(16) unsigned char q4t_sm[];
-    __shared__ float ys_sh;
-    const int r = blockIdx.x, h = blockIdx.y, S = gridDim.x, nh = gridDim.y, tid = threadIdx.x;
-    const int lane = tid & 31, w = tid >> 5, hd = T.hd, kvd = T.nkv * hd, kh = h / (nh / T.nkv);
-    /* the timeline (T.tl): share 0's start, release, att_row's phases, the fragments, the end */
-    unsigned long long *tb = T.tl && !tid && !r ? T.tl + (size_t)h * 8 : NULL;
-    att_mark(tb, 0);
-    pdl_trigger();
-    const q4t_walk W = q4t_head_walk<NW>(A, r, S, h, w); /* o's items: its share of chunk h */
-    q4t_regs<Q4F_PLAIN> buf[D];
-    int lt, lj;
-    if (EARLY) q4t_preload<Q4F_PLAIN, D>(A, W, buf, lt, lj, lane); /* before the dependency */
-    const int p0 = *A.pos, Tn = p0 + 1, c = (Tn + S - 1) / S, a0 = min(Tn, r * c), a1 = min(Tn, a0 + c);
-    att_prefetch(T.kc, T.vc, a0, min(a1, p0), kvd, kh, hd, NW * 32); /* earlier steps' rows */
-    pdl_wait();
-    att_mark(tb, 1);
-    float *po = (float *)(q4t_sm + ((k_q4t_smem_dev(A.cols) + 15) & ~15)); /* 16-byte aligned for att_row */
-    if (a1 > a0) {
-        att_row<NW * 32, false>(po, T.q + (size_t)h * hd, T.kc + (size_t)a0 * kvd, T.vc + (size_t)a0 * kvd, a1 - a0,
-                                kvd, kh, hd, T.scale, po + att_part_floats(hd), tb ? tb + 3 : NULL, po + hd);
-    } else { /* an empty share: weight 0 */
-        for (int d = tid; d < hd; d += NW * 32) po[d] = 0.0f;
-        if (!tid) po[hd] = -INFINITY, po[hd + 1] = 0.0f;
-    }
-    cooperative_groups::cluster_group cl = cooperative_groups::this_cluster();
-    cl.sync(); /* every part written */
-    if (w == 0)
-        q4t_head_frags<8>(A, q4t_sm, h, S, hd, lane, &ys_sh, [&](int q, int i) { return cl.map_shared_rank(po, q)[i]; },
-                       [&](int q, int i) { return *(const float2 *)(cl.map_shared_rank(po, q) + i); });
-    __syncthreads();
-    asm volatile("barrier.cluster.arrive.release.aligned;" ::: "memory"); /* this block read the parts */
-    att_mark(tb, 7);
-    if (!EARLY) q4t_preload<Q4F_PLAIN, D>(A, W, buf, lt, lj, lane);
-    const q4t_red_end end = {&A.m[0], ys_sh, lane, A.m[0].bias && h == 0};
-    float sums[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-    q4t_stream<Q4F_PLAIN, D>(A, W, buf, lt, lj, q4t_sm, lane, end, sums);
-    asm volatile("barrier.cluster.wait.acquire.aligned;" ::: "memory"); /* the parts stay until all have read them */
-    if (tb) att_mark(tb, 2);
-}
-
-/* its variants (opts.att_o): warps, o's items per warp, blocks per SM, items before the
-   dependency */
-typedef void (*q4t_ao_fn)(const struct q4t_args, const struct q4t_att);
-static const q4t_ao_fn q4t_ao_fns[] = {q4t_aokernel<8, 4, 2, 1>, q4t_aokernel<8, 4, 3, 1>, q4t_aokernel<8, 2, 4, 1>,
-                                       q4t_aokernel<8, 4, 2, 0>};
-#define Q4T_AO_NV 4
-
 /* ---- o by heads (q4t_ohkernel) ------------------------------------------------------------
  * The attention kernel writes each share's part and stops (ATT_COMBINE_NONE: no counter, no
  * cluster, no combine); block (r, h) of o, one per SM, reads head h's S parts from L2 (warp
@@ -757,7 +762,7 @@ static const q4t_ao_fn q4t_ao_fns[] = {q4t_aokernel<8, 4, 2, 1>, q4t_aokernel<8,
  * dependency; the heads' products are added into the residual by atomics. So the
  * attention's combine and o's input preparation over all heads (16 KB from L2, a block
  * reduction) become one warp's L2 round trip. */
-template <int NW, int D>
+template <int NW, int D, int MW>
 __global__ void __launch_bounds__(NW * 32, 1) __maxnreg__(Q4T_NREG(NW))
     q4t_ohkernel(const __grid_constant__ struct q4t_args A, const float *part, int S)
 {
@@ -773,15 +778,18 @@ __global__ void __launch_bounds__(NW * 32, 1) __maxnreg__(Q4T_NREG(NW))
     q4t_preload<Q4F_PLAIN, D>(A, W, buf, lt, lj, lane); /* before the dependency */
     pdl_wait();
     q4t_mark<true>(A, 1);
-    if (w == 0) {
-        const float *ph = part + (size_t)h * S * (hd + 2);
-        q4t_head_frags<4>(A, q4t_sm, h, S, hd, lane, &ys_sh, [&](int q, int i) { return __ldcg(ph + (size_t)q * (hd + 2) + i); },
-                       [&](int q, int i) {
-                           const float *p = ph + (size_t)q * (hd + 2) + i; /* hd + 2 even: 8-byte aligned */
-                           return __ldcg((const float2 *)p);
-                       });
+    const float *ph = part + (size_t)h * S * (hd + 2);
+    auto ldf = [&](int q, int i) { return __ldcg(ph + (size_t)q * (hd + 2) + i); };
+    auto ld2 = [&](int q, int i) { /* hd + 2 even: 8-byte aligned */
+        return __ldcg((const float2 *)(ph + (size_t)q * (hd + 2) + i));
+    };
+    if (MW) { /* the sums' area past the input's (k_q4t_oh_launch sizes it) */
+        float4 *wsum = (float4 *)(q4t_sm + ((k_q4t_smem_dev(A.cols) + 15) & ~15));
+        q4t_head_frags_mw(A, q4t_sm, wsum, h, S, hd, &ys_sh, ldf, ld2);
+    } else {
+        if (w == 0) q4t_head_frags<4>(A, q4t_sm, h, S, hd, lane, &ys_sh, ldf, ld2);
+        __syncthreads();
     }
-    __syncthreads();
     q4t_mark<true>(A, 2);
     const q4t_red_end end = {&A.m[0], ys_sh, lane, A.m[0].bias && h == 0};
     float sums[4] = {0.0f, 0.0f, 0.0f, 0.0f};
@@ -1246,14 +1254,10 @@ enum lmp_status k_q4t_init_attrs(size_t smem_max, struct lmp_err *err)
     Q4T_EACH(Q4T_ATTR)
 #undef Q4T_ATTR
     CU_TRY(e, "q4 tile kernel attributes");
-    CU_TRY(cudaFuncSetAttribute(q4t_ohkernel<Q4T_OH_NW, Q4T_OH_D>, cudaFuncAttributeMaxDynamicSharedMemorySize, v),
+    CU_TRY(cudaFuncSetAttribute(q4t_ohkernel<Q4T_OH_NW, Q4T_OH_D, 0>, cudaFuncAttributeMaxDynamicSharedMemorySize, v),
            "o by heads kernel attributes");
-    for (int k = 0; k < Q4T_AO_NV; k++) {
-        CU_TRY(cudaFuncSetAttribute(q4t_ao_fns[k], cudaFuncAttributeMaxDynamicSharedMemorySize, v),
-               "attention and o kernel attributes");
-        if (cudaFuncSetAttribute(q4t_ao_fns[k], cudaFuncAttributeNonPortableClusterSizeAllowed, 1) != cudaSuccess)
-            (void)cudaGetLastError(); /* clusters of up to 8 then (k_q4t_ao_ok) */
-    }
+    CU_TRY(cudaFuncSetAttribute(q4t_ohkernel<Q4T_OH_NW, Q4T_OH_D, 1>, cudaFuncAttributeMaxDynamicSharedMemorySize, v),
+           "o by heads kernel attributes");
     q4t_co_setup();
     return LMP_OK;
 }
@@ -1302,87 +1306,34 @@ enum lmp_status k_q4t_launch(cudaStream_t st, const struct q4t_args *a, int mode
     return lmp_err_set(err, LMP_ERR_INTERNAL, "q4 tile kernel: no variant for mode %d shape %d", mode, shape);
 }
 
-/* ---- the attention and o in one launch: host side ------------------------------------ */
-size_t k_q4t_ao_smem(int cols, int hd, int max_ctx, int S)
+/* its dynamic shared memory: the input's layout (q4t_prep), then (mw) the combine's sums */
+static size_t q4t_oh_smem(const struct q4t_args *a, int mw)
 {
-    return (((size_t)cols * 6 + (size_t)(cols / 128) * 8 + 15) & ~(size_t)15) + (size_t)att_part_floats(hd) * sizeof(float) +
-           ATT_ROW_SMEM(Q4T_AO_NW * 32, hd, (max_ctx + S - 1) / S) * sizeof(float);
+    const size_t in = (size_t)a->cols * 6 + (size_t)a->nc * 8;
+    return mw ? ((in + 15) & ~(size_t)15) + (size_t)((ATT_SPLIT_MAX + 3) / 4 - 1) * 32 * sizeof(float4) : in;
 }
 
-static cudaLaunchConfig_t q4t_ao_cfg(cudaStream_t st, int nh, int S, size_t smem, int pdl, cudaLaunchAttribute *at)
-{
-    cudaLaunchConfig_t cfg = {};
-    cfg.gridDim = dim3((unsigned)S, (unsigned)nh);
-    cfg.blockDim = dim3(Q4T_AO_NW * 32);
-    cfg.dynamicSmemBytes = smem;
-    cfg.stream = st;
-    memset(at, 0, 2 * sizeof *at);
-    at[0].id = cudaLaunchAttributeClusterDimension;
-    at[0].val.clusterDim.x = (unsigned)S;
-    at[0].val.clusterDim.y = 1;
-    at[0].val.clusterDim.z = 1;
-    at[1].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    at[1].val.programmaticStreamSerializationAllowed = 1;
-    cfg.attrs = at;
-    cfg.numAttrs = pdl ? 2 : 1;
-    return cfg;
-}
-
-int k_q4t_ao_ok(const struct q4t_args *a, int nh, int nkv, int hd, int S, int max_ctx, size_t smem_max, int variant,
-                int *clusters)
-{
-    *clusters = 0;
-    if (hd != 128 || a->n != 1 || a->nc != nh || !a->acc || nkv < 1 || nh % nkv || S < 1 || S > ATT_SPLIT_MAX ||
-        variant < 0 || variant >= Q4T_AO_NV)
-        return 0;
-    const size_t smem = k_q4t_ao_smem(a->cols, hd, max_ctx, S);
-    if (smem + 1024 > smem_max) return 0;
-    static int known_S, known_v, known_nh, known_nc; /* asked once per shape (the decode asks every layer) */
-    static size_t known_smem;
-    if (known_S != S || known_smem != smem || known_v != variant || known_nh != nh) {
-        cudaLaunchAttribute at[2];
-        cudaLaunchConfig_t cfg = q4t_ao_cfg(0, nh, S, smem, 0, at);
-        known_nc = 0; /* over 8 blocks: only where the device can place such a cluster */
-        if (cudaOccupancyMaxActiveClusters(&known_nc, q4t_ao_fns[variant], &cfg) != cudaSuccess) {
-            (void)cudaGetLastError();
-            known_nc = S <= 8 ? -1 : 0; /* not known; clusters of up to 8 are portable */
-        }
-        known_S = S, known_smem = smem, known_v = variant, known_nh = nh;
-    }
-    *clusters = known_nc;
-    return known_nc != 0;
-}
-
-enum lmp_status k_q4t_ao_launch(cudaStream_t st, const struct q4t_args *a, const struct q4t_att *t, int nh,
-                                int S, int max_ctx, int pdl, int variant, struct lmp_err *err)
-{
-    cudaLaunchAttribute at[2];
-    cudaLaunchConfig_t cfg = q4t_ao_cfg(st, nh, S, k_q4t_ao_smem(a->cols, t->hd, max_ctx, S), pdl, at);
-    CU_TRY(cudaLaunchKernelEx(&cfg, q4t_ao_fns[variant], *a, *t), "attention and o kernel");
-    return LMP_OK;
-}
-
-
-int k_q4t_oh_ok(const struct q4t_args *a, int nh, int hd, int S)
+int k_q4t_oh_ok(const struct q4t_args *a, int nh, int hd, int S, int mw)
 {
     return hd == 128 && a->n == 1 && a->nc == nh && a->acc && S >= 1 && S <= ATT_SPLIT_MAX &&
-           (size_t)a->cols * 6 + (size_t)a->nc * 8 + 1024 <= q4t_smem_limit;
+           q4t_oh_smem(a, mw) + 1024 <= q4t_smem_limit;
 }
 
 enum lmp_status k_q4t_oh_launch(cudaStream_t st, const struct q4t_args *a, const float *part, int nh, int S, int sms,
-                                int pdl, struct lmp_err *err)
+                                int pdl, int mw, struct lmp_err *err)
 {
     cudaLaunchConfig_t cfg = {};
     cudaLaunchAttribute at;
     memset(&at, 0, sizeof at);
     cfg.gridDim = dim3((unsigned)(nh >= sms ? 1 : sms / nh), (unsigned)nh); /* about one block per SM */
     cfg.blockDim = dim3(Q4T_OH_NW * 32);
-    cfg.dynamicSmemBytes = (size_t)a->cols * 6 + (size_t)a->nc * 8;
+    cfg.dynamicSmemBytes = q4t_oh_smem(a, mw);
     cfg.stream = st;
     at.id = cudaLaunchAttributeProgrammaticStreamSerialization;
     at.val.programmaticStreamSerializationAllowed = 1;
     cfg.attrs = &at;
     cfg.numAttrs = pdl ? 1 : 0;
-    CU_TRY(cudaLaunchKernelEx(&cfg, q4t_ohkernel<Q4T_OH_NW, Q4T_OH_D>, *a, part, S), "o by heads kernel");
+    if (mw) CU_TRY(cudaLaunchKernelEx(&cfg, q4t_ohkernel<Q4T_OH_NW, Q4T_OH_D, 1>, *a, part, S), "o by heads kernel");
+    else CU_TRY(cudaLaunchKernelEx(&cfg, q4t_ohkernel<Q4T_OH_NW, Q4T_OH_D, 0>, *a, part, S), "o by heads kernel");
     return LMP_OK;
 }

@@ -238,11 +238,9 @@ struct lmp_cuda_state {
     int q4t;                 /* 4-bit decode through the tensor-core tile kernels where they apply */
     int q4t_depth;           /* their items in flight per warp (k_q4t_launch) */
     int q4t_prep1;           /* the one-pass input preparation of the tile kernels (opts) */
-    int q4t_ao;              /* the decode attention and o in one launch where k_q4t_ao_ok (opts.att_o) */
-    int q4t_oh;              /* o by heads after the attention's parts (opts.att_o 6) */
-    int ao_variant;          /* its kernel variant (opts.att_o 3-5: 1-3) */
-    int ao_layers, ao_shares, ao_clusters; /* the last decode step's layers that took it, its most
-                                            shares, its clusters resident at once */
+    int q4t_oh;              /* o by heads after the attention's parts (opts.att_o 6: 1, the
+                                combine in one warp; 7: 2, in ceil(S / 4) warps) */
+    int oh_layers, oh_shares; /* the last decode step's layers that took it, its most shares */
     int q4t_diag;            /* diagnostics: parts of the tile decode skipped (opts) */
     int att_pack;            /* decode attention one block per head (no split) */
     int att_shares;          /* the split's shares per head asked for (opts; 0: ~2 blocks per SM) */
@@ -406,27 +404,13 @@ void k_q4t_args(struct q4t_args *a, const struct cu_mat *const *m, float *const 
 enum lmp_status k_q4t_launch(cudaStream_t st, const struct q4t_args *a, int mode, int pdl,
                              int shape, struct lmp_err *err);
 enum lmp_status k_q4t_init_attrs(size_t smem_max, struct lmp_err *err);
-/* The decode attention and o in one launch (q4t_aokernel): a is o's launch (PLAIN, y +=),
- * t the attention's inputs, S shares of the positions per head (one cluster). */
-struct q4t_att {
-    const float *q, *kc, *vc; /* q (nh hd), the layer's caches */
-    int nkv, hd;
-    float scale;              /* 1 / sqrt(hd) */
-    unsigned long long *tl;   /* the attention timeline (8 values per head) or NULL */
-};
-size_t k_q4t_ao_smem(int cols, int hd, int max_ctx, int S);
-/* whether it runs here (variant: opts.att_o's; clusters: how many of its clusters the
- * device holds at once, -1 not known) */
-int k_q4t_ao_ok(const struct q4t_args *a, int nh, int nkv, int hd, int S, int max_ctx, size_t smem_max, int variant,
-                int *clusters);
-enum lmp_status k_q4t_ao_launch(cudaStream_t st, const struct q4t_args *a, const struct q4t_att *t, int nh,
-                                int S, int max_ctx, int pdl, int variant, struct lmp_err *err);
 /* o by heads (q4t_ohkernel): block (r, h) combines head h's S attention parts (part: (nh, S,
  * hd + 2) floats, as att_split_kernel writes them with ATT_COMBINE_NONE) and multiplies the
  * result with its share of W_o's rows of chunk h, added into the residual by atomics */
-int k_q4t_oh_ok(const struct q4t_args *a, int nh, int hd, int S);
+int k_q4t_oh_ok(const struct q4t_args *a, int nh, int hd, int S, int mw);
+/* mw: the parts combined by ceil(S / 4) warps, not one */
 enum lmp_status k_q4t_oh_launch(cudaStream_t st, const struct q4t_args *a, const float *part, int nh, int S, int sms,
-                                int pdl, struct lmp_err *err);
+                                int pdl, int mw, struct lmp_err *err);
 /* NULL when the co-resident shapes (10, 11) run as such; else why they fall back to 0 */
 const char *k_q4t_co_status(void);
 

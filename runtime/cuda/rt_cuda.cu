@@ -442,9 +442,7 @@ static void state_opts(struct lmp_cuda_state *s, const struct lmp_cuda_opts *o)
     s->q4t_depth = o->q4t_depth >= 0 && o->q4t_depth <= 12 ? o->q4t_depth : 0;
     s->q4t_diag = o->q4t_diag;
     s->q4t_prep1 = o->q4t_prep != 2;
-    s->q4t_oh = o->att_o == 6 && !o->att_pack && !o->q4t_diag;
-    s->q4t_ao = (o->att_o == 1 || (o->att_o >= 3 && o->att_o <= 5)) && !o->att_pack && !o->q4t_diag;
-    s->ao_variant = o->att_o >= 3 && o->att_o <= 5 ? o->att_o - 2 : 0;
+    s->q4t_oh = o->att_pack || o->q4t_diag ? 0 : o->att_o == 6 ? 1 : o->att_o == 7 ? 2 : 0;
     s->q4p = s->q4t && o->q4t_persist == 1;
     s->q4p_flags = o->q4p_flags;
     s->q4p_slots = o->q4p_slots;
@@ -898,28 +896,17 @@ static enum lmp_status layer_q4t_fwd(struct lmp_cuda_state *s, int l, struct lmp
     int mode[4];
     layer_q4t_args(s, l, A, mode);
     int S = s->att_sp.n > 1 ? s->att_sp.n : 1;
-    int ncl = 0, ao = s->q4t_ao && k_q4t_ao_ok(&A[1], L->nh, L->nkv, s->hd, S, s->max_ctx, s->smem_max,
-                                                s->ao_variant, &ncl);
-    if (s->q4t_ao && !ao && S > 8) /* clusters of 16 not placed: 8 */
-        ao = k_q4t_ao_ok(&A[1], L->nh, L->nkv, s->hd, S = 8, s->max_ctx, s->smem_max, s->ao_variant, &ncl);
-    if (l == 0) s->ao_layers = s->ao_shares = s->ao_clusters = 0;
-    if (ao) s->ao_layers++, s->ao_shares = S > s->ao_shares ? S : s->ao_shares, s->ao_clusters = ncl;
-    const int oh = !ao && s->q4t_oh && S > 1 && k_q4t_oh_ok(&A[1], L->nh, s->hd, S);
-    if (oh) s->ao_layers++, s->ao_shares = S > s->ao_shares ? S : s->ao_shares;
+    const int oh = s->q4t_oh && S > 1 && k_q4t_oh_ok(&A[1], L->nh, s->hd, S, s->q4t_oh == 2);
+    if (l == 0) s->oh_layers = s->oh_shares = 0;
+    if (oh) s->oh_layers++, s->oh_shares = S > s->oh_shares ? S : s->oh_shares;
     for (int i = 0; i < 4; i++) {
         const struct q4t_args &a = A[i];
         if (i == 1 && oh) {
-            if ((e = k_q4t_oh_launch(st, &a, s->att_sp.part, L->nh, S, s->sms, s->pdl, err))) return e;
-            continue;
-        }
-        if (i == 1 && ao) {
-            const struct q4t_att t = {s->q, s->k_cache + s->kv_off[l], s->v_cache + s->kv_off[l], L->nkv, s->hd,
-                                      1.0f / sqrtf((float)s->hd), tl_attention(s, l)};
-            if ((e = k_q4t_ao_launch(st, &a, &t, L->nh, S, s->max_ctx, s->pdl, s->ao_variant, err))) return e;
+            if ((e = k_q4t_oh_launch(st, &a, s->att_sp.part, L->nh, S, s->sms, s->pdl, s->q4t_oh == 2, err))) return e;
             continue;
         }
         if ((e = k_q4t_launch(st, &a, mode[i], s->pdl, s->q4t_depth, err))) return e;
-        if (i == 0 && !ao && !(s->q4t_diag & 2)) {
+        if (i == 0 && !(s->q4t_diag & 2)) {
             struct att_split sp = s->att_sp;
             if (oh) sp.combine = ATT_COMBINE_NONE; /* o combines the parts */
             if ((e = k_attention(st, s->att, s->q, s->k_cache + s->kv_off[l], s->v_cache + s->kv_off[l], 1, s->d_pos,
@@ -1164,11 +1151,10 @@ extern "C" int lmp_cuda_timeline(const struct lmp_cuda_state *s, unsigned long l
 
 extern "C" int lmp_cuda_decode_persistent(struct lmp_cuda_state *s) { return q4p_ready(s) ? s->qp.slots : 0; }
 
-extern "C" void lmp_cuda_decode_att_o(const struct lmp_cuda_state *s, int *layers, int *shares, int *clusters)
+extern "C" void lmp_cuda_decode_att_o(const struct lmp_cuda_state *s, int *layers, int *shares)
 {
-    *layers = s->ao_layers;
-    *shares = s->ao_shares;
-    if (clusters) *clusters = s->ao_clusters;
+    *layers = s->oh_layers;
+    *shares = s->oh_shares;
 }
 
 extern "C" void lmp_cuda_decode_info(const struct lmp_cuda_state *s, int *tile_layers, int *tile_head)

@@ -106,13 +106,13 @@ struct lmp_cuda_opts {
                          through an fp32 copy in shared memory (before session 18); the same
                          fragments (docs/GPU.md) */
     int att_o;        /* 4-bit tile decode where the head size is 128, how the attention meets o:
-                         0 the default (2), 1 one launch (q4t_aokernel: a head's blocks, one
-                         cluster, split its positions, then multiply the head's output with
-                         their share of W_o's rows, added into the residual by atomics), 2
-                         separate launches, 3-5 variants of 1 (decode_q4t.cu q4t_ao_fns), 6 o
-                         by heads (q4t_ohkernel: the attention writes its parts, each o block
-                         combines one head's and multiplies them with its share of W_o's rows
-                         of that head; atomics); docs/GPU.md session 20 */
+                         0 the default (2), 2 separate launches (the attention combines its
+                         shares, o splits by rows), 6 o by heads (q4t_ohkernel: the attention
+                         writes its parts, each o block combines one head's in one warp and
+                         multiplies it with its share of W_o's rows of that head, added into
+                         the residual by atomics: last-bit differences between runs), 7 the
+                         same with the combine in ceil(S / 4) warps; docs/GPU.md sessions 20
+                         and 21 (1, 3-5, the attention and o in one launch, were removed) */
     int q4t_diag;     /* diagnostics of the tile decode, parts skipped (wrong logits), bits: 1 the
                          input preparation, 2 the attention launch, 4 the block outputs
                          (what the weight phases cost without the fixed parts; docs/GPU.md) */
@@ -304,10 +304,9 @@ void lmp_cuda_decode_info(const struct lmp_cuda_state *s, int *tile_layers, int 
 /* Whether decode steps run every layer as the persistent tile kernel (opts.q4t_persist):
  * its ring slots per warp, 0 when they do not. */
 int lmp_cuda_decode_persistent(struct lmp_cuda_state *s);
-/* The layers whose attention and o ran as one launch (opts.att_o) in the last decode step,
- * that launch's shares per head (the most of any layer; 0: none) and how many of its
- * clusters (one per head) the device holds at once (-1: not known; clusters may be NULL). */
-void lmp_cuda_decode_att_o(const struct lmp_cuda_state *s, int *layers, int *shares, int *clusters);
+/* The layers whose o ran by heads (opts.att_o 6, 7) in the last decode step and the
+ * attention's shares per head there (the most of any layer; 0: none). */
+void lmp_cuda_decode_att_o(const struct lmp_cuda_state *s, int *layers, int *shares);
 enum lmp_status lmp_cuda_k_qmatmul(const struct lmp_qview *w, const float *X, int n, float *Y,
                                    int variant, struct lmp_err *err);
 /* row-wise negative log-likelihood: nll[i] = logsumexp(logits[i]) - logits[i][target[i]] */
