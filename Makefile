@@ -101,7 +101,7 @@ CUDA_LIBS   = -L$(CUDA_HOME)/lib64 -lcublas -lcusolver -lcudart_static -ldl -lpt
 CUDA_CFLAGS = $(CFLAGS) -I$(CUDA_HOME)/include -DLMP_WITH_CUDA
 
 cuda: $(CUDA_B)/liblmpress_cuda.a $(CUDA_B)/lmpress-cuda-tests $(CUDA_B)/cuda_decode \
-      $(CUDA_B)/cuda_gptq $(CUDA_B)/lmpress
+      $(CUDA_B)/cuda_gptq $(CUDA_B)/lmpress $(BUILD)/synth_gguf
 
 $(CUDA_B)/%.o: %.cu runtime/cuda/internal.h runtime/cuda/rt_cuda.h runtime/cuda/reduce.cuh runtime/cuda/attention.cuh runtime/cuda/q4dot.cuh runtime/cuda/q4t.cuh
 	@mkdir -p $(dir $@)

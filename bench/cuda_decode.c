@@ -411,6 +411,8 @@ static const struct {
              {"q4-oh-tl", LMP_CUDA_W_PACKED, 4, 128, {.att_o = 6, .q4t_timeline = 1}},
              {"q4-ohw", LMP_CUDA_W_PACKED, 4, 128, {.att_o = 7}},
              {"q4-ohw-tl", LMP_CUDA_W_PACKED, 4, 128, {.att_o = 7, .q4t_timeline = 1}},
+             {"q4-ohx", LMP_CUDA_W_PACKED, 4, 128, {.att_o = 8}},
+             {"q4-ohx-tl", LMP_CUDA_W_PACKED, 4, 128, {.att_o = 8, .q4t_timeline = 1}},
              {"q4-sep-tl", LMP_CUDA_W_PACKED, 4, 128, {.att_o = 2, .q4t_timeline = 1}},
              {"q4-co", LMP_CUDA_W_PACKED, 4, 128, {.q4t_depth = 10}},
              {"q4-co-tl", LMP_CUDA_W_PACKED, 4, 128, {.q4t_depth = 10, .q4t_timeline = 1}},

@@ -11,7 +11,7 @@ awk '
     name = $0; sub(/.*function \047/, "", name); sub(/\047.*/, "", name); next
 }
 /bytes spill stores/ && name != "" {
-    if (name ~ /^_Z11q4t_bkernelILi(0|2)ELi2ELi32EEv8q4t_args$/ || name ~ /^_Z11q4t_bkernelILi1ELi3ELi16EEv8q4t_args$/) {
+    if (name ~ /^_Z11q4t_bkernelILi(0|2)ELi2ELi32ELi0EEv8q4t_args$/ || name ~ /^_Z11q4t_bkernelILi1ELi3ELi16ELi0EEv8q4t_args$/) {
         seen++
         st = $0; sub(/.*frame, /, "", st); sub(/ bytes spill stores.*/, "", st)
         ld = $0; sub(/.*stores, /, "", ld); sub(/ bytes spill loads.*/, "", ld)

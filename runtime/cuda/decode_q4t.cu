@@ -89,11 +89,32 @@ static __device__ __forceinline__ void q4t_load(q4t_regs<MODE> &R, const struct 
     }
 }
 
+/* o by heads with fixed-point sums (opts.att_o 8): the heads' products are added as integers
+ * of 2^-32 (red.add.u64 into A.acc64: integer addition does not depend on the order, so the
+ * sums are the same in every run), and the next kernels read x + the sums as the residual:
+ * gate/up's input (FX instances of q4t_prep/q4t_prep1) and down's outputs, which also zero
+ * them for the next layer (q4t_early). */
+static __device__ __forceinline__ long long q4t_f2fx(float v) { return __float2ll_rn(v * 4294967296.0f); }
+static __device__ __forceinline__ float q4t_fx2f(long long a) { return __ll2float_rn(a) * 2.3283064365386963e-10f; }
+
+/* float4 i of the input: x, plus (FX) the fixed-point sums of its four rows */
+template <int FX>
+static __device__ __forceinline__ float4 q4t_x4(const struct q4t_args &A, int i)
+{
+    float4 v = __ldcg((const float4 *)A.x + i);
+    if (FX) {
+        const longlong2 a = __ldcg((const longlong2 *)A.acc64 + 2 * i), b = __ldcg((const longlong2 *)A.acc64 + 2 * i + 1);
+        v.x += q4t_fx2f(a.x), v.y += q4t_fx2f(a.y), v.z += q4t_fx2f(b.x), v.w += q4t_fx2f(b.y);
+    }
+    return v;
+}
+
 /* The input into shared memory: xf = x (* norm weights) in fp32, sum x^2 and max |x| in
  * one block reduction; then per k16 step s and c = 0..3 the B fragment (x[16s + 2c + {0,
  * 1}], x[16s + 2c + {8, 9}] / 16) as fp16 at xb[(s / 2 * 4 + c) * 2 + s % 2], and per
  * 128-column chunk (off, X) (one warp per chunk: its 32 lanes are the chunk's 32 (s, c)).
  * Returns the factor of the products (1 / the power of two and the RMS scale). */
+template <int FX = 0>
 static __device__ float q4t_prep(const struct q4t_args &A, unsigned char *sm, float *red)
 {
     const int cols = A.cols, c4 = cols >> 2, tid = threadIdx.x, nthr = blockDim.x;
@@ -108,7 +129,7 @@ static __device__ float q4t_prep(const struct q4t_args &A, unsigned char *sm, fl
             const int i = i0 + u * nthr;
             v[u] = w[u] = make_float4(0.f, 0.f, 0.f, 0.f);
             if (i < c4) {
-                v[u] = __ldcg((const float4 *)A.x + i);
+                v[u] = q4t_x4<FX>(A, i);
                 w[u] = A.norm ? __ldg((const float4 *)A.norm + i) : make_float4(1.f, 1.f, 1.f, 1.f);
             }
         }
@@ -148,7 +169,7 @@ static __device__ float q4t_prep(const struct q4t_args &A, unsigned char *sm, fl
  * 4 s + c / 2 and 4 s + 2 + c / 2 of the same four lanes by shuffles, so the fp32 copy in
  * shared memory and its second pass go. The same fragments as q4t_prep, bit for bit (the
  * same sums in the same order). Returns 0 where the input does not fit (q4t_prep then). */
-template <int U>
+template <int U, int FX = 0>
 static __device__ float q4t_prep1(const struct q4t_args &A, unsigned char *sm, float *red)
 {
     const int cols = A.cols, c4 = cols >> 2, tid = threadIdx.x, nthr = blockDim.x;
@@ -163,7 +184,7 @@ static __device__ float q4t_prep1(const struct q4t_args &A, unsigned char *sm, f
         const int i = tid + u * nthr;
         t[u] = nw4[u] = make_float4(1.f, 1.f, 1.f, 1.f);
         if (i < c4) {
-            t[u] = __ldcg((const float4 *)A.x + i);
+            t[u] = q4t_x4<FX>(A, i);
             if (A.norm) nw4[u] = __ldg((const float4 *)A.norm + i);
         }
     }
@@ -209,15 +230,15 @@ static __device__ float q4t_prep1(const struct q4t_args &A, unsigned char *sm, f
 /* the input preparation of the tile kernels: q4t_prep1 (A.prep1, the default) where it fits,
  * with the fewest quads per thread that hold the input (up to 3; 1 for q/k/v: no spills in
  * the default shapes; with a fixed 3 the plain kernel's took longer), else q4t_prep */
-template <int MODE>
+template <int MODE, int FX = 0>
 static __device__ __forceinline__ float q4t_input(const struct q4t_args &A, unsigned char *sm, float *red)
 {
     const int u = ((A.cols >> 2) + (int)blockDim.x - 1) / (int)blockDim.x;
     float ys = 0.0f;
-    if (A.prep1 && u == 1) ys = q4t_prep1<1>(A, sm, red);
-    else if (A.prep1 && MODE != Q4F_QKV && u == 2) ys = q4t_prep1<2>(A, sm, red);
-    else if (A.prep1 && MODE != Q4F_QKV && u == 3) ys = q4t_prep1<3>(A, sm, red);
-    return ys != 0.0f ? ys : q4t_prep(A, sm, red);
+    if (A.prep1 && u == 1) ys = q4t_prep1<1, FX>(A, sm, red);
+    else if (A.prep1 && MODE != Q4F_QKV && u == 2) ys = q4t_prep1<2, FX>(A, sm, red);
+    else if (A.prep1 && MODE != Q4F_QKV && u == 3) ys = q4t_prep1<3, FX>(A, sm, red);
+    return ys != 0.0f ? ys : q4t_prep<FX>(A, sm, red);
 }
 
 /* timeline point k of this block (thread 0; A.tl set); GRID2: the block's row is y * gridDim.x
@@ -483,7 +504,7 @@ static __device__ __forceinline__ void q4t_preload(const struct q4t_args &A, q4t
  * while the weights stream (q4t_bkernel, after the dependency: each thread for the pair it
  * will finish), not after the block's last barrier: o's and down's outputs 0.46 / 0.50 vs
  * 0.76 / 0.72 us (docs/GPU.md, session 19). The same for q/k/v's RoPE table (an L1 prefetch) was slower. */
-template <int MODE>
+template <int MODE, int FX = 0>
 static __device__ __forceinline__ float2 q4t_early(const struct q4t_args &A, int t, int rr)
 {
     float2 e = make_float2(0.0f, 0.0f);
@@ -492,12 +513,16 @@ static __device__ __forceinline__ float2 q4t_early(const struct q4t_args &A, int
     const int ra = 16 * (t - M.tile0) + rr;
     if (ra < M.rows) e.x = __ldcg(M.y + ra);
     if (ra + 1 < M.rows) e.y = __ldcg(M.y + ra + 1);
+    if (FX) { /* down after o by heads: x + o's sums, which are zeroed for the next layer */
+        if (ra < M.rows) e.x += q4t_fx2f(__ldcg(A.acc64 + ra)), __stcg(A.acc64 + ra, 0ll);
+        if (ra + 1 < M.rows) e.y += q4t_fx2f(__ldcg(A.acc64 + ra + 1)), __stcg(A.acc64 + ra + 1, 0ll);
+    }
     return e;
 }
 
 /* rows rr, rr + 1 (rr even) of tile t, their sums va, vb (GU: gate; up ua, ub); ep: the
  * residual q4t_early read for them (PLAIN), or NULL */
-template <int MODE>
+template <int MODE, int FX = 0>
 static __device__ __forceinline__ void q4t_pair_out(const struct q4t_args &A, int t, int rr, float va,
                                                     float vb, float ua, float ub, float ys,
                                                     const float2 *ep)
@@ -518,7 +543,7 @@ static __device__ __forceinline__ void q4t_pair_out(const struct q4t_args &A, in
         if (hb) vb += M.bias[rb];
     }
     if (MODE == Q4F_PLAIN) {
-        const float2 e = ep ? *ep : q4t_early<MODE>(A, t, rr);
+        const float2 e = ep ? *ep : q4t_early<MODE, FX>(A, t, rr);
         M.y[ra] = A.acc ? e.x + va : va;
         if (hb) M.y[rb] = A.acc ? e.y + vb : vb;
         return;
@@ -537,7 +562,7 @@ static __device__ __forceinline__ void q4t_pair_out(const struct q4t_args &A, in
 
 /* The block's tiles [t0, t1) from the warps' slots (in warp order) to the outputs; early:
  * thread k's residual pair from q4t_early (PLAIN), or NULL */
-template <int MODE, int NW>
+template <int MODE, int NW, int FX = 0>
 static __device__ __forceinline__ void q4t_block_out(const struct q4t_args &A, const float *part, int t0,
                                                      int t1, float ys, const float2 *early = NULL)
 {
@@ -550,7 +575,7 @@ static __device__ __forceinline__ void q4t_block_out(const struct q4t_args &A, c
             va += sl[rr], vb += sl[rr + 1];
             if (MODE == Q4F_GU) ua += sl[16 + rr], ub += sl[17 + rr];
         }
-        q4t_pair_out<MODE>(A, t0 + tl, rr, va, vb, ua, ub, ys, k == (int)threadIdx.x ? early : NULL);
+        q4t_pair_out<MODE, FX>(A, t0 + tl, rr, va, vb, ua, ub, ys, k == (int)threadIdx.x ? early : NULL);
     }
 }
 
@@ -558,7 +583,7 @@ static __device__ __forceinline__ void q4t_block_out(const struct q4t_args &A, c
  * split the block's items; each part's sums go to the block's shared memory (slot of tile
  * and warp), and after one barrier the block's threads add each row's 16 slots in order and
  * finish the rows. No global memory traffic beyond the weights, input and outputs. */
-template <int MODE, int D, int NW>
+template <int MODE, int D, int NW, int FX = 0>
 __global__ void __launch_bounds__(NW * 32, 1) __maxnreg__(Q4T_NREG(NW)) q4t_bkernel(const __grid_constant__ struct q4t_args A)
 {
     extern __shared__ __align__(16) unsigned char q4t_sm[];
@@ -586,10 +611,10 @@ __global__ void __launch_bounds__(NW * 32, 1) __maxnreg__(Q4T_NREG(NW)) q4t_bker
     q4t_mark(A, 1);
     float2 early = make_float2(0.0f, 0.0f); /* the outputs' other operands (q4t_early) */
     if (MODE == Q4F_PLAIN && (int)threadIdx.x < (t1 - t0) * 8)
-        early = q4t_early<MODE>(A, t0 + (threadIdx.x >> 3), 2 * (threadIdx.x & 7));
+        early = q4t_early<MODE, FX>(A, t0 + (threadIdx.x >> 3), 2 * (threadIdx.x & 7));
     float ys = 1.0f;
     if (A.diag & 1) __syncthreads(); /* diagnostics: the fragments as shared memory holds them */
-    else ys = q4t_input<MODE>(A, q4t_sm, red); /* its barriers order the zeroing */
+    else ys = q4t_input<MODE, FX>(A, q4t_sm, red); /* its barriers order the zeroing */
     q4t_mark(A, 2);
     const int g = lane >> 2;
     auto end = [&](int t, float ya, float yb, float ua, float ub) {
@@ -605,7 +630,7 @@ __global__ void __launch_bounds__(NW * 32, 1) __maxnreg__(Q4T_NREG(NW)) q4t_bker
     q4t_stream<MODE, D>(A, WR, buf, lt, lj, q4t_sm, lane, end, sums);
     __syncthreads();
     q4t_mark(A, 3);
-    if (!(A.diag & 4)) q4t_block_out<MODE, NW>(A, part, t0, t1, ys, MODE == Q4F_PLAIN ? &early : NULL);
+    if (!(A.diag & 4)) q4t_block_out<MODE, NW, FX>(A, part, t0, t1, ys, MODE == Q4F_PLAIN ? &early : NULL);
     q4t_mark(A, 4);
 }
 
@@ -744,12 +769,18 @@ struct q4t_red_end {
     const struct q4t_mat *M;
     float ys;
     int lane, bias;
+    long long *fx; /* or as fixed-point integers into these sums (att_o 8) */
+    __device__ __forceinline__ void add(int r, float v) const
+    {
+        if (fx) atomicAdd((unsigned long long *)fx + r, (unsigned long long)q4t_f2fx(v));
+        else atomicAdd(M->y + r, v);
+    }
     __device__ __forceinline__ void operator()(int t, float ya, float yb, float, float) const
     {
         if ((lane & 3) == 0) {
             const int ra = 16 * t + (lane >> 2), rb = ra + 8;
-            if (ra < M->rows) atomicAdd(M->y + ra, ya * ys + (bias ? M->bias[ra] : 0.0f));
-            if (rb < M->rows) atomicAdd(M->y + rb, yb * ys + (bias ? M->bias[rb] : 0.0f));
+            if (ra < M->rows) add(ra, ya * ys + (bias ? M->bias[ra] : 0.0f));
+            if (rb < M->rows) add(rb, yb * ys + (bias ? M->bias[rb] : 0.0f));
         }
     }
 };
@@ -791,7 +822,7 @@ __global__ void __launch_bounds__(NW * 32, 1) __maxnreg__(Q4T_NREG(NW))
         __syncthreads();
     }
     q4t_mark<true>(A, 2);
-    const q4t_red_end end = {&A.m[0], ys_sh, lane, A.m[0].bias && h == 0};
+    const q4t_red_end end = {&A.m[0], ys_sh, lane, A.m[0].bias && h == 0, A.acc64};
     float sums[4] = {0.0f, 0.0f, 0.0f, 0.0f};
     q4t_stream<Q4F_PLAIN, D>(A, W, buf, lt, lj, q4t_sm, lane, end, sums);
     if (A.tl) { /* every thread: the barrier (the products have no output phase of their own) */
@@ -1107,7 +1138,7 @@ void k_q4t_args(struct q4t_args *a, const struct cu_mat *const *m, float *const 
 
 
 /* tma: q4t_tkernel with D stages per warp */
-template <int MODE, int D, int NW, int TMA>
+template <int MODE, int D, int NW, int TMA, int FX = 0>
 static enum lmp_status q4t_launch(cudaStream_t st, const struct q4t_args *a, int pdl, size_t smem_set,
                                   struct lmp_err *err)
 {
@@ -1127,7 +1158,7 @@ static enum lmp_status q4t_launch(cudaStream_t st, const struct q4t_args *a, int
     cfg.attrs = &at;
     cfg.numAttrs = pdl ? 1 : 0;
     if constexpr (TMA) CU_TRY(cudaLaunchKernelEx(&cfg, q4t_tkernel<MODE, D, NW>, *a), "q4 tile kernel");
-    else CU_TRY(cudaLaunchKernelEx(&cfg, q4t_bkernel<MODE, D, NW>, *a), "q4 tile kernel");
+    else CU_TRY(cudaLaunchKernelEx(&cfg, q4t_bkernel<MODE, D, NW, FX>, *a), "q4 tile kernel");
     return LMP_OK;
 }
 
@@ -1136,13 +1167,13 @@ static size_t q4t_tma_over;   /* how far the ring kernels' static shared memory 
 
 /* smem_max leaves 1 KB for a kernel's static shared memory; the ring kernels hold more
    (their barriers), so they get the rest of the opt-in limit */
-template <int MODE, int D, int NW, int TMA>
+template <int MODE, int D, int NW, int TMA, int FX = 0>
 static cudaError_t q4t_attr(int v)
 {
     cudaFuncAttributes fa;
     cudaError_t e;
     if constexpr (TMA) e = cudaFuncGetAttributes(&fa, q4t_tkernel<MODE, D, NW>);
-    else e = cudaFuncGetAttributes(&fa, q4t_bkernel<MODE, D, NW>);
+    else e = cudaFuncGetAttributes(&fa, q4t_bkernel<MODE, D, NW, FX>);
     if (e) return e;
     if (fa.sharedSizeBytes > 1024) {
         const size_t over = fa.sharedSizeBytes - 1024;
@@ -1156,8 +1187,8 @@ static cudaError_t q4t_attr(int v)
         e = cudaFuncSetAttribute(q4t_tkernel<MODE, D, NW>, cudaFuncAttributeMaxDynamicSharedMemorySize, v);
         if (!e) e = cudaFuncSetAttribute(q4t_tkernel<MODE, D, NW>, cudaFuncAttributePreferredSharedMemoryCarveout, 100);
     } else {
-        e = cudaFuncSetAttribute(q4t_bkernel<MODE, D, NW>, cudaFuncAttributeMaxDynamicSharedMemorySize, v);
-        if (!e) e = cudaFuncSetAttribute(q4t_bkernel<MODE, D, NW>, cudaFuncAttributePreferredSharedMemoryCarveout, 100);
+        e = cudaFuncSetAttribute(q4t_bkernel<MODE, D, NW, FX>, cudaFuncAttributeMaxDynamicSharedMemorySize, v);
+        if (!e) e = cudaFuncSetAttribute(q4t_bkernel<MODE, D, NW, FX>, cudaFuncAttributePreferredSharedMemoryCarveout, 100);
     }
     return e;
 }
@@ -1253,6 +1284,8 @@ enum lmp_status k_q4t_init_attrs(size_t smem_max, struct lmp_err *err)
     if (!e) e = q4t_attr<MODE, D, NW, TMA>(v);
     Q4T_EACH(Q4T_ATTR)
 #undef Q4T_ATTR
+    if (!e) e = q4t_attr<Q4F_GU, 3, 16, 0, 1>(v); /* the fixed-point instances (att_o 8) */
+    if (!e) e = q4t_attr<Q4F_PLAIN, 2, 32, 0, 1>(v);
     CU_TRY(e, "q4 tile kernel attributes");
     CU_TRY(cudaFuncSetAttribute(q4t_ohkernel<Q4T_OH_NW, Q4T_OH_D, 0>, cudaFuncAttributeMaxDynamicSharedMemorySize, v),
            "o by heads kernel attributes");
@@ -1267,6 +1300,11 @@ const char *k_q4t_co_status(void) { return q4t_co.ok ? NULL : q4t_co.why; }
 enum lmp_status k_q4t_launch(cudaStream_t st, const struct q4t_args *a, int mode, int pdl,
                              int shape, struct lmp_err *err)
 {
+    if (a->acc64) { /* after o by heads with fixed-point sums: the default shape's FX instances */
+        if (mode == Q4F_GU) return q4t_launch<Q4F_GU, 3, 16, 0, 1>(st, a, pdl, 0, err);
+        if (mode == Q4F_PLAIN) return q4t_launch<Q4F_PLAIN, 2, 32, 0, 1>(st, a, pdl, 0, err);
+        return lmp_err_set(err, LMP_ERR_INTERNAL, "q4 tile kernel: no fixed-point variant for mode %d", mode);
+    }
     const int *sh = q4t_shapes[shape >= 0 && shape < Q4T_NSHAPES ? shape : 0];
     if (sh[4]) { /* the ring must fit (wide inputs): else the default shape */
         int blocks;

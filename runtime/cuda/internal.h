@@ -130,6 +130,8 @@ struct q4t_args {
     int ring;              /* every item through the stash, used as a ring of `stash` units */
     int prep1;             /* the one-pass input preparation (lmp_cuda_opts.q4t_prep) */
     int diag;              /* lmp_cuda_opts.q4t_diag (bits 1, 4: no input, no outputs) */
+    long long *acc64;      /* o by heads with fixed-point sums (att_o 8): o adds into them, gate/up
+                              reads x plus them, down adds them to x and zeroes them; else NULL */
 };
 
 /* timeline of a tile-kernel block: %globaltimer (ns) at start, after the dependency, after
@@ -239,7 +241,9 @@ struct lmp_cuda_state {
     int q4t_depth;           /* their items in flight per warp (k_q4t_launch) */
     int q4t_prep1;           /* the one-pass input preparation of the tile kernels (opts) */
     int q4t_oh;              /* o by heads after the attention's parts (opts.att_o 6: 1, the
-                                combine in one warp; 7: 2, in ceil(S / 4) warps) */
+                                combine in one warp; 7: 2, in ceil(S / 4) warps; 8: 3, as 2 with
+                                the sums as fixed-point integers in o_acc) */
+    long long *o_acc;        /* (dim) those sums (q4t_oh 3), zero between layers */
     int oh_layers, oh_shares; /* the last decode step's layers that took it, its most shares */
     int q4t_diag;            /* diagnostics: parts of the tile decode skipped (opts) */
     int att_pack;            /* decode attention one block per head (no split) */

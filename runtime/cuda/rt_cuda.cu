@@ -243,6 +243,11 @@ enum lmp_status cu_state_finish(struct lmp_cuda_state *s, const float *rope_cs_h
             CU_TRY(cudaMemset(cnt, 0, (size_t)nh * sizeof(unsigned)), "clearing attention counters");
             for (int k = 0; k < 2; k++) s->att_cfg[k].part = part, s->att_cfg[k].cnt = cnt;
         }
+        if (Smax > 1 && s->q4t_oh == 3) { /* o by heads' fixed-point sums, zero between layers */
+            const size_t n = (size_t)s->dim * sizeof(long long);
+            if ((st = cu_state_alloc(s, (void **)&s->o_acc, n, "o sums", err))) return st;
+            CU_TRY(cudaMemset(s->o_acc, 0, n), "clearing the o sums");
+        }
         s->att_sp = s->att_cfg[0];
     } else {
         s->att_long = INT_MAX; /* one block per head at every position */
@@ -442,7 +447,7 @@ static void state_opts(struct lmp_cuda_state *s, const struct lmp_cuda_opts *o)
     s->q4t_depth = o->q4t_depth >= 0 && o->q4t_depth <= 12 ? o->q4t_depth : 0;
     s->q4t_diag = o->q4t_diag;
     s->q4t_prep1 = o->q4t_prep != 2;
-    s->q4t_oh = o->att_pack || o->q4t_diag ? 0 : o->att_o == 6 ? 1 : o->att_o == 7 ? 2 : 0;
+    s->q4t_oh = o->att_pack || o->q4t_diag ? 0 : o->att_o == 6 ? 1 : o->att_o == 7 ? 2 : o->att_o == 8 ? 3 : 0;
     s->q4p = s->q4t && o->q4t_persist == 1;
     s->q4p_flags = o->q4p_flags;
     s->q4p_slots = o->q4p_slots;
@@ -896,13 +901,15 @@ static enum lmp_status layer_q4t_fwd(struct lmp_cuda_state *s, int l, struct lmp
     int mode[4];
     layer_q4t_args(s, l, A, mode);
     int S = s->att_sp.n > 1 ? s->att_sp.n : 1;
-    const int oh = s->q4t_oh && S > 1 && k_q4t_oh_ok(&A[1], L->nh, s->hd, S, s->q4t_oh == 2);
+    const int oh = s->q4t_oh && S > 1 && k_q4t_oh_ok(&A[1], L->nh, s->hd, S, s->q4t_oh >= 2) && (s->q4t_oh != 3 || s->o_acc);
     if (l == 0) s->oh_layers = s->oh_shares = 0;
     if (oh) s->oh_layers++, s->oh_shares = S > s->oh_shares ? S : s->oh_shares;
+    if (oh && s->q4t_oh == 3) /* o, gate/up and down through the fixed-point sums */
+        for (int i = 1; i < 4; i++) A[i].acc64 = s->o_acc;
     for (int i = 0; i < 4; i++) {
         const struct q4t_args &a = A[i];
         if (i == 1 && oh) {
-            if ((e = k_q4t_oh_launch(st, &a, s->att_sp.part, L->nh, S, s->sms, s->pdl, s->q4t_oh == 2, err))) return e;
+            if ((e = k_q4t_oh_launch(st, &a, s->att_sp.part, L->nh, S, s->sms, s->pdl, s->q4t_oh >= 2, err))) return e;
             continue;
         }
         if ((e = k_q4t_launch(st, &a, mode[i], s->pdl, s->q4t_depth, err))) return e;

@@ -111,8 +111,11 @@ struct lmp_cuda_opts {
                          writes its parts, each o block combines one head's in one warp and
                          multiplies it with its share of W_o's rows of that head, added into
                          the residual by atomics: last-bit differences between runs), 7 the
-                         same with the combine in ceil(S / 4) warps; docs/GPU.md sessions 20
-                         and 21 (1, 3-5, the attention and o in one launch, were removed) */
+                         same with the combine in ceil(S / 4) warps, 8 as 7 with the heads'
+                         products added as fixed-point integers (2^-32), which gate/up and
+                         down add to the residual (the same logits in every run); docs/GPU.md
+                         sessions 20 and 21 (1, 3-5, the attention and o in one launch, were
+                         removed) */
     int q4t_diag;     /* diagnostics of the tile decode, parts skipped (wrong logits), bits: 1 the
                          input preparation, 2 the attention launch, 4 the block outputs
                          (what the weight phases cost without the fixed parts; docs/GPU.md) */

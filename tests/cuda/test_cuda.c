@@ -583,9 +583,10 @@ TEST(cuda_forward_q4_g128_vs_cpu)
     lmp_model_free(m);
 }
 
-/* o by heads (opts.att_o 6, 7; head size 128): the attention writes its shares' parts, each
- * o block combines one head's (in one warp, or in ceil(S / 4) warps) and adds its products
- * into the residual by atomics. Against the CPU, with and without biases, GQA and a wider
+/* o by heads (opts.att_o 6, 7, 8; head size 128): the attention writes its shares' parts,
+ * each o block combines one head's (in one warp, or in ceil(S / 4) warps) and adds its
+ * products into the residual by atomics (8: as fixed-point integers that gate/up and down
+ * add to the residual; its logits must also be the same bits in a second run). Against the CPU, with and without biases, GQA and a wider
  * layer; 8 shares (the 7B shape's), 3, and 16 (at the first positions some shares are
  * empty, weight 0); the separate launches (the default) likewise. */
 TEST(cuda_forward_q4_attention_o_vs_cpu)
@@ -623,6 +624,8 @@ TEST(cuda_forward_q4_attention_o_vs_cpu)
                    {7, 8, 0, 2, 8, "Q4 g128 logits, o by heads, combine in 2 warps, 8 shares"},
                    {7, 3, 0, 2, 3, "Q4 g128 logits, o by heads, combine in 1 warp of 7's, 3 shares"},
                    {7, 0, 12, 2, 16, "Q4 g128 logits, o by heads, combine in 4 warps, 16 shares"},
+                   {8, 8, 0, 2, 8, "Q4 g128 logits, o by heads, fixed-point sums, 8 shares"},
+                   {8, 0, 12, 2, 16, "Q4 g128 logits, o by heads, fixed-point sums, 16 shares"},
                    {0, 0, 0, 0, 0, "Q4 g128 logits, attention and o in separate launches (the default)"}};
         for (size_t v = 0; v < sizeof var / sizeof var[0]; v++) {
             struct lmp_cuda_opts o = {.att_o = var[v].att_o, .att_shares = var[v].att_shares, .att_long = var[v].att_long};
@@ -633,6 +636,12 @@ TEST(cuda_forward_q4_attention_o_vs_cpu)
             CHECK_MSG(layers == var[v].layers && shares == var[v].shares,
                       "%s (bias %d): %d layers, %d shares by heads", var[v].what, bias, layers, shares);
             CHECK_CLOSE(var[v].what, lg, lc, 30L * 173, 1e-2 * mx, 1e-2);
+            if (var[v].att_o == 8) { /* integer sums: the same bits in every run */
+                float *l2 = gpu_logits(m, tok, 30, 10, 19, &o);
+                CHECK_MSG(l2 && !memcmp(l2, lg, 30L * 173 * sizeof *lg),
+                          "%s (bias %d): a second run gave other logits", var[v].what, bias);
+                free(l2);
+            }
             free(lg);
         }
         free(lc);
