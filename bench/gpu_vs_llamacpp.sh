@@ -8,16 +8,29 @@
 # yourself with CUDA and point LLAMA_BENCH at its llama-bench (docs/GPU.md, "llama.cpp on
 # the same GPU").
 #
-#   LLAMA_BENCH=/path/to/llama-bench [CARRY=dir of synth_gguf and cuda_decode] [OUT=dir] \
+#   on the GPU machine, with build-cuda/carry-llama from
+#   `LLAMA_BENCH=/path/to/llama-bench sh scripts/cuda-carry.sh` (it unpacks that llama-bench):
+#       OUT=dir sh bench/gpu_vs_llamacpp.sh
+#   anywhere else: LLAMA_BENCH=/path/to/llama-bench CARRY=build/cuda SYNTH=build/synth_gguf \
 #       sh bench/gpu_vs_llamacpp.sh
 set -u
-C=${CARRY:-build/cuda}
-S=${SYNTH:-$C/synth_gguf}
-[ -x "$S" ] || S=build/synth_gguf
+C=${CARRY:-build-cuda/carry-llama}
 OUT=${OUT:-/tmp/out}
 D=${SYNTH_DIR:-/tmp/lmp-synth}
-: "${LLAMA_BENCH:?set LLAMA_BENCH to a llama-bench built with CUDA}"
 mkdir -p "$OUT" "$D"
+if [ -f "$C/libs.tar.xz" ]; then
+    mkdir -p /tmp/lmplib && tar xJf "$C/libs.tar.xz" -C /tmp/lmplib
+    LD_LIBRARY_PATH=/tmp/lmplib/lib:${LD_LIBRARY_PATH:-}
+fi
+if [ -z "${LLAMA_BENCH:-}" ] && [ -f "$C/llama.tar.xz" ]; then
+    mkdir -p /tmp/lmpllama && tar xJf "$C/llama.tar.xz" -C /tmp/lmpllama
+    LLAMA_BENCH=/tmp/lmpllama/llama/llama-bench
+    LD_LIBRARY_PATH=/tmp/lmpllama/llama/lib:${LD_LIBRARY_PATH:-}
+fi
+: "${LLAMA_BENCH:?set LLAMA_BENCH to a llama-bench built with CUDA}"
+export LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-}:/usr/local/cuda/lib64:/usr/local/cuda/lib
+S=${SYNTH:-$C/synth_gguf}
+ldd "$LLAMA_BENCH" | grep 'not found' && exit 1
 for t in q4_0 f16; do
     [ -s "$D/$t.gguf" ] || "$S" "$D/$t.gguf" --type $t > "$D/$t.txt" || exit 1
     cat "$D/$t.txt"
@@ -26,22 +39,30 @@ echo "== cuda_decode"
 timeout 200 "$C/cuda_decode" --only f16,q4 2>&1 | tee "$OUT/ours.log"
 echo "== llama-bench"
 for t in q4_0 f16; do
-    timeout 200 "$LLAMA_BENCH" -m "$D/$t.gguf" -ngl 99 -p 0 -n 128 -r 5 -fa 0,1 -o csv > "$OUT/llama-$t.csv" 2> "$OUT/llama-$t.err"
+    timeout 200 "$LLAMA_BENCH" -m "$D/$t.gguf" -ngl 99 -p 0 -n 128 -r 5 -fa 0,1 -o json > "$OUT/llama-$t.json" 2> "$OUT/llama-$t.err"
     echo "rc=$? ($t)"
 done
 echo "== side by side"
-copy=$(sed -n 's/^device-to-device copy:.*= \([0-9.]*\) GB\/s.*/\1/p' "$OUT/ours.log")
-{
-    echo "| runtime | weights | GB / token | tokens/s | % of copy ($copy GB/s) |"
-    echo "| --- | --- | ---: | ---: | ---: |"
-    for m in f16 q4; do
-        sed -n "s/^  $m  *\([0-9.]*\) GB\/token, [0-9.]* ms\/token, \([0-9.]*\) tok\/s.*= \([0-9.]*\) %.*/| lmpress cuda_decode | $m | \1 | \2 | \3 % |/p" "$OUT/ours.log"
-    done
-    for t in q4_0 f16; do
-        gb=$(sed -n 's/.*, \([0-9.]*\) GB of matrices read per decoded token.*/\1/p' "$D/$t.txt")
-        awk -F, -v gb="$gb" -v copy="$copy" -v t="$t" '
-            NR == 1 { for (i = 1; i <= NF; i++) { g = $i; gsub(/"/, "", g); col[g] = i }; next }
-            { ts = $col["avg_ts"]; gsub(/"/, "", ts); fa = $col["flash_attn"]; gsub(/"/, "", fa)
-              printf "| llama.cpp llama-bench tg128, flash_attn %s | %s | %s | %.1f | %.1f %% |\n", fa, t, gb, ts, copy > 0 ? 100 * gb * ts / copy : 0 }' "$OUT/llama-$t.csv"
-    done
-} | tee "$OUT/side-by-side.md"
+python3 - "$OUT" "$D" <<'PY' | tee "$OUT/side-by-side.md"
+import json, re, sys
+out, d = sys.argv[1], sys.argv[2]
+ours = open(out + "/ours.log").read()
+copy = float(re.search(r"^device-to-device copy:.*= ([0-9.]+) GB/s", ours, re.M).group(1))
+print("| runtime, weights | GB / token | tokens/s | %% of copy (%.0f GB/s, same run) |" % copy)
+print("| --- | ---: | ---: | ---: |")
+for m in ("f16", "q4"):
+    r = re.search(r"^  %s +([0-9.]+) GB/token, [0-9.]+ ms/token, ([0-9.]+) tok/s.*= ([0-9.]+) %%" % m, ours, re.M)
+    if r:
+        print("| lmpress (cuda_decode), %s | %s | %s | %s %% |" % ("fp16" if m == "f16" else "4-bit g128", r.group(1), r.group(2), r.group(3)))
+for t in ("q4_0", "f16"):
+    gb = float(re.search(r", ([0-9.]+) GB of matrices read", open("%s/%s.txt" % (d, t)).read()).group(1))
+    try:
+        runs = json.load(open("%s/llama-%s.json" % (out, t)))
+    except (OSError, ValueError) as e:
+        print("| llama.cpp, %s | %.3f | (no result: %s) | |" % (t, gb, e))
+        continue
+    for r in runs:
+        ts = r["avg_ts"]
+        print("| llama.cpp (llama-bench tg%d, flash_attn %s), %s | %.3f | %.1f +- %.1f | %.1f %% |" % (
+            r["n_gen"], r["flash_attn"], t.upper(), gb, ts, r["stddev_ts"], 100 * gb * ts / copy))
+PY
