@@ -36,6 +36,12 @@ if [ -n "$LLAMA_CPP_DIR" ] && [ -x "$LLAMA_CPP_DIR/bin/llama-perplexity" ]; then
     [ -n "$ltps" ] || ltps=$(echo "193792 / $lsec" | bc -l)
     printf 'llama.cpp in the same run: PPL %s, %.0f tokens/s by its own timer (wall time %.2f s, `%s`).\n' "$lppl" "$ltps" "$lsec" "$lcmd"
     printf '**Ratio lmpress / llama.cpp: %.1fx.**\n' "$(echo "$tps / $ltps" | bc -l)"
+    if [ -x "$LLAMA_CPP_DIR/bin/llama-bench" ]; then
+        echo
+        echo "\`$LLAMA_CPP_DIR/bin/llama-bench -m tests/data/stories260K/stories260K.gguf -p 512 -n 128 -r 5 -t $T\` in the same run:"
+        echo
+        "$LLAMA_CPP_DIR/bin/llama-bench" -m tests/data/stories260K/stories260K.gguf -p 512 -n 128 -r 5 -t "$T" 2>/dev/null | grep '^|'
+    fi
 else
     echo "llama.cpp was not run here (set LLAMA_CPP_DIR to a llama.cpp build directory to"
     echo "measure it side by side). For reference, llama-perplexity measured 2,656 tokens/s for"

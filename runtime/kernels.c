@@ -72,8 +72,22 @@ void lmp_rt_matmul(float *y, const float *x, const float *w, const float *b, int
         matvec(y, x, w, b, in, out, nt);
         return;
     }
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, out, in, 1.0f, x, in, w, in, 0.0f, y,
-                out);
+    /* the output features in chunks of 64 over OpenMP threads, each chunk one OpenBLAS call
+     * with OpenBLAS held to one thread: its own threads and OpenMP's, taking turns between
+     * the forward's parallel loops and the products, spin against each other (1.1B shape,
+     * F16 weights, 2 cores: pp64 74 -> ~100 tokens/s; docs/BENCHMARKS.md). The chunks do not
+     * depend on the thread count, so neither do the results. */
+    const int nt = (size_t)n * in * out >= PAR_MIN_WORK ? lmp_rt_threads(n_threads) : 1;
+    const int nch = (out + 63) / 64;
+    const int blas_prev = openblas_get_num_threads();
+    openblas_set_num_threads(1);
+#pragma omp parallel for num_threads(nt) if (nt > 1) schedule(static)
+    for (int c = 0; c < nch; c++) {
+        const int r0 = 64 * c, r1 = r0 + 64 < out ? r0 + 64 : out;
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, r1 - r0, in, 1.0f, x, in,
+                    w + (size_t)r0 * in, in, 0.0f, y + r0, out);
+    }
+    openblas_set_num_threads(blas_prev);
     if (b)
         for (int i = 0; i < n; i++) {
             float *yr = y + (size_t)i * out;

@@ -301,11 +301,23 @@ void lmp_qgemm(const struct lmp_qview *w, const float *X, int64_t n, float *Y, f
         return;
     }
     LMP_ASSERT(n <= INT32_MAX && w->rows <= INT32_MAX && w->cols <= INT32_MAX);
-    const int64_t rb = tile_rows(w);
+    const int64_t rb = tile_rows(w), cols = w->cols;
+    /* The OpenMP threads take the tile's rows in chunks of 64, each dequantised and
+     * multiplied by the thread itself, OpenBLAS held to one thread meanwhile: its own threads
+     * and OpenMP's, taking turns, spin against each other (1.1B shape, 2 cores: pp64 12.8 ->
+     * ~80 tokens/s; docs/BENCHMARKS.md). The chunks do not depend on the thread count, so
+     * neither do the results. */
+    const int blas_prev = openblas_get_num_threads();
+    openblas_set_num_threads(1);
     for (int64_t r0 = 0; r0 < w->rows; r0 += rb) {
-        int64_t nr = w->rows - r0 < rb ? w->rows - r0 : rb;
-        dequant_rows(w, r0, nr, scratch);
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)n, (int)nr, (int)w->cols, 1.0f,
-                    X, (int)w->cols, scratch, (int)w->cols, 0.0f, Y + r0, (int)w->rows);
+        const int64_t nr = w->rows - r0 < rb ? w->rows - r0 : rb, nch = (nr + 63) / 64;
+#pragma omp parallel for schedule(static) if (nr * cols > 65536)
+        for (int64_t c = 0; c < nch; c++) {
+            const int64_t a = 64 * c, b = a + 64 < nr ? a + 64 : nr;
+            dequant_rows(w, r0 + a, b - a, scratch + a * cols);
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)n, (int)(b - a), (int)cols, 1.0f, X,
+                        (int)cols, scratch + a * cols, (int)cols, 0.0f, Y + r0 + a, (int)w->rows);
+        }
     }
+    openblas_set_num_threads(blas_prev);
 }
